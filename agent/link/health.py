@@ -1,0 +1,88 @@
+"""Link health from a watchdog on heartbeats and loss. Sans-IO.
+
+| state    | when                                                                 |
+|----------|----------------------------------------------------------------------|
+| DOWN     | no authenticated frame for `timeout` seconds (or none yet)           |
+| DEGRADED | frames lost, or datagram loss above `degraded_loss`, within `window` |
+| UP       | otherwise                                                            |
+
+Datagram loss compares TX's own count of datagrams sent (carried in its
+heartbeats) with what RX received over the window, so RX sees raw link
+quality even while repetition still hides it from the data.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .records import Heartbeat
+
+
+class LinkState(StrEnum):
+    UP = "UP"
+    DEGRADED = "DEGRADED"
+    DOWN = "DOWN"
+
+
+@dataclass(frozen=True)
+class HealthParams:
+    timeout: float = 3.0
+    degraded_loss: float = 0.10
+    window: float = 10.0
+
+
+class LinkHealth:
+    def __init__(self, params: HealthParams) -> None:
+        self.params = params
+        self.last_heartbeat: Heartbeat | None = None
+        self.last_heartbeat_at: float | None = None
+        # (rx time, TX datagrams sent, RX datagrams received) at each heartbeat
+        self._samples: deque[tuple[float, int, int]] = deque()
+        self._losses: deque[float] = deque()
+        self.state = LinkState.DOWN
+
+    def on_heartbeat(self, hb: Heartbeat, received_in_epoch: int, now: float) -> None:
+        self.last_heartbeat = hb
+        self.last_heartbeat_at = now
+        self._samples.append((now, int(hb.counters.get("datagrams", 0)), received_in_epoch))
+        self._trim(now)
+
+    def on_epoch(self) -> None:
+        """Counters restart with a new TX epoch; old samples no longer compare."""
+        self._samples.clear()
+
+    def on_lost(self, now: float) -> None:
+        self._losses.append(now)
+
+    def datagram_loss(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        _, sent0, got0 = self._samples[0]
+        _, sent1, got1 = self._samples[-1]
+        sent = sent1 - sent0
+        if sent <= 0:
+            return 0.0
+        return min(1.0, max(0.0, 1.0 - (got1 - got0) / sent))
+
+    def heartbeat_age(self, now: float) -> float | None:
+        return None if self.last_heartbeat_at is None else now - self.last_heartbeat_at
+
+    def evaluate(self, now: float, last_valid_at: float | None) -> LinkState:
+        """The state at `now`; sets `state` and returns it."""
+        self._trim(now)
+        if last_valid_at is None or now - last_valid_at >= self.params.timeout:
+            self.state = LinkState.DOWN
+        elif self._losses or self.datagram_loss() > self.params.degraded_loss:
+            self.state = LinkState.DEGRADED
+        else:
+            self.state = LinkState.UP
+        return self.state
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.params.window
+        while len(self._samples) > 2 and self._samples[1][0] <= horizon:
+            self._samples.popleft()
+        while self._losses and self._losses[0] <= horizon:
+            self._losses.popleft()

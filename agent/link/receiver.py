@@ -1,0 +1,261 @@
+"""The sans-IO link receiver: datagrams in, records and events out.
+
+```
+datagram ─► header checks ─► epoch policy ─► dedupe ─► AEAD open ─► CBOR body
+                 │                 │            │          │            │
+              counted           counted      counted    counted     reorder buffer
+              & dropped         & dropped   & dropped  & dropped        │
+                                                          gaps declared lost after
+                                                          `reorder_window` frames or
+                                                          `reorder_timeout` seconds
+                                                                        ▼
+                                                 RecordReceived / FramesLost / EpochChanged
+```
+
+Bad bytes from the wire are never raised: nobody could be told. They are
+counted by reason in `counters` and dropped. Copies of a frame that was
+already delivered count as `duplicates`; frames from far behind the window or
+from a retired epoch count as `replayed`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import records, seal, wire
+from .events import EpochChanged, Event, FramesLost, RecordReceived
+
+# How many lost seqs are remembered, to tell a late copy from a duplicate.
+_LOST_MEMORY = 4096
+
+REJECT_REASONS = ("truncated", "bad_version", "bad_flags", "wrong_link", "auth_failed",
+                  "replayed", "stale_epoch", "malformed_body")
+
+
+@dataclass(frozen=True)
+class ReceiverParams:
+    link_id: int = 1
+    reorder_window: int = 512      # frames a gap may trail the newest before it is lost
+    reorder_timeout: float = 0.5   # seconds a gap is waited for
+    epoch_takeover: float = 3.0    # silence after which an older-looking epoch is accepted
+    replay_window: int = 1 << 16   # seqs behind the newest still told apart as duplicates
+    max_record: int = 16 << 20     # largest reassembled record
+
+
+class LinkReceiver:
+    def __init__(self, params: ReceiverParams, link_key: bytes) -> None:
+        self.params = params
+        self._key = link_key
+        self._ciphers: OrderedDict[int, AESGCM] = OrderedDict()
+        self.epoch: int | None = None
+        self._retired: deque[int] = deque(maxlen=16)
+        self._next = 0                      # lowest seq not yet delivered or lost
+        self._buffer: dict[int, tuple[float, list[Any]]] = {}
+        self._lost: deque[int] = deque(maxlen=_LOST_MEMORY)
+        self._lost_set: set[int] = set()
+        self._frag: tuple[int, int, list[bytes], int] | None = None  # id, count, chunks, size
+        self.last_valid_at: float | None = None
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("datagrams", "valid", "frames", "records", "duplicates", "late", "lost",
+             "unknown_record", "bad_record", "fragments_dropped", "epochs",
+             *REJECT_REASONS), 0)
+
+    # -- input ---------------------------------------------------------------
+
+    def receive(self, datagram: bytes, now: float) -> list[Event]:
+        """Take one datagram; never raises on any byte string."""
+        c = self.counters
+        c["datagrams"] += 1
+        try:
+            header = wire.parse_header(datagram)
+        except ValueError:
+            c["truncated"] += 1
+            return []
+        if header.version != wire.VERSION:
+            c["bad_version"] += 1
+            return []
+        if header.flags & ~wire.KNOWN_FLAGS:
+            c["bad_flags"] += 1
+            return []
+        if header.link_id != self.params.link_id:
+            c["wrong_link"] += 1
+            return []
+        events: list[Event] = []
+        seq = header.seq
+        if header.epoch != self.epoch:
+            if header.epoch in self._retired:
+                c["replayed"] += 1
+                return []
+            if self.epoch is not None and header.epoch < self.epoch and (
+                    self.last_valid_at is not None
+                    and now - self.last_valid_at < self.params.epoch_takeover):
+                c["stale_epoch"] += 1
+                return []
+            body = self._open(header.epoch, datagram, seq)
+            if body is None:
+                return []
+            events.extend(self._switch_epoch(header.epoch, seq, now))
+        else:
+            if seq < self._next or seq in self._buffer:
+                if seq in self._lost_set:
+                    c["late"] += 1
+                elif self._next - seq > self.params.replay_window:
+                    c["replayed"] += 1
+                else:
+                    c["duplicates"] += 1
+                return []
+            body = self._open(header.epoch, datagram, seq)
+            if body is None:
+                return []
+        c["valid"] += 1
+        self.last_valid_at = now
+        self._buffer[seq] = (now, self._decode_body(body))
+        events.extend(self._deliver_ready(now))
+        return events
+
+    def next_deadline(self) -> float | None:
+        if not self._buffer:
+            return None
+        return min(t for t, _ in self._buffer.values()) + self.params.reorder_timeout
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Give up on gaps that have been waited for long enough."""
+        events: list[Event] = []
+        while self._buffer:
+            oldest = min(self._buffer)
+            if self._buffer[oldest][0] + self.params.reorder_timeout > now:
+                break
+            events.extend(self._declare_lost_until(oldest))
+            events.extend(self._deliver_ready(now))
+        return events
+
+    # -- internals -----------------------------------------------------------
+
+    def _cipher(self, epoch: int) -> AESGCM:
+        cipher = self._ciphers.get(epoch)
+        if cipher is None:
+            cipher = seal.derive_epoch_cipher(self._key, self.params.link_id, epoch)
+            self._ciphers[epoch] = cipher
+            if len(self._ciphers) > 4:
+                self._ciphers.popitem(last=False)
+        return cipher
+
+    def _open(self, epoch: int, datagram: bytes, seq: int) -> bytes | None:
+        body = seal.open_sealed(self._cipher(epoch), datagram, wire.HEADER_SIZE, seq)
+        if body is None:
+            self.counters["auth_failed"] += 1
+        return body
+
+    def _switch_epoch(self, epoch: int, seq: int, now: float) -> list[Event]:
+        events: list[Event] = []
+        old = self.epoch
+        if old is not None:
+            # Deliver what the old epoch still holds; its missing frames are lost.
+            while self._buffer:
+                events.extend(self._declare_lost_until(min(self._buffer)))
+                events.extend(self._deliver_ready(now))
+            self._retired.append(old)
+        self.epoch = epoch
+        self.counters["epochs"] += 1
+        # A TX that just started is expected from seq 0; an RX joining a
+        # running stream starts where it joins, without counting a gap.
+        self._next = 0 if seq < self.params.reorder_window else seq
+        self._lost.clear()
+        self._lost_set.clear()
+        self._frag = None
+        events.append(EpochChanged(old, epoch))
+        return events
+
+    def _decode_body(self, body: bytes) -> list[Any]:
+        try:
+            items = cbor2.loads(body)
+        except Exception:  # cbor2 raises many types; any of them means a bad body
+            items = None
+        if not isinstance(items, list):
+            self.counters["malformed_body"] += 1
+            return []
+        return items
+
+    def _declare_lost_until(self, seq: int) -> list[Event]:
+        if seq <= self._next:
+            return []
+        count = seq - self._next
+        for s in range(max(self._next, seq - _LOST_MEMORY), seq):
+            if len(self._lost) == _LOST_MEMORY:
+                self._lost_set.discard(self._lost[0])
+            self._lost.append(s)
+            self._lost_set.add(s)
+        event = FramesLost(self.epoch or 0, self._next, count)
+        self.counters["lost"] += count
+        self._next = seq
+        if self._frag is not None:
+            self.counters["fragments_dropped"] += 1
+            self._frag = None
+        return [event]
+
+    def _deliver_ready(self, now: float) -> list[Event]:
+        events: list[Event] = []
+        buffer = self._buffer
+        while self._next in buffer:
+            seq = self._next
+            _, items = buffer.pop(seq)
+            self._next += 1
+            self.counters["frames"] += 1
+            for item in items:
+                record = self._record(item)
+                if record is not None:
+                    events.append(RecordReceived(record, self.epoch or 0, seq))
+        if buffer:
+            newest = max(buffer)
+            if newest - self._next >= self.params.reorder_window:
+                events.extend(self._declare_lost_until(newest - self.params.reorder_window + 1))
+                events.extend(self._deliver_ready(now))
+        return events
+
+    def _record(self, item: Any) -> records.Record | None:
+        try:
+            record = records.decode_item(item)
+        except records.UnknownRecord:
+            self.counters["unknown_record"] += 1
+            return None
+        except records.RecordError:
+            self.counters["bad_record"] += 1
+            return None
+        if isinstance(record, records.Fragment):
+            return self._reassemble(record)
+        self.counters["records"] += 1
+        return record
+
+    def _reassemble(self, frag: records.Fragment) -> records.Record | None:
+        if frag.index == 0:
+            if self._frag is not None:
+                self.counters["fragments_dropped"] += 1
+            self._frag = (frag.frag_id, frag.count, [frag.chunk], len(frag.chunk))
+        elif (self._frag is None or self._frag[0] != frag.frag_id
+              or len(self._frag[2]) != frag.index):
+            self.counters["fragments_dropped"] += 1
+            self._frag = None
+            return None
+        else:
+            fid, count, chunks, size = self._frag
+            chunks.append(frag.chunk)
+            self._frag = (fid, count, chunks, size + len(frag.chunk))
+        fid, count, chunks, size = self._frag
+        if size > self.params.max_record:
+            self.counters["fragments_dropped"] += 1
+            self._frag = None
+            return None
+        if len(chunks) < count:
+            return None
+        self._frag = None
+        try:
+            item = cbor2.loads(b"".join(chunks))
+        except Exception:  # any decoder error means a bad record
+            self.counters["bad_record"] += 1
+            return None
+        return self._record(item)

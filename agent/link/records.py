@@ -1,0 +1,125 @@
+"""Records: what frames carry. Each record is a CBOR array `[tag, fields...]`.
+
+| tag | record      | fields                                                        |
+|-----|-------------|---------------------------------------------------------------|
+| 0   | Heartbeat   | tx_time, interval, repeat, counters{str:int}, sources{str:str} |
+| 1   | MqttMessage | channel, topic, payload, qos, retain, properties|null, carousel |
+| 2   | Fragment    | frag_id, index, count, chunk                                  |
+
+A receiver skips (and counts) tags it does not know, so newer TX versions can
+add record types without breaking older RX boards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+
+class RecordError(ValueError):
+    """A record that authenticated but does not decode: a TX bug or a version skew."""
+
+
+class UnknownRecord(RecordError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    TAG = 0
+    tx_time: float
+    interval: float
+    repeat: int
+    counters: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def to_list(self) -> list[Any]:
+        return [self.TAG, self.tx_time, self.interval, self.repeat, self.counters, self.sources]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> Heartbeat:
+        _, tx_time, interval, repeat, counters, sources = f
+        if not (isinstance(counters, dict) and isinstance(sources, dict)):
+            raise RecordError("heartbeat maps malformed")
+        return cls(float(tx_time), float(interval), int(repeat), counters, sources)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttMessage:
+    TAG = 1
+    channel: str
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    # MQTT v5 properties in a portable form (see sources/mqtt_props.py); None for 3.1.1.
+    properties: dict[str, Any] | None = None
+    # True when this is a periodic re-send of retained state, not a fresh message.
+    carousel: bool = False
+
+    def to_list(self) -> list[Any]:
+        return [self.TAG, self.channel, self.topic, self.payload, self.qos, self.retain,
+                self.properties, self.carousel]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> MqttMessage:
+        _, channel, topic, payload, qos, retain, props, carousel = f
+        if not (isinstance(channel, str) and isinstance(topic, str)
+                and isinstance(payload, bytes) and qos in (0, 1, 2)):
+            raise RecordError("mqtt record malformed")
+        if props is not None and not isinstance(props, dict):
+            raise RecordError("mqtt properties malformed")
+        return cls(channel, topic, payload, qos, bool(retain), props, bool(carousel))
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    TAG = 2
+    frag_id: int
+    index: int
+    count: int
+    chunk: bytes
+
+    def to_list(self) -> list[Any]:
+        return [self.TAG, self.frag_id, self.index, self.count, self.chunk]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> Fragment:
+        _, frag_id, index, count, chunk = f
+        if not (isinstance(chunk, bytes) and 0 <= index < count):
+            raise RecordError("fragment malformed")
+        return cls(int(frag_id), int(index), int(count), chunk)
+
+
+Record = Heartbeat | MqttMessage | Fragment
+_BY_TAG: dict[int, Any] = {c.TAG: c for c in (Heartbeat, MqttMessage, Fragment)}
+
+
+def encode(record: Record) -> bytes:
+    return cbor2.dumps(record.to_list())
+
+
+def decode_item(item: Any) -> Record:
+    """Turn one decoded CBOR item into a record; RecordError if it is not one."""
+    if not isinstance(item, list) or not item or not isinstance(item[0], int):
+        raise RecordError("record is not a tagged array")
+    cls = _BY_TAG.get(item[0])
+    if cls is None:
+        raise UnknownRecord(f"unknown record tag {item[0]}")
+    try:
+        rec: Record = cls.from_list(item)
+    except RecordError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise RecordError(f"{cls.__name__} malformed: {exc}") from None
+    return rec
+
+
+def decode(data: bytes) -> Record:
+    try:
+        item = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types on bad input
+        raise RecordError(f"not CBOR: {exc}") from None
+    return decode_item(item)

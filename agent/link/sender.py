@@ -1,0 +1,136 @@
+"""The sans-IO link sender: records in, sealed datagrams out.
+
+```
+push(record) ─► open frame (packs records up to the MTU; big records fragmented)
+                  │ closes when full, after `linger`, or on flush
+                  ▼
+               seal (header, seq, AEAD) ─► interleaver (repeat r, depth d) ─► datagrams
+```
+
+It never reads a clock: every call takes `now`, and `next_deadline()` says
+when `handle_timer(now)` is due. The driver pops datagrams and paces them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import records, seal, wire
+from .interleave import Interleaver
+
+
+@dataclass(frozen=True)
+class SenderParams:
+    link_id: int = 1
+    mtu: int = 1400
+    repeat: int = 3
+    interleave: int = 8
+    linger: float = 0.002
+    tick: float = 0.002
+
+    @property
+    def body_capacity(self) -> int:
+        return self.mtu - wire.OVERHEAD
+
+
+# Worst-case CBOR size of a Fragment record around its chunk: array head,
+# tag, frag_id (u64), index and count (u32), byte-string head.
+_FRAGMENT_OVERHEAD = 1 + 1 + 9 + 5 + 5 + 5
+
+
+class LinkSender:
+    def __init__(self, params: SenderParams, link_key: bytes, epoch: int) -> None:
+        if params.body_capacity < _FRAGMENT_OVERHEAD + 64:
+            raise ValueError(f"mtu {params.mtu} is too small")
+        self.params = params
+        self.epoch = epoch
+        self._cipher = seal.derive_epoch_cipher(link_key, params.link_id, epoch)
+        self._interleaver = Interleaver(params.repeat, params.interleave)
+        self._items: list[bytes] = []
+        self._items_len = 0
+        self._heartbeat = False
+        self._opened_at = 0.0
+        self._last_step = 0.0
+        self._seq = 0
+        self._frag_id = 0
+        self._out: list[bytes] = []
+        self.counters = {"frames": 0, "datagrams": 0, "records": 0, "fragments": 0,
+                         "bytes": 0}
+
+    # -- input ---------------------------------------------------------------
+
+    def push(self, record: bytes, now: float, *, heartbeat: bool = False) -> None:
+        """Queue one CBOR-encoded record for the link."""
+        self.counters["records"] += 1
+        capacity = self.params.body_capacity
+        if wire.array_head_size(1) + len(record) > capacity:
+            self._push_fragments(record, now)
+            return
+        if wire.array_head_size(len(self._items) + 1) + self._items_len + len(record) > capacity:
+            self._close(now)
+        if not self._items:
+            self._opened_at = now
+        self._items.append(record)
+        self._items_len += len(record)
+        self._heartbeat |= heartbeat
+
+    def flush(self, now: float) -> None:
+        """Close the open frame now instead of waiting for `linger`."""
+        if self._items:
+            self._close(now)
+
+    def _push_fragments(self, record: bytes, now: float) -> None:
+        size = self.params.body_capacity - wire.array_head_size(1) - _FRAGMENT_OVERHEAD
+        chunks = [record[i:i + size] for i in range(0, len(record), size)]
+        frag_id = self._frag_id
+        self._frag_id += 1
+        self.counters["records"] -= 1  # counted per fragment below
+        for index, chunk in enumerate(chunks):
+            self.counters["fragments"] += 1
+            self.push(records.encode(records.Fragment(frag_id, index, len(chunks), chunk)), now)
+
+    # -- timers --------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines = []
+        if self._items:
+            deadlines.append(self._opened_at + self.params.linger)
+        if self._interleaver.pending:
+            deadlines.append(self._last_step + self.params.tick)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        if self._items and now >= self._opened_at + self.params.linger:
+            self._close(now)
+        elif self._interleaver.pending and now >= self._last_step + self.params.tick:
+            self._emit(self._interleaver.tick(), now)
+
+    # -- output --------------------------------------------------------------
+
+    def pop_datagrams(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def drain(self, now: float) -> list[bytes]:
+        """Close everything and return every datagram still owed (for shutdown)."""
+        self.flush(now)
+        self._emit(self._interleaver.drain(), now)
+        return self.pop_datagrams()
+
+    def _close(self, now: float) -> None:
+        body = wire.array_head(len(self._items)) + b"".join(self._items)
+        flags = wire.FLAG_HEARTBEAT if self._heartbeat else 0
+        header = wire.Header(wire.VERSION, flags, self.params.link_id, self.epoch, self._seq).pack()
+        datagram = seal.seal(self._cipher, header, self._seq, body)
+        self._seq += 1
+        self._items = []
+        self._items_len = 0
+        self._heartbeat = False
+        self.counters["frames"] += 1
+        self._emit(self._interleaver.push(datagram), now)
+
+    def _emit(self, datagrams: list[bytes], now: float) -> None:
+        self._last_step = now
+        self._out.extend(datagrams)
+        self.counters["datagrams"] += len(datagrams)
+        self.counters["bytes"] += sum(map(len, datagrams))
