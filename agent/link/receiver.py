@@ -124,13 +124,18 @@ class LinkReceiver:
         return min(t for t, _ in self._buffer.values()) + self.params.reorder_timeout
 
     def handle_timer(self, now: float) -> list[Event]:
-        """Give up on gaps that have been waited for long enough."""
+        """Give up on gaps that have been waited for long enough.
+
+        The gap below the lowest buffered seq has been known since the first
+        buffered frame beyond it arrived, whichever seq that was, so it is
+        timed from the earliest arrival (as `next_deadline` promises).
+        """
         events: list[Event] = []
         while self._buffer:
-            oldest = min(self._buffer)
-            if self._buffer[oldest][0] + self.params.reorder_timeout > now:
+            first_arrival = min(t for t, _ in self._buffer.values())
+            if first_arrival + self.params.reorder_timeout > now:
                 break
-            events.extend(self._declare_lost_until(oldest))
+            events.extend(self._declare_lost_until(min(self._buffer)))
             events.extend(self._deliver_ready(now))
         return events
 
@@ -162,9 +167,10 @@ class LinkReceiver:
             self._retired.append(old)
         self.epoch = epoch
         self.counters["epochs"] += 1
-        # A TX that just started is expected from seq 0; an RX joining a
-        # running stream starts where it joins, without counting a gap.
-        self._next = 0 if seq < self.params.reorder_window else seq
+        # After a TX restart the new stream is expected from seq 0, so its
+        # first frames count as lost if they never come. An RX that just
+        # started cannot know what was sent before it: it starts where it joins.
+        self._next = 0 if old is not None and seq < self.params.reorder_window else seq
         self._lost.clear()
         self._lost_set.clear()
         self._frag = None

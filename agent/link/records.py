@@ -112,7 +112,7 @@ def decode_item(item: Any) -> Record:
         rec: Record = cls.from_list(item)
     except RecordError:
         raise
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise RecordError(f"{cls.__name__} malformed: {exc}") from None
     return rec
 

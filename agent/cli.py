@@ -1,0 +1,114 @@
+"""`diode` command line: tx | rx | keygen | demo | bench | status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from . import __version__, logs
+from .config import ConfigError
+
+DEFAULT_CONFIG_DIR = "/boot/firmware/diode"
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from . import config
+    role = args.command
+    try:
+        cfg = config.load(args.config, role)
+        if role == "tx":
+            from .tx import TxAgent
+            return asyncio.run(TxAgent(cfg).run())
+        from .rx import RxAgent
+        return asyncio.run(RxAgent(cfg).run())
+    except ConfigError as exc:
+        print(f"diode {role}: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from .keys import write_key
+    from .link.seal import key_fingerprint
+    path = Path(args.output)
+    try:
+        key = write_key(path, force=args.force)
+    except FileExistsError:
+        print(f"diode keygen: {path} exists; refusing to overwrite a key. Use --force to "
+              "replace it (then copy the new key to both boards)", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (mode 0600), fingerprint {key_fingerprint(key)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(duration=args.duration, loss=args.loss, as_json=args.json, rate=args.rate)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.what == "link":
+        from .bench_link import run_link_bench
+        result = run_link_bench(loss=args.loss, repeat=args.repeat, frames=args.frames,
+                                interleave=args.interleave)
+    else:
+        from .bench_mqtt import run_mqtt_bench
+        result = run_mqtt_bench(messages=args.messages)
+    if not args.json:
+        for k, v in result.items():
+            print(f"{k:>24}: {v}")
+    print(json.dumps(result))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import show_status
+    return show_status(Path(args.file), as_json=args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="diode", description="One-way gateway agents for a data "
+                                "diode: MQTT from OT to IT, with nothing back.")
+    p.add_argument("--version", action="version", version=f"diode {__version__}")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sub = p.add_subparsers(dest="command", required=True)
+    for role, where in (("tx", "OT side"), ("rx", "IT side")):
+        sp = sub.add_parser(role, help=f"run the {role.upper()} agent ({where})")
+        sp.add_argument("-c", "--config", default=f"{DEFAULT_CONFIG_DIR}/{role}.toml",
+                        help="config file (default: %(default)s)")
+        sp.set_defaults(func=_agent)
+    sp = sub.add_parser("keygen", help="write a new 256-bit link key (mode 0600)")
+    sp.add_argument("-o", "--output", required=True, help="key file to write")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    sp.set_defaults(func=_keygen)
+    sp = sub.add_parser("demo", help="live local demo: brokers, plant, TX, link, RX")
+    sp.add_argument("--duration", type=float, default=30.0, help="seconds (default %(default)s)")
+    sp.add_argument("--loss", type=float, default=0.0, help="datagram loss 0..1 on the link")
+    sp.add_argument("--rate", type=float, default=500.0, help="plant messages per second")
+    sp.add_argument("--json", action="store_true", help="last line: one JSON summary")
+    sp.set_defaults(func=_demo)
+    sp = sub.add_parser("bench", help="measure throughput and loss")
+    sp.add_argument("what", choices=("mqtt", "link"))
+    sp.add_argument("--loss", type=float, default=0.05)
+    sp.add_argument("--repeat", type=int, default=3)
+    sp.add_argument("--interleave", type=int, default=8)
+    sp.add_argument("--frames", type=int, default=100_000)
+    sp.add_argument("--messages", type=int, default=100_000)
+    sp.add_argument("--json", action="store_true", help="print only the JSON line")
+    sp.set_defaults(func=_bench)
+    sp = sub.add_parser("status", help="one screen of an agent's state")
+    sp.add_argument("-f", "--file", default="/run/diode/status.json",
+                    help="the agent's [status] file (default %(default)s)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_status)
+    args = p.parse_args(argv)
+    logs.setup(args.log_level)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

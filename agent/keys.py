@@ -1,0 +1,44 @@
+"""Link key files: 32 random bytes, hex on one line, mode 0600."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from .config import ConfigError
+from .link.seal import KEY_SIZE
+
+
+def write_key(path: Path, force: bool = False) -> bytes:
+    key = secrets.token_bytes(KEY_SIZE)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(key.hex() + "\n")
+    return key
+
+
+def read_key(path: Path) -> bytes:
+    """Read a key file; refuse one that others can read, naming the fix."""
+    try:
+        st = path.stat()
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: key file not found. Fix: create it with "
+                          f"`diode keygen -o {path}` and copy it to both boards") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read key file: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path}: key file is readable by others (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}). Fix: chmod 600 {path}")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_SIZE:
+        raise ConfigError(f"{path}: not a link key (expected {KEY_SIZE * 2} hex digits). "
+                          f"Fix: create one with `diode keygen -o {path}`")
+    return key

@@ -1,0 +1,181 @@
+"""The RX agent (IT side): wiring only.
+
+```
+transport ──► LinkReceiver ──► RecordReceived(MqttMessage) ──► MqttSink[channel] ──► IT brokers
+ (udp|serial)  (verify, dedupe,  RecordReceived(Heartbeat) ──┐
+               reorder, gaps)    FramesLost, EpochChanged ───┴► LinkHealth ──► status topic, status file, log
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .config import AgentConfig, LinkConfig
+from .keys import read_key
+from .link import records
+from .link.events import EpochChanged, Event, FramesLost, RecordReceived
+from .link.health import HealthParams, LinkHealth, LinkState
+from .link.receiver import REJECT_REASONS, LinkReceiver, ReceiverParams
+from .link.seal import key_fingerprint
+from .runtime import Runtime, write_status
+from .sinks.mqtt import MqttSink
+from .transport.base import RxTransport
+
+log = logging.getLogger("diode.rx")
+
+
+def open_transport(link: LinkConfig) -> RxTransport:
+    if link.transport == "serial":
+        from .transport.serial import SerialRx
+        return SerialRx(link.serial_port, link.baudrate)
+    from .transport.udp import UdpRx
+    return UdpRx(link.host, link.port, interface=link.interface)
+
+
+class RxAgent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        link = cfg.link
+        self.key = read_key(link.key_file)
+        self.receiver = LinkReceiver(ReceiverParams(link_id=link.link_id,
+                                                    reorder_timeout=link.reorder_timeout,
+                                                    epoch_takeover=link.timeout), self.key)
+        self.health = LinkHealth(HealthParams(timeout=link.timeout,
+                                              degraded_loss=link.degraded_loss))
+        self.counters = {"unrouted": 0}
+        self._epoch_datagrams = 0
+        self._unrouted_logged: set[str] = set()
+
+    async def run(self) -> int:
+        rt = Runtime()
+        self.sinks = {ch.name: MqttSink(ch, rt.fail) for ch in self.cfg.rx_mqtt}
+        for sink in self.sinks.values():
+            sink.start()
+        transport = open_transport(self.cfg.link)
+        try:
+            await transport.start(self._on_datagram)
+        except OSError as exc:
+            log.critical("%s", exc.strerror or exc)
+            for sink in self.sinks.values():
+                sink.stop()
+            return 2
+        log.info("RX listening: link id %d, %s, %d MQTT channel(s), key %s",
+                 self.cfg.link.link_id, self._where(), len(self.sinks),
+                 key_fingerprint(self.key))
+        tasks = [asyncio.create_task(self._timers()), asyncio.create_task(self._status())]
+        await rt.stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        transport.close()
+        self._report()
+        for sink in self.sinks.values():
+            sink.stop()
+        if rt.fatal:
+            log.critical("RX stopped: %s", rt.fatal)
+        else:
+            log.info("RX stopped cleanly")
+        return rt.exit_code
+
+    def _where(self) -> str:
+        link = self.cfg.link
+        if link.transport == "serial":
+            return f"serial {link.serial_port} @ {link.baudrate}"
+        return f"udp {link.host}:{link.port}"
+
+    # -- link input ----------------------------------------------------------------
+
+    def _on_datagram(self, datagram: bytes) -> None:
+        now = time.monotonic()
+        self._handle(self.receiver.receive(datagram, now), now)
+
+    def _handle(self, events: list[Event], now: float) -> None:
+        sinks = self.sinks
+        for ev in events:
+            if isinstance(ev, RecordReceived):
+                rec = ev.record
+                if isinstance(rec, records.MqttMessage):
+                    sink = sinks.get(rec.channel)
+                    if sink is not None:
+                        sink.publish(rec, now)
+                    else:
+                        self._unrouted(rec.channel)
+                elif isinstance(rec, records.Heartbeat):
+                    valid = self.receiver.counters["valid"] + self.receiver.counters["duplicates"]
+                    self.health.on_heartbeat(rec, valid - self._epoch_datagrams, now)
+            elif isinstance(ev, FramesLost):
+                self.health.on_lost(now)
+                log.warning("link: %d frame(s) lost (epoch %016x, from seq %d); %d lost in all",
+                            ev.count, ev.epoch, ev.first_seq, self.receiver.counters["lost"])
+            elif isinstance(ev, EpochChanged):
+                c = self.receiver.counters
+                self._epoch_datagrams = c["valid"] + c["duplicates"] - 1
+                self.health.on_epoch()
+                if ev.old is None:
+                    log.info("link: receiving epoch %016x", ev.new)
+                else:
+                    log.warning("link: TX restarted (epoch %016x -> %016x); following it",
+                                ev.old, ev.new)
+
+    def _unrouted(self, channel: str) -> None:
+        self.counters["unrouted"] += 1
+        if channel not in self._unrouted_logged:
+            self._unrouted_logged.add(channel)
+            log.error("link: records for channel '%s' have no [[mqtt]] channel of that name "
+                      "here; they are dropped and counted. Fix: add [[mqtt]] name = \"%s\" to "
+                      "%s", channel, channel, self.cfg.path)
+
+    # -- timers --------------------------------------------------------------------
+
+    async def _timers(self) -> None:
+        prev = self.health.state
+        while True:
+            now = time.monotonic()
+            deadline = self.receiver.next_deadline()
+            if deadline is not None and deadline <= now:
+                self._handle(self.receiver.handle_timer(now), now)
+            state = self.health.evaluate(now, self.receiver.last_valid_at)
+            if state != prev:
+                level = logging.INFO if state == LinkState.UP else logging.WARNING
+                log.log(level, "link state %s -> %s", prev.value, state.value)
+                prev = state
+                self._report()
+            await asyncio.sleep(0.02)
+
+    async def _status(self) -> None:
+        while True:
+            self._report()
+            await asyncio.sleep(self.cfg.status_interval)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        c = self.receiver.counters
+        hb = self.health.last_heartbeat
+        age = self.health.heartbeat_age(now)
+        return {
+            "role": "rx", "time": time.time(), "config": str(self.cfg.path),
+            "key_fingerprint": key_fingerprint(self.key),
+            "link_state": self.health.state.value,
+            "last_heartbeat_age_s": None if age is None else round(age, 3),
+            "datagram_loss": round(self.health.datagram_loss(), 4),
+            "epoch": None if self.receiver.epoch is None else f"{self.receiver.epoch:016x}",
+            "counters": {"received": c["frames"], "records": c["records"], "lost": c["lost"],
+                         "duplicates": c["duplicates"], "late": c["late"],
+                         "auth_failures": c["auth_failed"],
+                         "rejected": sum(c[r] for r in REJECT_REASONS),
+                         "unrouted": self.counters["unrouted"]},
+            "link": dict(c),
+            "tx": None if hb is None else {"sources": hb.sources, "counters": hb.counters},
+            "sinks": {name: {"state": s.state, **s.counters, **s.conn.counters}
+                      for name, s in self.sinks.items()},
+        }
+
+    def _report(self) -> None:
+        status = self.status()
+        for name, sink in self.sinks.items():
+            sink.publish_status({**status, "channel": name})
+        write_status(self.cfg.status_file, status)

@@ -1,0 +1,123 @@
+"""RX side: one IT broker connection that republishes a channel's messages.
+
+Topics, payloads, QoS and retained flags are kept; MQTT 5 properties are kept
+when the IT broker speaks 5, with the expiry aged by the time spent here.
+While the broker is away, messages wait in a bounded queue (overflow counted)
+and go out in order on reconnect. Carousel re-sends of retained state are
+skipped when this connection already published the same payload, so IT
+subscribers do not see a copy every period; after a reconnect the cache is
+cleared, so a fresh broker is refilled by the next carousel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+
+from .. import mqtt_props
+from ..config import RxMqttChannel
+from ..link.records import MqttMessage
+from ..mqtt_client import MqttConnection
+
+log = logging.getLogger("diode.sink.mqtt")
+
+_OFFLINE = json.dumps({"rx": "offline", "link_state": "UNKNOWN"}).encode()
+
+
+class MqttSink:
+    def __init__(self, ch: RxMqttChannel, on_fatal: Callable[[str], None]) -> None:
+        self.ch = ch
+        self._v5 = ch.broker.protocol == "5"
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[MqttMessage, float]] = deque()
+        self._published: dict[str, bytes] = {}
+        self.counters = {"published": 0, "queue_dropped": 0, "expired": 0,
+                         "carousel_skipped": 0}
+        self.conn = MqttConnection(
+            ch.broker, f"IT broker '{ch.name}' ({ch.broker.label})",
+            on_connected=self._on_connected, on_fatal=on_fatal,
+            will=(ch.status_topic, _OFFLINE) if ch.status_topic else None)
+        self.conn.client.max_queued_messages_set(ch.queue_limit)
+
+    @property
+    def state(self) -> str:
+        return self.conn.state
+
+    def start(self) -> None:
+        self.conn.start()
+
+    def stop(self) -> None:
+        self.conn.stop()
+
+    def map_topic(self, topic: str) -> str:
+        for old, new in self.ch.topic_rewrite:
+            if topic.startswith(old):
+                topic = new + topic[len(old):]
+                break
+        return self.ch.topic_prefix + topic
+
+    def publish(self, msg: MqttMessage, now: float) -> None:
+        """Republish one message received from the link at `now` (monotonic)."""
+        with self._lock:
+            if self._pending or not self.conn.connected:
+                self._enqueue(msg, now)
+                return
+            self._send(msg, now)
+
+    def publish_status(self, status: dict[str, Any]) -> None:
+        if self.ch.status_topic and self.conn.connected:
+            self.conn.client.publish(self.ch.status_topic, json.dumps(status).encode(), qos=1,
+                                     retain=True)
+
+    def _enqueue(self, msg: MqttMessage, now: float) -> None:
+        if len(self._pending) >= self.ch.queue_limit:
+            self._pending.popleft()
+            self.counters["queue_dropped"] += 1
+        self._pending.append((msg, now))
+
+    def _on_connected(self, client: paho.Client) -> None:
+        with self._lock:
+            self._published.clear()
+            now = time.monotonic()
+            while self._pending and self.conn.connected:
+                msg, at = self._pending.popleft()
+                if not self._send(msg, now, held=now - at):
+                    break
+
+    def _send(self, msg: MqttMessage, now: float, held: float = 0.0) -> bool:
+        topic = self.map_topic(msg.topic)
+        if msg.retain:
+            digest = hashlib.blake2b(msg.payload, digest_size=16).digest()
+            if msg.carousel and self._published.get(topic) == digest:
+                self.counters["carousel_skipped"] += 1
+                return True
+            if msg.payload:
+                self._published[topic] = digest
+            else:
+                self._published.pop(topic, None)
+        props = None
+        if self._v5 and msg.properties:
+            aged = mqtt_props.age(msg.properties, held)
+            if mqtt_props.expired(aged):
+                self.counters["expired"] += 1
+                return True
+            props = mqtt_props.to_paho(aged)
+        info = self.conn.client.publish(topic, msg.payload, msg.qos, msg.retain, props)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.counters["published"] += 1
+            return True
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            self.counters["queue_dropped"] += 1
+            return True
+        # Not connected after all: keep it for the reconnect.
+        self._pending.appendleft((msg, now - held))
+        return False

@@ -1,0 +1,112 @@
+"""TX side: one OT broker connection subscribed to a channel's topic filters.
+
+paho delivers messages in the connection's thread; they wait in a bounded
+queue until the agent's loop frames them. The last retained message of every
+topic is kept for the carousel, which re-sends them so RX converges without
+asking. With MQTT 5 the subscription uses retainAsPublished, so the retain
+flag is exact. A 3.1.1 broker clears the flag on live messages, so a topic
+already known to be retained is taken to stay retained.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from .. import mqtt_props
+from ..config import TxMqttChannel
+from ..link.records import MqttMessage
+from ..mqtt_client import MqttConnection
+
+log = logging.getLogger("diode.source.mqtt")
+
+# topic, payload, qos, retain, properties, arrival (monotonic)
+Queued = tuple[str, bytes, int, bool, dict[str, Any] | None, float]
+
+
+class MqttSource:
+    def __init__(self, ch: TxMqttChannel, wake: Callable[[], None],
+                 on_fatal: Callable[[str], None]) -> None:
+        self.ch = ch
+        self._wake = wake
+        self._v5 = ch.broker.protocol == "5"
+        self.queue: deque[Queued] = deque()
+        self.retained: dict[str, tuple[bytes, int, dict[str, Any] | None]] = {}
+        self._lock = threading.Lock()
+        self.counters = {"received": 0, "queue_dropped": 0, "expired": 0}
+        self._drop_logged = 0.0
+        self.conn = MqttConnection(
+            ch.broker, f"OT broker '{ch.name}' ({ch.broker.label})",
+            on_connected=self._subscribe, on_message=self._on_message, on_fatal=on_fatal)
+
+    @property
+    def state(self) -> str:
+        return self.conn.state
+
+    def start(self) -> None:
+        self.conn.start()
+
+    def stop(self) -> None:
+        self.conn.stop()
+
+    def _subscribe(self, client: paho.Client) -> None:
+        if self._v5:
+            client.subscribe([(t, SubscribeOptions(qos=self.ch.qos, retainAsPublished=True))
+                              for t in self.ch.topics])
+        else:
+            client.subscribe([(t, self.ch.qos) for t in self.ch.topics])
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.counters["received"] += 1
+        topic = msg.topic
+        payload = bytes(msg.payload)
+        props = mqtt_props.from_paho(msg.properties) if self._v5 else None
+        retain = bool(msg.retain) or (not self._v5 and topic in self.retained)
+        if retain:
+            with self._lock:
+                if payload:
+                    self.retained[topic] = (payload, msg.qos, props)
+                else:
+                    self.retained.pop(topic, None)
+        queue = self.queue
+        if len(queue) >= self.ch.queue_limit:
+            self.counters["queue_dropped"] += 1
+            now = time.monotonic()
+            if now - self._drop_logged > 5:
+                self._drop_logged = now
+                log.error("channel '%s': queue full (%d); dropping messages (%d so far). The "
+                          "link is slower than the OT traffic: raise [link] bitrate or narrow "
+                          "topics", self.ch.name, self.ch.queue_limit,
+                          self.counters["queue_dropped"])
+            return
+        was_empty = not queue
+        queue.append((topic, payload, msg.qos, retain, props, time.monotonic()))
+        if was_empty:
+            self._wake()
+
+    def take(self, now: float, limit: int) -> list[MqttMessage]:
+        """Up to `limit` queued messages as records, expiry aged by their wait."""
+        out: list[MqttMessage] = []
+        queue, name = self.queue, self.ch.name
+        while queue and len(out) < limit:
+            topic, payload, qos, retain, props, arrived = queue.popleft()
+            if props is not None and "expiry" in props:
+                props = mqtt_props.age(props, now - arrived)
+                if mqtt_props.expired(props):
+                    self.counters["expired"] += 1
+                    continue
+            out.append(MqttMessage(name, topic, payload, qos, retain, props))
+        return out
+
+    def carousel(self) -> list[MqttMessage]:
+        with self._lock:
+            items = list(self.retained.items())
+        return [MqttMessage(self.ch.name, topic, payload, qos, True, props, carousel=True)
+                for topic, (payload, qos, props) in items]

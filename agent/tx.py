@@ -1,0 +1,210 @@
+"""The TX agent (OT side): wiring only. It opens no listening socket.
+
+```
+OT brokers ──► MqttSource (paho thread, bounded queue) ──┐
+heartbeat timer ──► Heartbeat (counters, source states) ─┼─► LinkSender ─► TokenBucket ─► transport ══►
+carousel timers ──► retained snapshot (share of rate) ───┘   (pack, seal,  (bit rate)    (udp | serial)
+                                                               repeat)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from .config import AgentConfig, LinkConfig
+from .keys import read_key
+from .link import records
+from .link.pacer import TokenBucket
+from .link.seal import key_fingerprint
+from .link.sender import LinkSender, SenderParams
+from .runtime import Runtime, write_status
+from .sources.mqtt import MqttSource
+from .transport.base import TxTransport
+
+log = logging.getLogger("diode.tx")
+
+
+def new_epoch() -> int:
+    """Start second in the high half (so later epochs compare greater), random low half."""
+    return (int(time.time()) & 0xFFFFFFFF) << 32 | secrets.randbits(32)
+
+
+def open_transport(link: LinkConfig) -> tuple[TxTransport, float]:
+    """The transport and the bit rate TX must keep under."""
+    transport: TxTransport
+    if link.transport == "serial":
+        from .transport.serial import SerialTx
+        serial_tx = SerialTx(link.serial_port, link.baudrate)
+        # 8N1: ten bits on the line per byte; the pacer counts bytes * 8.
+        transport, rate = serial_tx, link.baudrate * 8 / serial_tx.bits_per_byte
+    else:
+        from .transport.udp import UdpTx
+        transport, rate = UdpTx(link.host, link.port, source=link.source,
+                                interface=link.interface, broadcast=link.broadcast), link.bitrate
+    if link.loss > 0:
+        from .transport.lossy import LossyChannel, LossyTx
+        log.warning("simulated loss of %.1f %% is ON ([link] simulated_loss)", link.loss * 100)
+        transport = LossyTx(transport, LossyChannel(link.loss_seed, loss=link.loss))
+    return transport, float(rate)
+
+
+class TxAgent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        link = cfg.link
+        self.key = read_key(link.key_file)
+        self.epoch = new_epoch()
+        self.sender = LinkSender(SenderParams(link_id=link.link_id, mtu=link.mtu,
+                                              repeat=link.repeat, interleave=link.interleave,
+                                              linger=link.linger), self.key, self.epoch)
+        self.counters = {"send_errors": 0}
+        self._wake = asyncio.Event()
+        self._wake_pending = False
+
+    async def run(self) -> int:
+        rt = Runtime()
+        loop = rt.loop
+        link = self.cfg.link
+        transport, rate = open_transport(link)
+        self.bucket = TokenBucket(rate, max(link.mtu * 8, int(rate / 8 * 0.01)), time.monotonic())
+
+        def wake() -> None:  # called from paho threads
+            if not self._wake_pending:
+                self._wake_pending = True
+                loop.call_soon_threadsafe(self._wake.set)
+
+        self.sources = [MqttSource(ch, wake, rt.fail) for ch in self.cfg.tx_mqtt]
+        log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
+                 "%d MQTT channel(s), key %s", self.epoch, link.link_id,
+                 f"udp {link.host}:{link.port}" if link.transport == "udp" else
+                 f"serial {link.serial_port} @ {link.baudrate}", link.repeat, link.interleave,
+                 len(self.sources), key_fingerprint(self.key))
+        for src in self.sources:
+            src.start()
+        tasks = [asyncio.create_task(self._pump(transport)),
+                 asyncio.create_task(self._heartbeats()),
+                 asyncio.create_task(self._status())]
+        tasks += [asyncio.create_task(self._carousel(src, rate)) for src in self.sources]
+        await rt.stop.wait()
+        for src in self.sources:
+            src.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        now = time.monotonic()
+        self._push_heartbeat(now)
+        for d in self.sender.drain(now):
+            self._send(transport, d)
+        transport.close()
+        self._write_status()
+        if rt.fatal:
+            log.critical("TX stopped: %s", rt.fatal)
+        else:
+            log.info("TX stopped cleanly")
+        return rt.exit_code
+
+    # -- tasks -------------------------------------------------------------------
+
+    async def _pump(self, transport: TxTransport) -> None:
+        sender = self.sender
+        overhead = transport.overhead_bytes
+        while True:
+            self._wake_pending = False
+            self._wake.clear()
+            now = time.monotonic()
+            for src in self.sources:
+                for rec in src.take(now, 5000):
+                    sender.push(records.encode(rec), now)
+            deadline = sender.next_deadline()
+            while deadline is not None and deadline <= now:
+                sender.handle_timer(now)
+                deadline = sender.next_deadline()
+            for d in sender.pop_datagrams():
+                cost = len(d) + overhead
+                delay = self.bucket.delay(cost, time.monotonic())
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.bucket.take(cost, time.monotonic())
+                self._send(transport, d)
+            if any(src.queue for src in self.sources):
+                await asyncio.sleep(0)
+                continue
+            deadline = sender.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _send(self, transport: TxTransport, datagram: bytes) -> None:
+        try:
+            transport.send(datagram)
+        except OSError as exc:
+            n = self.counters["send_errors"] = self.counters["send_errors"] + 1
+            if n in (1, 10, 100) or n % 10000 == 0:
+                log.error("link send failed (%d so far): %s", n, exc)
+
+    def _push_heartbeat(self, now: float) -> None:
+        hb = records.Heartbeat(time.time(), self.cfg.link.heartbeat_interval,
+                               self.cfg.link.repeat, self._counters(),
+                               {f"mqtt:{s.ch.name}": s.state for s in self.sources})
+        self.sender.push(records.encode(hb), now, heartbeat=True)
+        self.sender.flush(now)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            self._push_heartbeat(time.monotonic())
+            self._wake.set()
+            await asyncio.sleep(self.cfg.link.heartbeat_interval)
+
+    async def _carousel(self, src: MqttSource, rate: float) -> None:
+        """Re-send retained state every period, within its share of the link."""
+        ch = src.ch
+        bucket = TokenBucket(rate * ch.carousel_share, self.cfg.link.mtu * 4, time.monotonic())
+        while True:
+            await asyncio.sleep(ch.carousel_period)
+            started = time.monotonic()
+            for rec in src.carousel():
+                data = records.encode(rec)
+                delay = bucket.delay(len(data), time.monotonic())
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = time.monotonic()
+                bucket.take(len(data), now)
+                self.sender.push(data, now)
+                self._wake.set()
+            took = time.monotonic() - started
+            if took > ch.carousel_period:
+                log.warning("channel '%s': carousel of %d retained topics took %.1f s, longer "
+                            "than carousel_period; raise carousel_share or the period",
+                            ch.name, len(src.retained), took)
+
+    async def _status(self) -> None:
+        while True:
+            self._write_status()
+            await asyncio.sleep(self.cfg.status_interval)
+
+    # -- reporting ---------------------------------------------------------------
+
+    def _counters(self) -> dict[str, int]:
+        out = dict(self.sender.counters)
+        out.update(self.counters)
+        for src in self.sources:
+            for k, v in {**src.counters, **src.conn.counters}.items():
+                out[f"mqtt:{src.ch.name}.{k}"] = v
+        return out
+
+    def _write_status(self) -> None:
+        status: dict[str, Any] = {
+            "role": "tx", "time": time.time(), "config": str(self.cfg.path),
+            "epoch": f"{self.epoch:016x}", "key_fingerprint": key_fingerprint(self.key),
+            "counters": self._counters(),
+            "sources": {f"mqtt:{s.ch.name}": s.state for s in self.sources},
+            "queues": {f"mqtt:{s.ch.name}": len(s.queue) for s in self.sources},
+        }
+        write_status(self.cfg.status_file, status)
