@@ -61,7 +61,7 @@ class RxAgent:
         except OSError as exc:
             log.critical("%s", exc.strerror or exc)
             for sink in self.sinks.values():
-                sink.stop()
+                await sink.stop()
             return 2
         log.info("RX listening: link id %d, %s, %d MQTT channel(s), key %s",
                  self.cfg.link.link_id, self._where(), len(self.sinks),
@@ -74,7 +74,7 @@ class RxAgent:
         transport.close()
         self._report()
         for sink in self.sinks.values():
-            sink.stop()
+            await sink.stop()
         if rt.fatal:
             log.critical("RX stopped: %s", rt.fatal)
         else:

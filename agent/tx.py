@@ -1,7 +1,7 @@
 """The TX agent (OT side): wiring only. It opens no listening socket.
 
 ```
-OT brokers ──► MqttSource (paho thread, bounded queue) ──┐
+OT brokers ──► MqttSource (paho in the loop, bounded queue) ┐
 heartbeat timer ──► Heartbeat (counters, source states) ─┼─► LinkSender ─► TokenBucket ─► transport ══►
 carousel timers ──► retained snapshot (share of rate) ───┘   (pack, seal,  (bit rate)    (udp | serial)
                                                                repeat)
@@ -64,21 +64,14 @@ class TxAgent:
                                               linger=link.linger), self.key, self.epoch)
         self.counters = {"send_errors": 0}
         self._wake = asyncio.Event()
-        self._wake_pending = False
 
     async def run(self) -> int:
         rt = Runtime()
-        loop = rt.loop
         link = self.cfg.link
         transport, rate = open_transport(link)
         self.bucket = TokenBucket(rate, max(link.mtu * 8, int(rate / 8 * 0.01)), time.monotonic())
 
-        def wake() -> None:  # called from paho threads
-            if not self._wake_pending:
-                self._wake_pending = True
-                loop.call_soon_threadsafe(self._wake.set)
-
-        self.sources = [MqttSource(ch, wake, rt.fail) for ch in self.cfg.tx_mqtt]
+        self.sources = [MqttSource(ch, self._wake.set, rt.fail) for ch in self.cfg.tx_mqtt]
         log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
                  "%d MQTT channel(s), key %s", self.epoch, link.link_id,
                  f"udp {link.host}:{link.port}" if link.transport == "udp" else
@@ -92,7 +85,7 @@ class TxAgent:
         tasks += [asyncio.create_task(self._carousel(src, rate)) for src in self.sources]
         await rt.stop.wait()
         for src in self.sources:
-            src.stop()
+            await src.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -114,7 +107,6 @@ class TxAgent:
         sender = self.sender
         overhead = transport.overhead_bytes
         while True:
-            self._wake_pending = False
             self._wake.clear()
             now = time.monotonic()
             for src in self.sources:

@@ -141,19 +141,20 @@ class LinkReceiver:
 
     # -- internals -----------------------------------------------------------
 
-    def _cipher(self, epoch: int) -> AESGCM:
+    def _open(self, epoch: int, datagram: bytes, seq: int) -> bytes | None:
+        # Only ciphers that opened a frame are cached, so forged datagrams with
+        # random epochs cannot push the live epoch's key out.
         cipher = self._ciphers.get(epoch)
+        fresh = cipher is None
         if cipher is None:
             cipher = seal.derive_epoch_cipher(self._key, self.params.link_id, epoch)
+        body = seal.open_sealed(cipher, datagram, wire.HEADER_SIZE, seq)
+        if body is None:
+            self.counters["auth_failed"] += 1
+        elif fresh:
             self._ciphers[epoch] = cipher
             if len(self._ciphers) > 4:
                 self._ciphers.popitem(last=False)
-        return cipher
-
-    def _open(self, epoch: int, datagram: bytes, seq: int) -> bytes | None:
-        body = seal.open_sealed(self._cipher(epoch), datagram, wire.HEADER_SIZE, seq)
-        if body is None:
-            self.counters["auth_failed"] += 1
         return body
 
     def _switch_epoch(self, epoch: int, seq: int, now: float) -> list[Event]:

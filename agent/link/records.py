@@ -41,7 +41,10 @@ class Heartbeat:
     @classmethod
     def from_list(cls, f: list[Any]) -> Heartbeat:
         _, tx_time, interval, repeat, counters, sources = f
-        if not (isinstance(counters, dict) and isinstance(sources, dict)):
+        if not (isinstance(counters, dict) and isinstance(sources, dict)
+                and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                        for k, v in counters.items())
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in sources.items())):
             raise RecordError("heartbeat maps malformed")
         return cls(float(tx_time), float(interval), int(repeat), counters, sources)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,7 +36,6 @@ class MqttSink:
     def __init__(self, ch: RxMqttChannel, on_fatal: Callable[[str], None]) -> None:
         self.ch = ch
         self._v5 = ch.broker.protocol == "5"
-        self._lock = threading.Lock()
         self._pending: deque[tuple[MqttMessage, float]] = deque()
         self._published: dict[str, bytes] = {}
         self.counters = {"published": 0, "queue_dropped": 0, "expired": 0,
@@ -55,8 +53,8 @@ class MqttSink:
     def start(self) -> None:
         self.conn.start()
 
-    def stop(self) -> None:
-        self.conn.stop()
+    async def stop(self) -> None:
+        await self.conn.stop()
 
     def map_topic(self, topic: str) -> str:
         for old, new in self.ch.topic_rewrite:
@@ -67,11 +65,10 @@ class MqttSink:
 
     def publish(self, msg: MqttMessage, now: float) -> None:
         """Republish one message received from the link at `now` (monotonic)."""
-        with self._lock:
-            if self._pending or not self.conn.connected:
-                self._enqueue(msg, now)
-                return
-            self._send(msg, now)
+        if self._pending or not self.conn.connected:
+            self._enqueue(msg, now)
+            return
+        self._send(msg, now)
 
     def publish_status(self, status: dict[str, Any]) -> None:
         if self.ch.status_topic and self.conn.connected:
@@ -85,13 +82,12 @@ class MqttSink:
         self._pending.append((msg, now))
 
     def _on_connected(self, client: paho.Client) -> None:
-        with self._lock:
-            self._published.clear()
-            now = time.monotonic()
-            while self._pending and self.conn.connected:
-                msg, at = self._pending.popleft()
-                if not self._send(msg, now, held=now - at):
-                    break
+        self._published.clear()
+        now = time.monotonic()
+        while self._pending and self.conn.connected:
+            msg, at = self._pending.popleft()
+            if not self._send(msg, now, held=now - at):
+                break
 
     def _send(self, msg: MqttMessage, now: float, held: float = 0.0) -> bool:
         topic = self.map_topic(msg.topic)

@@ -1,7 +1,7 @@
 """TX side: one OT broker connection subscribed to a channel's topic filters.
 
-paho delivers messages in the connection's thread; they wait in a bounded
-queue until the agent's loop frames them. The last retained message of every
+paho delivers messages in the agent's loop; they wait in a bounded queue
+until the pump frames them, so a link slower than the plant backs up here. The last retained message of every
 topic is kept for the carousel, which re-sends them so RX converges without
 asking. With MQTT 5 the subscription uses retainAsPublished, so the retain
 flag is exact. A 3.1.1 broker clears the flag on live messages, so a topic
@@ -11,13 +11,13 @@ already known to be retained is taken to stay retained.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .. import mqtt_props
@@ -39,7 +39,6 @@ class MqttSource:
         self._v5 = ch.broker.protocol == "5"
         self.queue: deque[Queued] = deque()
         self.retained: dict[str, tuple[bytes, int, dict[str, Any] | None]] = {}
-        self._lock = threading.Lock()
         self.counters = {"received": 0, "queue_dropped": 0, "expired": 0}
         self._drop_logged = 0.0
         self.conn = MqttConnection(
@@ -53,8 +52,8 @@ class MqttSource:
     def start(self) -> None:
         self.conn.start()
 
-    def stop(self) -> None:
-        self.conn.stop()
+    async def stop(self) -> None:
+        await self.conn.stop()
 
     def _subscribe(self, client: paho.Client) -> None:
         if self._v5:
@@ -63,18 +62,16 @@ class MqttSource:
         else:
             client.subscribe([(t, self.ch.qos) for t in self.ch.topics])
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, topic: str, payload: bytes, qos: int, retain: bool,
+                    properties: Properties | None) -> None:
         self.counters["received"] += 1
-        topic = msg.topic
-        payload = bytes(msg.payload)
-        props = mqtt_props.from_paho(msg.properties) if self._v5 else None
-        retain = bool(msg.retain) or (not self._v5 and topic in self.retained)
+        props = mqtt_props.from_paho(properties)
+        retain = retain or (not self._v5 and topic in self.retained)
         if retain:
-            with self._lock:
-                if payload:
-                    self.retained[topic] = (payload, msg.qos, props)
-                else:
-                    self.retained.pop(topic, None)
+            if payload:
+                self.retained[topic] = (payload, qos, props)
+            else:
+                self.retained.pop(topic, None)
         queue = self.queue
         if len(queue) >= self.ch.queue_limit:
             self.counters["queue_dropped"] += 1
@@ -87,7 +84,7 @@ class MqttSource:
                           self.counters["queue_dropped"])
             return
         was_empty = not queue
-        queue.append((topic, payload, msg.qos, retain, props, time.monotonic()))
+        queue.append((topic, payload, qos, retain, props, time.monotonic()))
         if was_empty:
             self._wake()
 
@@ -106,7 +103,6 @@ class MqttSource:
         return out
 
     def carousel(self) -> list[MqttMessage]:
-        with self._lock:
-            items = list(self.retained.items())
+        items = list(self.retained.items())
         return [MqttMessage(self.ch.name, topic, payload, qos, True, props, carousel=True)
                 for topic, (payload, qos, props) in items]

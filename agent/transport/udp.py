@@ -49,18 +49,16 @@ class UdpTx:
         self.sock.close()
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: DatagramHandler) -> None:
-        self.handler = handler
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.handler(data)
-
-
 class UdpRx:
+    """Reads every waiting datagram per wake-up: asyncio's datagram transport
+    reads one per loop pass, which cost RX a full loop pass per datagram."""
+
+    BATCH = 256
+
     def __init__(self, host: str, port: int, *, interface: str | None = None) -> None:
         self.host, self.port, self.interface = host, port, interface
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, on_datagram: DatagramHandler) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -82,10 +80,24 @@ class UdpRx:
             raise OSError(exc.errno, f"cannot listen on UDP {self.host}:{self.port}: "
                           f"{exc.strerror}. Fix: check [link] host and port, and that no other "
                           "agent uses them") from None
-        loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(on_datagram), sock=sock)
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock, self._readable, on_datagram)
+
+    def _readable(self, on_datagram: DatagramHandler) -> None:
+        recv = self._sock.recv  # type: ignore[union-attr]
+        for _ in range(self.BATCH):
+            try:
+                data = recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # e.g. ICMP errors surfacing; nothing to read for us
+            on_datagram(data)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+            self._sock.close()
+            self._sock = None

@@ -1,0 +1,1 @@
+"""Board support (LEDs, watchdog, one-way interface setup) for the Pi images."""
