@@ -55,7 +55,7 @@ def _bench(args: argparse.Namespace) -> int:
                                 interleave=args.interleave)
     else:
         from .bench_mqtt import run_mqtt_bench
-        result = run_mqtt_bench(messages=args.messages)
+        result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate)
     if not args.json:
         for k, v in result.items():
             print(f"{k:>24}: {v}")
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--interleave", type=int, default=8)
     sp.add_argument("--frames", type=int, default=100_000)
     sp.add_argument("--messages", type=int, default=100_000)
+    sp.add_argument("--bitrate", type=int, default=250_000_000,
+                    help="mqtt: link bit rate TX paces to (default %(default)s)")
     sp.add_argument("--json", action="store_true", help="print only the JSON line")
     sp.set_defaults(func=_bench)
     sp = sub.add_parser("status", help="one screen of an agent's state")

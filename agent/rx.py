@@ -49,6 +49,8 @@ class RxAgent:
         self.counters = {"unrouted": 0}
         self._epoch_datagrams = 0
         self._unrouted_logged: set[str] = set()
+        self._lost_unlogged = 0
+        self._lost_logged_at = -1.0
 
     async def run(self) -> int:
         rt = Runtime()
@@ -109,8 +111,12 @@ class RxAgent:
                     self.health.on_heartbeat(rec, valid - self._epoch_datagrams, now)
             elif isinstance(ev, FramesLost):
                 self.health.on_lost(now)
-                log.warning("link: %d frame(s) lost (epoch %016x, from seq %d); %d lost in all",
-                            ev.count, ev.epoch, ev.first_seq, self.receiver.counters["lost"])
+                self._lost_unlogged += ev.count
+                if now - self._lost_logged_at >= 1.0:
+                    log.warning("link: %d frame(s) lost since the last report (epoch %016x, "
+                                "latest from seq %d); %d lost in all", self._lost_unlogged,
+                                ev.epoch, ev.first_seq, self.receiver.counters["lost"])
+                    self._lost_unlogged, self._lost_logged_at = 0, now
             elif isinstance(ev, EpochChanged):
                 c = self.receiver.counters
                 self._epoch_datagrams = c["valid"] + c["duplicates"] - 1

@@ -206,23 +206,28 @@ class LinkReceiver:
         return [event]
 
     def _deliver_ready(self, now: float) -> list[Event]:
+        """Deliver the in-order prefix of the buffer; when the newest frame is a
+        whole window ahead, give up on the gaps below it (only the missing
+        seqs count as lost: buffered frames inside the window still go out)."""
         events: list[Event] = []
         buffer = self._buffer
-        while self._next in buffer:
-            seq = self._next
-            _, items = buffer.pop(seq)
-            self._next += 1
-            self.counters["frames"] += 1
-            for item in items:
-                record = self._record(item)
-                if record is not None:
-                    events.append(RecordReceived(record, self.epoch or 0, seq))
-        if buffer:
-            newest = max(buffer)
-            if newest - self._next >= self.params.reorder_window:
-                events.extend(self._declare_lost_until(newest - self.params.reorder_window + 1))
-                events.extend(self._deliver_ready(now))
-        return events
+        window = self.params.reorder_window
+        while True:
+            while self._next in buffer:
+                seq = self._next
+                _, items = buffer.pop(seq)
+                self._next += 1
+                self.counters["frames"] += 1
+                for item in items:
+                    record = self._record(item)
+                    if record is not None:
+                        events.append(RecordReceived(record, self.epoch or 0, seq))
+            if not buffer:
+                return events
+            target = max(buffer) - window + 1
+            if self._next >= target:
+                return events
+            events.extend(self._declare_lost_until(min(min(buffer), target)))
 
     def _record(self, item: Any) -> records.Record | None:
         try:

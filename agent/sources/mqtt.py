@@ -3,7 +3,10 @@
 paho delivers messages in the agent's loop; they wait in a bounded queue
 until the pump frames them, so a link slower than the plant backs up here. The last retained message of every
 topic is kept for the carousel, which re-sends them so RX converges without
-asking. With MQTT 5 the subscription uses retainAsPublished, so the retain
+asking. That copy is updated only when the pump takes a message for the link,
+and the carousel reads it at the moment it sends, so a carousel copy never
+overtakes a live message still queued here (RX would publish an old value
+after a newer one, or the newer one twice). With MQTT 5 the subscription uses retainAsPublished, so the retain
 flag is exact. A 3.1.1 broker clears the flag on live messages, so a topic
 already known to be retained is taken to stay retained.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -38,7 +41,9 @@ class MqttSource:
         self._wake = wake
         self._v5 = ch.broker.protocol == "5"
         self.queue: deque[Queued] = deque()
+        # What the link has been given: topic -> (payload, qos, properties).
         self.retained: dict[str, tuple[bytes, int, dict[str, Any] | None]] = {}
+        self._retained_topics: set[str] = set()  # as seen on arrival (3.1.1 guess)
         self.counters = {"received": 0, "queue_dropped": 0, "expired": 0}
         self._drop_logged = 0.0
         self.conn = MqttConnection(
@@ -66,12 +71,12 @@ class MqttSource:
                     properties: Properties | None) -> None:
         self.counters["received"] += 1
         props = mqtt_props.from_paho(properties)
-        retain = retain or (not self._v5 and topic in self.retained)
-        if retain:
+        retain = retain or (not self._v5 and topic in self._retained_topics)
+        if retain and not self._v5:
             if payload:
-                self.retained[topic] = (payload, qos, props)
+                self._retained_topics.add(topic)
             else:
-                self.retained.pop(topic, None)
+                self._retained_topics.discard(topic)
         queue = self.queue
         if len(queue) >= self.ch.queue_limit:
             self.counters["queue_dropped"] += 1
@@ -92,17 +97,30 @@ class MqttSource:
         """Up to `limit` queued messages as records, expiry aged by their wait."""
         out: list[MqttMessage] = []
         queue, name = self.queue, self.ch.name
+        retained = self.retained
         while queue and len(out) < limit:
             topic, payload, qos, retain, props, arrived = queue.popleft()
             if props is not None and "expiry" in props:
                 props = mqtt_props.age(props, now - arrived)
                 if mqtt_props.expired(props):
                     self.counters["expired"] += 1
+                    if retain:  # the broker has dropped it too
+                        retained.pop(topic, None)
                     continue
+            if retain:
+                if payload:
+                    retained[topic] = (payload, qos, props)
+                else:
+                    retained.pop(topic, None)
             out.append(MqttMessage(name, topic, payload, qos, retain, props))
         return out
 
-    def carousel(self) -> list[MqttMessage]:
-        items = list(self.retained.items())
-        return [MqttMessage(self.ch.name, topic, payload, qos, True, props, carousel=True)
-                for topic, (payload, qos, props) in items]
+    def carousel(self) -> Iterator[MqttMessage]:
+        """Re-sends of the retained state, each read when the caller takes it: the
+        carousel paces itself across many loop turns, and a topic updated
+        meanwhile must go out with its new value, never the old one."""
+        for topic in list(self.retained):
+            item = self.retained.get(topic)
+            if item is not None:
+                payload, qos, props = item
+                yield MqttMessage(self.ch.name, topic, payload, qos, True, props, carousel=True)

@@ -1,0 +1,61 @@
+"""`diode status`: one screen of a running agent's state, read from its status file."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except FileNotFoundError:
+        print(f"diode status: {path} not found. Is the agent running with [status] file = "
+              f'"{path}" in its config?', file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"diode status: cannot read {path}: {exc}", file=sys.stderr)
+    return None
+
+
+def render(st: dict[str, Any], now: float) -> str:
+    age = now - float(st.get("time", 0))
+    lines = [f"role            {st.get('role', '?').upper()}",
+             f"config          {st.get('config')}",
+             f"key fingerprint {st.get('key_fingerprint')}",
+             f"status age      {age:.1f} s" + ("   (STALE: is the agent running?)"
+                                               if age > 10 else "")]
+    if st.get("role") == "rx":
+        hb = st.get("last_heartbeat_age_s")
+        lines += [f"link state      {st.get('link_state')}",
+                  f"last heartbeat  {'never' if hb is None else f'{hb:.1f} s ago'}",
+                  f"datagram loss   {float(st.get('datagram_loss') or 0):.2%}",
+                  f"TX epoch        {st.get('epoch')}"]
+        c = st.get("counters", {})
+        lines.append("link counters   " + "  ".join(f"{k} {v}" for k, v in c.items()))
+        tx = st.get("tx") or {}
+        for name, state in (tx.get("sources") or {}).items():
+            lines.append(f"TX source       {name}: {state}")
+        for name, sink in (st.get("sinks") or {}).items():
+            lines.append(f"sink            mqtt:{name}: {sink.get('state')}  published "
+                         f"{sink.get('published')}  dropped {sink.get('queue_dropped')}  "
+                         f"outages {sink.get('outages')}")
+    else:
+        lines.append(f"epoch           {st.get('epoch')}")
+        for name, state in (st.get("sources") or {}).items():
+            lines.append(f"source          {name}: {state}  queued "
+                         f"{(st.get('queues') or {}).get(name)}")
+        c = st.get("counters", {})
+        lines.append("counters        " + "  ".join(f"{k} {v}" for k, v in c.items()))
+    return "\n".join(lines)
+
+
+def show_status(path: Path, as_json: bool) -> int:
+    st = _load(path)
+    if st is None:
+        return 1
+    print(json.dumps(st) if as_json else render(st, time.time()))
+    return 0
