@@ -15,7 +15,9 @@ paho's traps, handled here once for both sides (see DESIGN.md):
   gathers writes until the loop flushes them in one `send`, once per loop pass.
 - paho builds a Properties object and an MQTTMessage per PUBLISH even when it
   carries no properties (half of TX's time in a profile); `on_publish_fast`
-  gets topic, payload and flags straight from the packet instead.
+  gets topic, payload and flags straight from the packet instead. Likewise
+  `publish_qos0` encodes a QoS 0 PUBLISH straight into the write buffer,
+  skipping the MQTTMessageInfo (with its lock and condition) paho makes.
 - TCP_NODELAY is set, since Nagle plus delayed ACKs gave 44 ms latency spikes.
 """
 
@@ -109,6 +111,28 @@ class _BufferedClient(paho.Client):
                and self._sock is not None):
             rc = super().loop_read(max_packets)
         return rc
+
+    def publish_qos0(self, topic: str, payload: bytes, retain: bool,
+                     props: Properties | None) -> bool:
+        """Queue a QoS 0 PUBLISH; False when paho's own path must be used."""
+        if self._out_packet or self._sock is None or not self.is_connected() \
+                or "+" in topic or "#" in topic:
+            return False  # paho's queue first (keeps order), or paho's own checks and errors
+        t = topic.encode()
+        if self._protocol == paho.MQTTv5:
+            tail = (props.pack() if props is not None else b"\x00") + payload
+        else:
+            tail = payload
+        n = 2 + len(t) + len(tail)
+        head = bytearray((0x31 if retain else 0x30,))
+        while True:
+            n, digit = n >> 7, n & 0x7F
+            head.append(digit | 0x80 if n else digit)
+            if not n:
+                break
+        self._wbuf += head + len(t).to_bytes(2, "big") + t + tail
+        self._call_socket_register_write()
+        return True
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         # Gather; `loop_write` flushes. A large backlog is pushed out early.

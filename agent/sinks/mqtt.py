@@ -107,7 +107,11 @@ class MqttSink:
                 self.counters["expired"] += 1
                 return True
             props = mqtt_props.to_paho(aged)
-        info = self.conn.client.publish(topic, msg.payload, msg.qos, msg.retain, props)
+        client = self.conn.client
+        if msg.qos == 0 and client.publish_qos0(topic, msg.payload, msg.retain, props):
+            self.counters["published"] += 1
+            return True
+        info = client.publish(topic, msg.payload, msg.qos, msg.retain, props)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.counters["published"] += 1
             return True
