@@ -3,7 +3,7 @@
 Each epoch gets its own AES-256-GCM subkey, derived with HKDF-SHA256 from the
 link key, the link id and the epoch. The 96-bit nonce is the frame's 64-bit
 sequence number behind four zero bytes, so a nonce repeats only if an epoch
-repeats (32 random bits and the start second would both have to collide), and
+repeats (the start millisecond and 22 random bits would both have to match), and
 copies of one frame are byte-identical rather than re-encrypted.
 """
 

@@ -7,7 +7,7 @@ Every datagram is one sealed frame. All integers are big-endian.
  0      1    version    (1)
  1      1    flags      (bit 0: the frame carries a heartbeat; others 0)
  2      2    link id    (u16, both sides configured alike)
- 4      8    epoch      (u64, fresh at every TX start: unix seconds << 32 | 32 random bits)
+ 4      8    epoch      (u64, fresh at every TX start: unix ms << 22 | 22 random bits)
  12     8    sequence   (u64, frame number within the epoch, from 0)
  20     n    ciphertext of the body (AEAD, header as associated data)
  20+n   16   AEAD tag

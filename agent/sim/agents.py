@@ -14,6 +14,13 @@ from typing import Any
 from .mosquitto import Broker, free_port
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the demo or bench process dies, however it dies."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_udp_port() -> int:
     import socket
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -48,7 +55,8 @@ class AgentPair:
         log = open(self.dir / f"{role}.log", "ab")  # noqa: SIM115 (owned by the process)
         proc = subprocess.Popen([sys.executable, "-m", "agent.cli", role, "-c",
                                  str(self.dir / f"{role}.toml")], stdout=log, stderr=log,
-                                cwd=self.dir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                cwd=self.dir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=_die_with_parent)
         self.procs[role] = proc
         return proc
 

@@ -1,14 +1,17 @@
 """TX side: one OT broker connection subscribed to a channel's topic filters.
 
-paho delivers messages in the agent's loop; they wait in a bounded queue
-until the pump frames them, so a link slower than the plant backs up here. The last retained message of every
-topic is kept for the carousel, which re-sends them so RX converges without
-asking. That copy is updated only when the pump takes a message for the link,
-and the carousel reads it at the moment it sends, so a carousel copy never
-overtakes a live message still queued here (RX would publish an old value
-after a newer one, or the newer one twice). With MQTT 5 the subscription uses retainAsPublished, so the retain
-flag is exact. A 3.1.1 broker clears the flag on live messages, so a topic
-already known to be retained is taken to stay retained.
+paho delivers messages in the agent's loop; they wait in a bounded queue until
+the pump frames them, so a link slower than the plant backs up here.
+
+The last retained message of every topic is kept for the carousel, which
+re-sends them so RX converges without asking. That copy is updated only when
+the pump takes a message for the link, and the carousel reads it at the moment
+it sends, so a carousel copy never overtakes a live message still queued here
+(RX would publish an old value after a newer one, or the newer one twice).
+
+With MQTT 5 the subscription uses retainAsPublished, so the retain flag is
+exact. A 3.1.1 broker clears the flag on live messages, so a topic already
+known to be retained is taken to stay retained.
 """
 
 from __future__ import annotations

@@ -1,0 +1,67 @@
+"""What the spool hands out and reports: records, damage facts, stats, errors.
+
+Two kinds of error, as in h11: `SpoolError` is ours (misuse, wrong key, a
+spool already in use) and is raised; damage found on disk is theirs (a
+tampered, truncated or replayed file) and becomes a `SpoolDamage` fact that is
+counted, logged and kept in `Spool.damage`, unless the spool was opened
+`strict`, when `SpoolDamaged` is raised before anything is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+DamageKind = Literal["corrupt", "reordered", "truncated", "missing", "replayed", "foreign", "state"]
+DAMAGE_KINDS: tuple[DamageKind, ...] = ("corrupt", "reordered", "truncated", "missing", "replayed",
+                                        "foreign", "state")
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRecord:
+    """One appended record: `time` is the wall time of the append (Unix seconds)."""
+    seq: int
+    payload: bytes
+    key: str | None
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolDamage:
+    """Something on disk the spool did not write that way; never accepted silently."""
+    kind: DamageKind
+    segment: int | None
+    offset: int | None
+    seq: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """One look at the spool, for `diode status` (asdict() is JSON-ready)."""
+    fill_bytes: int
+    max_bytes: int
+    fill_fraction: float
+    records: int                 # appended, not yet acknowledged nor dropped
+    oldest_age_s: float | None   # wall-clock age of the oldest such record
+    segments: int
+    last_seq: int
+    acked_seq: int
+    durable_seq: int
+    durable_ack: int
+    dropped_oldest: int
+    dropped_conflated: int
+    torn_tail: int
+    damaged: int
+
+
+class SpoolError(Exception):
+    """Ours: misuse, a wrong key, a locked or unusable spool directory."""
+
+
+class SpoolDamaged(SpoolError):
+    """Raised in strict mode (and at runtime in strict mode) when damage is found."""
+
+    def __init__(self, damage: tuple[SpoolDamage, ...]) -> None:
+        self.damage = damage
+        super().__init__("; ".join(d.message for d in damage))
