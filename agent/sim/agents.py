@@ -71,7 +71,7 @@ class AgentPair:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.status("rx")
-            if st and st.get("link_state") == "UP" and st.get("sinks", {}).get(
+            if st and st.get("link_state") in ("UP", "DEGRADED") and st.get("sinks", {}).get(
                     "plant", {}).get("state") == "connected" and self._tx_connected():
                 return
             for role, proc in self.procs.items():

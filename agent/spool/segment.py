@@ -100,16 +100,21 @@ class SegmentCodec:
     def header_bytes(self) -> bytes:
         return self.prefix + self._encrypt(_nonce(HEADER, 0), b"", self.prefix)
 
+    def header_ok(self, raw: bytes) -> bool:
+        try:
+            self._decrypt(_nonce(HEADER, 0), raw[HEAD_FIELDS:HEADER_SIZE], self.prefix)
+        except InvalidTag:
+            return False
+        return True
+
     def seal(self, kind: int, seq: int, prev: int, body: bytes) -> bytes:
         head = REC.pack(len(body) + TAG_SIZE, kind, seq, 0)[:13]
         head += zlib.crc32(head).to_bytes(4, "big")
-        nonce = kind.to_bytes(4, "big") + _SEQ.pack(seq)
-        return head + self._encrypt(nonce, body, self.prefix + head + _SEQ.pack(prev))
+        return head + self._encrypt(_nonce(kind, seq), body, self.prefix + head + _SEQ.pack(prev))
 
     def open(self, head: bytes, kind: int, seq: int, prev: int, sealed: bytes) -> bytes | None:
-        nonce = kind.to_bytes(4, "big") + _SEQ.pack(seq)
         try:
-            return self._decrypt(nonce, sealed, self.prefix + head + _SEQ.pack(prev))
+            return self._decrypt(_nonce(kind, seq), sealed, self.prefix + head + _SEQ.pack(prev))
         except InvalidTag:
             return None
 
@@ -126,17 +131,9 @@ def open_header(key: bytes, raw: bytes) -> SegmentCodec:
     if magic != MAGIC:
         raise HeaderError("not a spool segment (bad magic or version)")
     codec = SegmentCodec(key, SegmentHeader(spool_id, segment_id, generation, base, salt))
-    if codec.open(raw[:0], HEADER, 0, 0, b"") is None and not _header_tag_ok(codec, raw):
+    if not codec.header_ok(raw):
         raise HeaderError("header fails authentication (altered, or sealed with another key)")
     return codec
-
-
-def _header_tag_ok(codec: SegmentCodec, raw: bytes) -> bool:
-    try:
-        codec._decrypt(_nonce(HEADER, 0), raw[HEAD_FIELDS:HEADER_SIZE], codec.prefix)
-    except InvalidTag:
-        return False
-    return True
 
 
 def encode_body(time_ms: int, key: str | None, payload: bytes) -> bytes:
