@@ -159,7 +159,8 @@ class LinkConfig:
     interleave: int = 8
     linger: float = 0.002
     heartbeat_interval: float = 1.0
-    timeout: float = 3.0            # RX: DOWN after this long without a valid frame
+    timeout: float | None = None    # RX: DOWN after this long without a valid frame
+                                    # (None: three of TX's heartbeat intervals)
     degraded_loss: float = 0.10
     reorder_timeout: float = 0.5
     loss: float = 0.0               # TX: simulated loss (demo and tests only)
@@ -245,7 +246,7 @@ def _link(t: _Table, role: str) -> LinkConfig:
         linger=t.get("linger", float, 0.002, example="0.002", lo=0.0, hi=1.0),
         heartbeat_interval=t.get("heartbeat_interval", float, 1.0, example="1.0",
                                  lo=0.05, hi=60),
-        timeout=t.get("timeout", float, 3.0, example="3.0", lo=0.1, hi=600),
+        timeout=t.get("timeout", float, None, example="3.0", lo=0.1, hi=600),
         degraded_loss=t.get("degraded_loss", float, 0.10, example="0.10", lo=0.0, hi=1.0),
         reorder_timeout=t.get("reorder_timeout", float, 0.5, example="0.5", lo=0.001, hi=30),
         loss=t.get("simulated_loss", float, 0.0, example="0.0", lo=0.0, hi=1.0),

@@ -43,7 +43,8 @@ class RxAgent:
         self.key = read_key(link.key_file)
         self.receiver = LinkReceiver(ReceiverParams(link_id=link.link_id,
                                                     reorder_timeout=link.reorder_timeout,
-                                                    epoch_takeover=link.timeout), self.key)
+                                                    epoch_takeover=link.timeout or 3.0),
+                                    self.key)
         self.health = LinkHealth(HealthParams(timeout=link.timeout,
                                               degraded_loss=link.degraded_loss))
         self.counters = {"unrouted": 0}

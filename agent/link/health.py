@@ -3,6 +3,7 @@
 | state    | when                                                                 |
 |----------|----------------------------------------------------------------------|
 | DOWN     | no authenticated frame for `timeout` seconds (or none yet)           |
+|          | (`timeout` None: three of TX's announced heartbeat intervals)        |
 | DEGRADED | frames lost, or datagram loss above `degraded_loss`, within `window` |
 | UP       | otherwise                                                            |
 
@@ -28,7 +29,7 @@ class LinkState(StrEnum):
 
 @dataclass(frozen=True)
 class HealthParams:
-    timeout: float = 3.0
+    timeout: float | None = None
     degraded_loss: float = 0.10
     window: float = 10.0
 
@@ -69,10 +70,17 @@ class LinkHealth:
     def heartbeat_age(self, now: float) -> float | None:
         return None if self.last_heartbeat_at is None else now - self.last_heartbeat_at
 
+    @property
+    def timeout(self) -> float:
+        if self.params.timeout is not None:
+            return self.params.timeout
+        hb = self.last_heartbeat
+        return 3 * (hb.interval if hb is not None and hb.interval > 0 else 1.0)
+
     def evaluate(self, now: float, last_valid_at: float | None) -> LinkState:
         """The state at `now`; sets `state` and returns it."""
         self._trim(now)
-        if last_valid_at is None or now - last_valid_at >= self.params.timeout:
+        if last_valid_at is None or now - last_valid_at >= self.timeout:
             self.state = LinkState.DOWN
         elif self._losses or self.datagram_loss() > self.params.degraded_loss:
             self.state = LinkState.DEGRADED
