@@ -54,63 +54,116 @@ _FIXES = {
 
 _WRITE_CHUNK = 256 * 1024
 
-# topic, payload, qos, retain, properties (None when the PUBLISH carried none)
-FastMessageHandler = Callable[[str, bytes, int, bool, Properties | None], None]
+# topic, payload, qos, retain, properties (None when the PUBLISH carried none), packet id
+FastMessageHandler = Callable[[str, bytes, int, bool, Properties | None, int], None]
+
+
+def _fresh_in_packet() -> Any:
+    return {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+            "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
 
 
 class _BufferedClient(paho.Client):
-    _rbuf: bytes = b""
-    _rpos: int = 0
+    _pending: bytes = b""
     _wbuf: bytearray
     on_publish_fast: FastMessageHandler | None = None
 
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Read what the socket has and handle every complete packet in it.
+
+        Replaces paho's reader, which makes several `recv` calls per packet.
+        PUBLISH (QoS 0/1) is decoded here; other packets go to paho's handlers.
+        """
+        sock = self._sock
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        try:
+            data = paho.Client._sock_recv(self, 65536)
+            pending = getattr(sock, "pending", None)  # TLS keeps decrypted bytes inside
+            while pending is not None and pending() > 0:
+                data += paho.Client._sock_recv(self, pending())
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        except OSError:
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        if not data:
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        buf = self._pending + data if self._pending else data
+        n, pos = len(buf), 0
+        while n - pos >= 2:
+            command, length, mult, i = buf[pos], 0, 1, pos + 1
+            complete = False
+            while i < n:
+                byte = buf[i]
+                i += 1
+                length += (byte & 0x7F) * mult
+                mult <<= 7
+                if not byte & 0x80:
+                    complete = True
+                    break
+                if i - pos > 4:
+                    return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
+            if not complete or i + length > n:
+                break  # incomplete: wait for more bytes
+            end = i + length
+            if (command & 0xF0) == 0x30 and (command & 0x06) != 0x04 \
+                    and self.on_publish_fast is not None:
+                rc = self._publish_fast(command, buf, i, end)
+            else:
+                self._in_packet = cast(Any, {**_fresh_in_packet(), "command": command,
+                                             "remaining_length": length, "have_remaining": 1,
+                                             "packet": bytearray(buf[i:end])})
+                try:
+                    rc = self._packet_handle()
+                except Exception:  # paho's MalformedPacket and friends
+                    rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+                self._in_packet = _fresh_in_packet()
+            pos = end
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._pending = b""
+                return self._loop_rc_handle(rc)
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._pending = buf[pos:]
+        with self._msgtime_mutex:
+            self._last_bytes_received = paho.time_func()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def _handle_publish(self) -> MQTTErrorCode:
-        fast = self.on_publish_fast
-        header = self._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        if fast is None or qos == 2:
+        """paho's path (QoS 2 through paho's own flow)."""
+        command = self._in_packet["command"]
+        if self.on_publish_fast is None or (command & 0x06) == 0x04:
             return super()._handle_publish()
         packet = self._in_packet["packet"]
+        return self._publish_fast(command, packet, 0, len(packet))
+
+    def _publish_fast(self, command: int, buf: bytes | bytearray, start: int,
+                      end: int) -> MQTTErrorCode:
+        qos = (command & 0x06) >> 1
         try:
-            pos = 2 + ((packet[0] << 8) | packet[1])
-            topic = bytes(packet[2:pos]).decode("utf-8")
+            pos = start + 2 + ((buf[start] << 8) | buf[start + 1])
+            topic = bytes(buf[start + 2:pos]).decode("utf-8")
             mid = 0
             if qos:
-                mid = (packet[pos] << 8) | packet[pos + 1]
+                mid = (buf[pos] << 8) | buf[pos + 1]
                 pos += 2
             props = None
             if self._protocol == paho.MQTTv5:
-                if packet[pos] == 0:
+                if buf[pos] == 0:
                     pos += 1
                 else:
                     props = Properties(PacketTypes.PUBLISH)
-                    pos += props.unpack(bytes(packet[pos:]))[1]
-            payload = bytes(packet[pos:])
+                    pos += props.unpack(bytes(buf[pos:end]))[1]
+            payload = bytes(buf[pos:end])
         except (IndexError, UnicodeDecodeError, ValueError, TypeError):
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
-        if not topic:
-            return MQTTErrorCode.MQTT_ERR_PROTOCOL  # a topic alias: never asked for
-        fast(topic, payload, qos, bool(header & 0x01), props)
+        if not topic or pos > end:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL  # a topic alias (never asked for), or bad
+        assert self.on_publish_fast is not None
+        self.on_publish_fast(topic, payload, qos, bool(command & 0x01), props, mid)
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._rpos >= len(self._rbuf):
-            data = super()._sock_recv(65536)
-            if len(data) <= bufsize:
-                return data
-            self._rbuf, self._rpos = data, 0
-        start = self._rpos
-        self._rpos = min(start + bufsize, len(self._rbuf))
-        return self._rbuf[start:self._rpos]
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._rpos < len(self._rbuf)
-               and self._sock is not None):
-            rc = super().loop_read(max_packets)
-        return rc
 
     def publish_qos0(self, topic: str, payload: bytes, retain: bool,
                      props: Properties | None) -> bool:
@@ -161,7 +214,7 @@ class _BufferedClient(paho.Client):
         return bool(self._wbuf) or super().want_write()
 
     def reconnect(self) -> MQTTErrorCode:
-        self._rbuf, self._rpos, self._wbuf = b"", 0, bytearray()
+        self._pending, self._wbuf = b"", bytearray()
         return super().reconnect()
 
 
@@ -213,6 +266,9 @@ class MqttConnection:
         c.on_socket_register_write = self._in_loop(self._register_write)
         c.on_socket_unregister_write = self._in_loop(self._unregister_write)
         c.on_publish_fast = on_message
+        if on_message is not None:  # QoS 2 goes through paho's own flow
+            c.on_message = lambda _c, _u, m: on_message(m.topic, m.payload, m.qos, m.retain,
+                                                        m.properties, m.mid)
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -71,7 +71,7 @@ class MqttSource:
             client.subscribe([(t, self.ch.qos) for t in self.ch.topics])
 
     def _on_message(self, topic: str, payload: bytes, qos: int, retain: bool,
-                    properties: Properties | None) -> None:
+                    properties: Properties | None, mid: int) -> None:
         self.counters["received"] += 1
         props = mqtt_props.from_paho(properties)
         retain = retain or (not self._v5 and topic in self._retained_topics)

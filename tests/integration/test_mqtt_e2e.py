@@ -322,7 +322,7 @@ def test_mqtt_311_on_both_sides(diode: Diode, ot_broker: Broker, it_broker: Brok
 
 def test_status_topic_is_up_while_tx_runs_and_down_after_it_dies(
         diode: Diode, it_broker: Broker, collector: MakeCollector) -> None:
-    rx = diode.start_rx()  # default [link] timeout = 3 s
+    rx = diode.start_rx(link={"timeout": 3.0})  # the default would be 3 TX heartbeats
     tx = diode.start_tx()
     diode.wait_up(rx)
     status = collector(it_broker, ["diode/status/#"])
