@@ -151,6 +151,10 @@ class LinkConfig:
     source: str | None = None       # TX: source address to bind
     interface: str | None = None    # bind to this network interface
     broadcast: bool = False
+    raw_socket: bool | None = None  # TX: send without any bound port (None: when permitted)
+    rx_mac: str | None = None       # TX: RX's MAC on `interface` (permanent neighbour)
+    interface_address: str | None = None  # "A.B.C.D/P" to put on `interface`
+    interface_mtu: int | None = None      # MTU of `interface` (default: mtu + 28, >= 1500)
     serial_port: str = "/dev/ttyAMA0"
     baudrate: int = 115_200
     bitrate: int = 100_000_000      # TX pacing budget, bits per second (UDP)
@@ -227,6 +231,16 @@ def _link(t: _Table, role: str) -> LinkConfig:
     transport = t.get("transport", str, "udp", example='"udp"', choices=("udp", "serial"))
     key_file = t.path_of("key_file", example='"link.key"')
     assert key_file is not None
+    link = _link_values(t, transport, key_file, role)
+    if (role == "tx" and link.transport == "udp" and link.interface and not link.broadcast
+            and link.rx_mac is None):
+        t.fail("rx_mac", "TX sets up [link] interface but does not know RX's MAC (a one-way "
+               "link cannot ask for it with ARP)", 'rx_mac = "dc:a6:32:00:00:02" (on RX: '
+               "ip link show <interface>)")
+    return link
+
+
+def _link_values(t: _Table, transport: str, key_file: Path, role: str) -> LinkConfig:
     return LinkConfig(
         transport=transport,
         key_file=key_file,
@@ -237,6 +251,10 @@ def _link(t: _Table, role: str) -> LinkConfig:
         source=t.get("source", str, None, example='"192.0.2.1"'),
         interface=t.get("interface", str, None, example='"eth1"'),
         broadcast=t.get("broadcast", bool, False, example="false"),
+        raw_socket=t.get("raw_socket", bool, None, example="true"),
+        rx_mac=t.get("rx_mac", str, None, example='"dc:a6:32:00:00:02"'),
+        interface_address=t.get("interface_address", str, None, example='"192.0.2.1/24"'),
+        interface_mtu=t.get("interface_mtu", int, None, example="1500", lo=576, hi=65535),
         serial_port=t.get("serial_port", str, "/dev/ttyAMA0", example='"/dev/ttyAMA0"'),
         baudrate=t.get("baudrate", int, 115_200, example="115200", lo=1200, hi=16_000_000),
         bitrate=t.get("bitrate", int, 100_000_000, example="100000000", lo=9600),

@@ -267,8 +267,8 @@ class MqttConnection:
         c.on_socket_unregister_write = self._in_loop(self._unregister_write)
         c.on_publish_fast = on_message
         if on_message is not None:  # QoS 2 goes through paho's own flow
-            c.on_message = lambda _c, _u, m: on_message(m.topic, m.payload, m.qos, m.retain,
-                                                        m.properties, m.mid)
+            c.on_message = lambda _c, _u, m: on_message(m.topic, bytes(m.payload), m.qos,
+                                                        m.retain, m.properties, m.mid)
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from .link.events import EpochChanged, Event, FramesLost, RecordReceived
 from .link.health import HealthParams, LinkHealth, LinkState
 from .link.receiver import REJECT_REASONS, LinkReceiver, ReceiverParams
 from .link.seal import key_fingerprint
+from .link_interface import LinkSetupError, setup_interface
 from .runtime import Runtime, write_status
 from .sinks.mqtt import MqttSink
 from .transport.base import RxTransport
@@ -60,9 +61,10 @@ class RxAgent:
             sink.start()
         transport = open_transport(self.cfg.link)
         try:
+            setup_interface(self.cfg.link, "rx")
             await transport.start(self._on_datagram)
-        except OSError as exc:
-            log.critical("%s", exc.strerror or exc)
+        except (OSError, LinkSetupError) as exc:
+            log.critical("cannot open the link: %s", exc)
             for sink in self.sinks.values():
                 await sink.stop()
             return 2

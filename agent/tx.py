@@ -22,7 +22,8 @@ from .link import records
 from .link.pacer import TokenBucket
 from .link.seal import key_fingerprint
 from .link.sender import LinkSender, SenderParams
-from .runtime import Runtime, write_status
+from .link_interface import LinkSetupError, setup_interface
+from .runtime import EXIT_FATAL, Runtime, write_status
 from .sources.mqtt import MqttSource
 from .transport.base import TxTransport
 
@@ -49,14 +50,30 @@ def open_transport(link: LinkConfig) -> tuple[TxTransport, float]:
         # 8N1: ten bits on the line per byte; the pacer counts bytes * 8.
         transport, rate = serial_tx, link.baudrate * 8 / serial_tx.bits_per_byte
     else:
-        from .transport.udp import UdpTx
-        transport, rate = UdpTx(link.host, link.port, source=link.source,
-                                interface=link.interface, broadcast=link.broadcast), link.bitrate
+        transport, rate = _open_udp(link), link.bitrate
     if link.loss > 0:
         from .transport.lossy import LossyChannel, LossyTx
         log.warning("simulated loss of %.1f %% is ON ([link] simulated_loss)", link.loss * 100)
         transport = LossyTx(transport, LossyChannel(link.loss_seed, loss=link.loss))
     return transport, float(rate)
+
+
+def _open_udp(link: LinkConfig) -> TxTransport:
+    """A send-only raw socket when permitted, so TX holds no bound port at all."""
+    from .transport.udp import UdpTx
+    from .transport.udp_raw import RawUdpTx
+    if link.raw_socket is not False:
+        try:
+            return RawUdpTx(link.host, link.port, link.source, link.interface,
+                            broadcast=link.broadcast)
+        except PermissionError:
+            if link.raw_socket:
+                raise
+            log.warning("no permission for a raw socket (CAP_NET_RAW): sending from an "
+                        "ordinary UDP socket, which binds an ephemeral port on TX. Fix: give "
+                        "TX CAP_NET_RAW, or set [link] raw_socket = false to accept this")
+    return UdpTx(link.host, link.port, source=link.source, interface=link.interface,
+                 broadcast=link.broadcast)
 
 
 class TxAgent:
@@ -74,7 +91,12 @@ class TxAgent:
     async def run(self) -> int:
         rt = Runtime()
         link = self.cfg.link
-        transport, rate = open_transport(link)
+        try:
+            setup_interface(link, "tx")
+            transport, rate = open_transport(link)
+        except (OSError, ValueError, LinkSetupError) as exc:
+            log.critical("cannot open the link: %s", exc)
+            return EXIT_FATAL
         self.bucket = TokenBucket(rate, max(link.mtu * 8, int(rate / 8 * 0.01)), time.monotonic())
 
         self.sources = [MqttSource(ch, self._wake.set, rt.fail) for ch in self.cfg.tx_mqtt]
