@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def _agent(args: argparse.Namespace) -> int:
         return asyncio.run(RxAgent(cfg).run())
     except ConfigError as exc:
         print(f"diode {role}: configuration error: {exc}", file=sys.stderr)
+        if os.environ.get("INVOCATION_ID"):  # under systemd: tell the technician on the board
+            from board.leds import show_fatal
+            show_fatal(role, 10.0)
         return 2
 
 

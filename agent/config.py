@@ -172,6 +172,18 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class BoardConfig:
+    """Status LEDs and watchdogs ([board]); all off by default (a laptop, a test)."""
+    leds: str = "none"              # "none" | "gpiod" | "sim"
+    profile: str = "auto"           # "auto" | "pi3" | "pi4" | "pi5"
+    gpiochip: str | None = None     # override: path, gpiochipN or label
+    active_low: bool | None = None
+    hardware_watchdog: str | None = None  # e.g. "/dev/watchdog" (systemd's is used when set)
+    hardware_watchdog_timeout: int = 15
+    watchdog_down_limit: float | None = 300.0  # RX: restart after the link is DOWN this long
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     role: str
@@ -180,6 +192,7 @@ class AgentConfig:
     rx_mqtt: tuple[RxMqttChannel, ...] = ()
     status_file: Path | None = None
     status_interval: float = 1.0
+    board: BoardConfig = field(default_factory=BoardConfig)
 
 
 # -- readers ---------------------------------------------------------------------
@@ -307,6 +320,23 @@ def _rx_channel(t: _Table) -> RxMqttChannel:
     return ch
 
 
+def _board(t: _Table) -> BoardConfig:
+    limit = t.get("watchdog_down_limit", float, 300.0, example="300.0", lo=0)
+    b = BoardConfig(
+        leds=t.get("leds", str, "none", example='"gpiod"', choices=("none", "gpiod", "sim")),
+        profile=t.get("profile", str, "auto", example='"pi4"',
+                      choices=("auto", "pi3", "pi4", "pi5")),
+        gpiochip=t.get("gpiochip", str, None, example='"pinctrl-bcm2711"'),
+        active_low=t.get("active_low", bool, None, example="false"),
+        hardware_watchdog=t.get("hardware_watchdog", str, None, example='"/dev/watchdog"'),
+        hardware_watchdog_timeout=t.get("hardware_watchdog_timeout", int, 15, example="15",
+                                        lo=1, hi=600),
+        watchdog_down_limit=limit or None,
+    )
+    t.done()
+    return b
+
+
 def load(path: str | Path, role: str) -> AgentConfig:
     path = Path(path)
     try:
@@ -328,6 +358,7 @@ def load(path: str | Path, role: str) -> AgentConfig:
     status_file = status.path_of("file", None, example=f'"/run/diode/{role}.json"')
     status_interval = status.get("interval", float, 1.0, example="1.0", lo=0.1, hi=60)
     status.done()
+    board = _board(root.table("board"))
     channels = root.tables("mqtt")
     names = [c.get("name", str, example='"plant"') for c in channels]
     for c, n in zip(channels, names, strict=True):
@@ -335,9 +366,11 @@ def load(path: str | Path, role: str) -> AgentConfig:
             c.fail("name", f"channel name {n!r} is used twice", "give each [[mqtt]] its own name")
     if role == "tx":
         cfg = AgentConfig(path, role, link, tx_mqtt=tuple(_tx_channel(c) for c in channels),
-                          status_file=status_file, status_interval=status_interval)
+                          status_file=status_file, status_interval=status_interval,
+                          board=board)
     else:
         cfg = AgentConfig(path, role, link, rx_mqtt=tuple(_rx_channel(c) for c in channels),
-                          status_file=status_file, status_interval=status_interval)
+                          status_file=status_file, status_interval=status_interval,
+                          board=board)
     root.done()
     return cfg

@@ -1,4 +1,9 @@
-"""Link key files: 32 random bytes, hex on one line, mode 0600."""
+"""Link key files: 32 random bytes, hex on one line, mode 0600.
+
+Under systemd with `LoadCredential=link.key:...`, the credential copy (in
+$CREDENTIALS_DIRECTORY, private to the service) is preferred: the boot
+partition is FAT, where every file reads as world-readable.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ def write_key(path: Path, force: bool = False) -> bytes:
 
 def read_key(path: Path) -> bytes:
     """Read a key file; refuse one that others can read, naming the fix."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / path.name).is_file():
+        path = Path(credentials) / path.name
     try:
         st = path.stat()
         text = path.read_text().strip()

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from .board_signals import BoardSignals
 from .config import AgentConfig, LinkConfig
 from .keys import read_key
 from .link import records
@@ -49,6 +50,7 @@ class RxAgent:
         self.health = LinkHealth(HealthParams(timeout=link.timeout,
                                               degraded_loss=link.degraded_loss))
         self.counters = {"unrouted": 0}
+        self.board = BoardSignals("rx", cfg.board, {"timers": 5.0})
         self._epoch_datagrams = 0
         self._unrouted_logged: set[str] = set()
         self._lost_unlogged = 0
@@ -71,6 +73,8 @@ class RxAgent:
         log.info("RX listening: link id %d, %s, %d MQTT channel(s), key %s",
                  self.cfg.link.link_id, self._where(), len(self.sinks),
                  key_fingerprint(self.key))
+        self.board.start(link_state=lambda: self.health.state.value)
+        self.board.ready(f"RX listening on {self._where()}")
         tasks = [asyncio.create_task(self._timers()), asyncio.create_task(self._status())]
         await rt.stop.wait()
         for task in tasks:
@@ -80,6 +84,7 @@ class RxAgent:
         self._report()
         for sink in self.sinks.values():
             await sink.stop()
+        await self.board.close(fatal=rt.fatal is not None)
         if rt.fatal:
             log.critical("RX stopped: %s", rt.fatal)
         else:
@@ -142,8 +147,13 @@ class RxAgent:
 
     async def _timers(self) -> None:
         prev = self.health.state
+        passes = 0
         while True:
             now = time.monotonic()
+            self.board.beat("timers")
+            passes += 1
+            if passes % 5 == 0:
+                self._show(now)
             deadline = self.receiver.next_deadline()
             if deadline is not None and deadline <= now:
                 self._handle(self.receiver.handle_timer(now), now)
@@ -154,6 +164,14 @@ class RxAgent:
                 prev = state
                 self._report()
             await asyncio.sleep(0.02)
+
+    def _show(self, now: float) -> None:
+        c = self.receiver.counters
+        dropped = sum(s.counters["queue_dropped"] for s in self.sinks.values())
+        fault = self.board.fault({"auth_failed": c["auth_failed"],
+                                  "unrouted": self.counters["unrouted"], "dropped": dropped}, now)
+        connected = sum(s.state == "connected" for s in self.sinks.values())
+        self.board.show(self.health.state.value, connected, len(self.sinks), fault)
 
     async def _status(self) -> None:
         while True:
@@ -181,6 +199,7 @@ class RxAgent:
             "tx": None if hb is None else {"sources": hb.sources, "counters": hb.counters},
             "sinks": {name: {"state": s.state, **s.counters, **s.conn.counters}
                       for name, s in self.sinks.items()},
+            "board": self.board.describe(),
         }
 
     def _report(self) -> None:

@@ -50,6 +50,11 @@ def render(st: dict[str, Any], now: float) -> str:
                          f"{(st.get('queues') or {}).get(name)}")
         c = st.get("counters", {})
         lines.append("counters        " + "  ".join(f"{k} {v}" for k, v in c.items()))
+    board = st.get("board") or {}
+    for led, pattern in (board.get("leds") or {}).items():
+        lines.append(f"LED {led:<11} {pattern}")
+    if "watchdog" in board:
+        lines.append(f"watchdog        {board['watchdog']}")
     return "\n".join(lines)
 
 

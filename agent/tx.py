@@ -16,6 +16,7 @@ import secrets
 import time
 from typing import Any
 
+from .board_signals import BoardSignals
 from .config import AgentConfig, LinkConfig
 from .keys import read_key
 from .link import records
@@ -86,6 +87,8 @@ class TxAgent:
                                               repeat=link.repeat, interleave=link.interleave,
                                               linger=link.linger), self.key, self.epoch)
         self.counters = {"send_errors": 0}
+        self.board = BoardSignals("tx", cfg.board,
+                                  {"send": max(5.0, 3 * link.heartbeat_interval)})
         self._wake = asyncio.Event()
 
     async def run(self) -> int:
@@ -107,9 +110,12 @@ class TxAgent:
                  len(self.sources), key_fingerprint(self.key))
         for src in self.sources:
             src.start()
+        self.board.start()
         tasks = [asyncio.create_task(self._pump(transport)),
                  asyncio.create_task(self._heartbeats()),
-                 asyncio.create_task(self._status())]
+                 asyncio.create_task(self._status()),
+                 asyncio.create_task(self._leds())]
+        self.board.ready(f"TX epoch {self.epoch:016x}")
         tasks += [asyncio.create_task(self._carousel(src, rate)) for src in self.sources]
         await rt.stop.wait()
         for src in self.sources:
@@ -123,6 +129,7 @@ class TxAgent:
             self._send(transport, d)
         transport.close()
         self._write_status()
+        await self.board.close(fatal=rt.fatal is not None)
         if rt.fatal:
             log.critical("TX stopped: %s", rt.fatal)
         else:
@@ -164,6 +171,7 @@ class TxAgent:
     def _send(self, transport: TxTransport, datagram: bytes) -> None:
         try:
             transport.send(datagram)
+            self.board.beat("send")
         except OSError as exc:
             n = self.counters["send_errors"] = self.counters["send_errors"] + 1
             if n in (1, 10, 100) or n % 10000 == 0:
@@ -213,6 +221,19 @@ class TxAgent:
             self._write_status()
             await asyncio.sleep(self.cfg.status_interval)
 
+    async def _leds(self) -> None:
+        sent = -1
+        while True:
+            now = time.monotonic()
+            dropped = sum(s.counters["queue_dropped"] for s in self.sources)
+            fault = self.board.fault({"send_errors": self.counters["send_errors"],
+                                      "dropped": dropped}, now)
+            connected = sum(s.state == "connected" for s in self.sources)
+            datagrams = self.sender.counters["datagrams"]
+            self.board.show(None, connected, len(self.sources), fault, sending=datagrams != sent)
+            sent = datagrams
+            await asyncio.sleep(0.1)
+
     # -- reporting ---------------------------------------------------------------
 
     def _counters(self) -> dict[str, int]:
@@ -230,5 +251,6 @@ class TxAgent:
             "counters": self._counters(),
             "sources": {f"mqtt:{s.ch.name}": s.state for s in self.sources},
             "queues": {f"mqtt:{s.ch.name}": len(s.queue) for s in self.sources},
+            "board": self.board.describe(),
         }
         write_status(self.cfg.status_file, status)

@@ -44,6 +44,7 @@ HEAD_FIELDS = _HEAD.size            # 60
 HEADER_SIZE = HEAD_FIELDS + 16      # 76
 REC = struct.Struct(">IBQI")        # length, kind, seq, crc
 REC_SIZE = REC.size                 # 17
+_REC_CRC = struct.Struct(">IBQ")    # the bytes the crc covers
 TAG_SIZE = 16
 DATA, HEADER, END = 0, 1, 2
 TRAILER_SIZE = REC_SIZE + TAG_SIZE
@@ -108,7 +109,7 @@ class SegmentCodec:
         return True
 
     def seal(self, kind: int, seq: int, prev: int, body: bytes) -> bytes:
-        head = REC.pack(len(body) + TAG_SIZE, kind, seq, 0)[:13]
+        head = _REC_CRC.pack(len(body) + TAG_SIZE, kind, seq)
         head += zlib.crc32(head).to_bytes(4, "big")
         return head + self._encrypt(_nonce(kind, seq), body, self.prefix + head + _SEQ.pack(prev))
 

@@ -11,8 +11,8 @@ Layout, integers big-endian::
 
 Nothing in it is secret, so it is authenticated, not encrypted. The manifest
 is how a replayed, injected or deleted segment is recognised: every segment id
-below `next segment id` must be listed (at its generation, or the next one if a
-compaction was cut short) or be in `deleting`, the segments whose removal was
+below `next segment id` must be listed (at its generation or a later one: a
+compaction may have replaced it since) or be in `deleting`, the segments whose removal was
 decided but maybe not yet on disk when the file was written. `synced seq` is
 the last seq known durable when the file was written, so a log that ends
 before it was truncated. The key check names a wrong key as such.
@@ -115,12 +115,11 @@ class StateFile:
 
     def write(self, st: SpoolState) -> None:
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, self.encode(st))
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.encode(st))
+            f.flush()
             if self._fsync:
                 os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(self._tmp, self.path)
         if self._fsync:
             os.fsync(self._dir_fd)

@@ -89,3 +89,16 @@ def test_key_file_mode_and_content(tmp_path: Path) -> None:
         read_key(path)
     with pytest.raises(ConfigError, match="not found"):
         read_key(tmp_path / "missing.key")
+
+
+def test_systemd_credential_copy_is_preferred(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "link.key").write_text("00" * 32 + "\n")
+    os.chmod(boot / "link.key", 0o755)  # FAT: everything reads as 0755
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    key = write_key(creds / "link.key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert read_key(boot / "link.key") == key

@@ -1,0 +1,187 @@
+"""The OPC UA model snapshot: what TX learned of a server's address space. Pure.
+
+TX crawls the server (sources/opcua_crawl.py) into a `ModelSnapshot`, sends it
+as `OpcuaModel` chunk records, and RX rebuilds it (sinks/opcua_mirror.py).
+
+Wire layout of a snapshot (before chunking)::
+
+    zlib( CBOR map {
+        "format": 1,
+        "namespaces": [uri, ...],           # the server's NamespaceArray, index = ns
+        "nodes": [node, ...],               # parents before children
+    } )
+
+    node = [node_id, node_class, parent|null, parent_ref|null, type_def|null,
+            {attribute_id: variant}, [[ref_type, target], ...]]
+
+- Node ids are OPC UA strings (``ns=2;s=Plant``, ``i=85``) with the source's
+  namespace indexes; the mirror copies the namespace array, so they are the
+  same on both sides.
+- `parent` is the node through which the crawl found this one, `parent_ref`
+  the hierarchical (or HasEncoding) reference type from the parent; the
+  other forward references of the node are in the list (HasTypeDefinition is
+  in `type_def`, not in the list).
+- Each attribute value is the attribute's Variant in OPC UA binary encoding,
+  so every type (LocalizedText, StructureDefinition, ...) crosses as the
+  server gave it. The Value attribute is only in the model for static values
+  (properties of types and methods, e.g. EnumStrings, InputArguments); live
+  values travel as `OpcuaValues` records.
+
+The version is the first 16 hex digits of SHA-256 over the uncompressed CBOR,
+so the same address space always has the same version and RX ignores the
+carousel's re-sends of a model it already has.
+
+Chunks: the compressed snapshot is cut into `chunk_size` pieces, each an
+`OpcuaModel(source, version, index, count, data)` record. RX collects chunks
+per version; a lost chunk comes again with the next carousel round, and the
+chunks already held are kept (up to `ModelAssembler.max_versions` versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from .link.records import OpcuaModel
+
+FORMAT = 1
+MAX_MODEL_BYTES = 512 << 20  # uncompressed; a bigger snapshot is refused
+
+
+class ModelError(ValueError):
+    """A snapshot that does not decode (a TX bug or a version skew)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    node_id: str
+    node_class: int
+    parent: str | None = None
+    parent_ref: str | None = None
+    type_def: str | None = None
+    attrs: dict[int, bytes] = field(default_factory=dict)
+    refs: tuple[tuple[str, str], ...] = ()
+
+    def to_list(self) -> list[Any]:
+        return [self.node_id, self.node_class, self.parent, self.parent_ref, self.type_def,
+                self.attrs, [list(r) for r in self.refs]]
+
+    @classmethod
+    def from_list(cls, f: Any) -> NodeRecord:
+        if not isinstance(f, list) or len(f) != 7:
+            raise ModelError("node is not a 7-item array")
+        nid, nclass, parent, pref, tdef, attrs, refs = f
+        if not (isinstance(nid, str) and isinstance(nclass, int) and isinstance(attrs, dict)
+                and isinstance(refs, list)
+                and all(x is None or isinstance(x, str) for x in (parent, pref, tdef))
+                and all(isinstance(k, int) and isinstance(v, bytes) for k, v in attrs.items())
+                and all(isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
+                        and isinstance(r[1], str) for r in refs)):
+            raise ModelError(f"node {nid!r} malformed")
+        return cls(nid, nclass, parent, pref, tdef, attrs, tuple((r[0], r[1]) for r in refs))
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    namespaces: tuple[str, ...]
+    nodes: tuple[NodeRecord, ...]
+
+    def canonical(self) -> bytes:
+        return cbor2.dumps({"format": FORMAT, "namespaces": list(self.namespaces),
+                            "nodes": [n.to_list() for n in self.nodes]}, canonical=True)
+
+    def encode(self) -> tuple[str, bytes]:
+        """(version, compressed bytes)."""
+        raw = self.canonical()
+        return version_of(raw), zlib.compress(raw, 6)
+
+    @property
+    def version(self) -> str:
+        return version_of(self.canonical())
+
+    def chunks(self, source: str, chunk_size: int = 16384) -> list[OpcuaModel]:
+        version, data = self.encode()
+        return split(source, version, data, chunk_size)
+
+    @classmethod
+    def decode(cls, data: bytes) -> tuple[str, ModelSnapshot]:
+        """(version, snapshot) from compressed bytes; ModelError if they are not one."""
+        try:
+            d = zlib.decompressobj()
+            raw = d.decompress(data, MAX_MODEL_BYTES)
+            if d.unconsumed_tail:
+                raise ModelError(f"model larger than {MAX_MODEL_BYTES} bytes")
+            item = cbor2.loads(raw)
+        except ModelError:
+            raise
+        except Exception as exc:  # zlib and cbor2 raise several types
+            raise ModelError(f"model does not decode: {exc}") from None
+        if not isinstance(item, dict) or item.get("format") != FORMAT:
+            raise ModelError("unknown model format")
+        namespaces, nodes = item.get("namespaces"), item.get("nodes")
+        if not (isinstance(namespaces, list) and all(isinstance(u, str) for u in namespaces)
+                and isinstance(nodes, list)):
+            raise ModelError("model malformed")
+        return version_of(raw), cls(tuple(namespaces), tuple(NodeRecord.from_list(n) for n in nodes))
+
+
+def version_of(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def split(source: str, version: str, data: bytes, chunk_size: int) -> list[OpcuaModel]:
+    pieces = [data[i:i + chunk_size] for i in range(0, len(data), chunk_size)] or [b""]
+    return [OpcuaModel(source, version, i, len(pieces), p) for i, p in enumerate(pieces)]
+
+
+class ModelAssembler:
+    """Collects `OpcuaModel` chunks until one version is whole. Sans-IO."""
+
+    def __init__(self, max_versions: int = 2) -> None:
+        self.max_versions = max_versions
+        self.current: str | None = None
+        self._pending: OrderedDict[str, tuple[int, dict[int, bytes]]] = OrderedDict()
+        self.counters = {"model_chunks": 0, "model_chunks_ignored": 0, "models_complete": 0,
+                         "models_bad": 0, "model_versions_dropped": 0}
+
+    def add(self, rec: OpcuaModel) -> tuple[str, ModelSnapshot] | None:
+        """Take one chunk; returns (version, snapshot) when its version is complete."""
+        c = self.counters
+        c["model_chunks"] += 1
+        if rec.version == self.current:
+            c["model_chunks_ignored"] += 1
+            return None
+        entry = self._pending.get(rec.version)
+        if entry is None or entry[0] != rec.count:
+            entry = (rec.count, {})
+            self._pending[rec.version] = entry
+            while len(self._pending) > self.max_versions:
+                self._pending.popitem(last=False)
+                c["model_versions_dropped"] += 1
+        self._pending.move_to_end(rec.version)
+        count, chunks = entry
+        chunks[rec.index] = rec.data
+        if len(chunks) < count:
+            return None
+        del self._pending[rec.version]
+        data = b"".join(chunks[i] for i in range(count))
+        try:
+            version, snap = ModelSnapshot.decode(data)
+        except ModelError:
+            c["models_bad"] += 1
+            return None
+        if version != rec.version:
+            c["models_bad"] += 1
+            return None
+        c["models_complete"] += 1
+        self.current = version
+        return version, snap
+
+    def forget(self) -> None:
+        """Accept the current version again (e.g. after the mirror was rebuilt)."""
+        self.current = None

@@ -1,0 +1,367 @@
+"""A simulated OPC UA plant (asyncua server) for tests, the demo and benches.
+
+Address space (namespace ``urn:diode:plant``, string node ids)::
+
+    Objects/Plant                               Folder
+      Area000 .. AreaNNN                        Folders of 100 variables each
+        Area000.V00000 ..                       Double, value-changing
+      Special                                   one of each interesting kind
+        Int32, UInt16, Boolean, String, DateTime, ByteString     scalars
+        DoubleArray[10], Int32Array[5], StringArray[3]           arrays
+        MotorState                              custom enumeration MotorStateEnum
+        Setpoint                                custom structure PumpSetpoint
+        Writable                                Double with write access (the mirror must refuse)
+        Reset()                                 a method (the mirror must refuse calls)
+      Added                                     nodes added at runtime (`add_variable`)
+
+Values change at `rate` changes per second in total, written inside the server
+in bulk (one AttributeService.write per tick, as the server's own admin
+session), never through a client. Timestamps are set by the plant so tests
+can compare them across the diode.
+
+Run it standalone (the tests run it as a separate process, so the custom
+structure classes it registers do not leak into the test process)::
+
+    python -m agent.sim.plant_opcua --port 4840 --variables 10000 --rate 10000
+
+It prints ``READY opc.tcp://...`` when listening. SIGUSR1 adds a variable
+under Plant/Added, SIGUSR2 removes the last added one, SIGHUP pauses or
+resumes the value changes; each prints ``ADDED <node id>``, ``REMOVED <node
+id>``, ``PAUSED`` or ``RESUMED``. `PlantProcess` runs it that way for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
+
+from ..opcua_ua import data_value, node_id
+
+NAMESPACE = "urn:diode:plant"
+PER_FOLDER = 100
+MOTOR_STATES = ("Stopped", "Running", "Fault")
+
+
+def variable_id(i: int) -> str:
+    return f"Area{i // PER_FOLDER:03d}.V{i:05d}"
+
+
+class PlantOpcua:
+    def __init__(self, port: int, variables: int = 1000, rate: float = 1000.0,
+                 host: str = "127.0.0.1", tick: float = 0.05, seed: int = 7) -> None:
+        self.endpoint = f"opc.tcp://{host}:{port}/plant/"
+        self.variables = variables
+        self.rate = rate
+        self.tick = tick
+        self.changes = 0
+        self.paused = False
+        self.server = Server()
+        self.ns = 0
+        self.ids: list[ua.NodeId] = []
+        self.added: list[ua.NodeId] = []
+        self._rng = random.Random(seed)
+        self._task: asyncio.Task[None] | None = None
+        self._special: dict[str, ua.NodeId] = {}
+
+    async def start(self) -> None:
+        server = self.server
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("diode plant simulator")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        # Keep the plant's timestamps: clients writing are not ours, the loop is.
+        self.ns = ns = await server.register_namespace(NAMESPACE)
+        objects = server.nodes.objects
+        plant = await objects.add_folder(node_id("Plant", ns), ua.QualifiedName("Plant", ns))
+        for a in range(math.ceil(self.variables / PER_FOLDER)):
+            await plant.add_folder(node_id(f"Area{a:03d}", ns), ua.QualifiedName(f"Area{a:03d}", ns))
+        folders = {f"Area{a:03d}": node_id(f"Area{a:03d}", ns)
+                   for a in range(math.ceil(self.variables / PER_FOLDER))}
+        # Bulk creation through the internal node management service: a folder of
+        # 10,000 add_variable calls takes far longer than one AddNodes call.
+        items = []
+        for i in range(self.variables):
+            nid = node_id(variable_id(i), ns)
+            self.ids.append(nid)
+            items.append(_variable_item(nid, ua.QualifiedName(f"V{i:05d}", ns),
+                                        folders[f"Area{i // PER_FOLDER:03d}"],
+                                        ua.Variant(float(i), ua.VariantType.Double),
+                                        node_id(ua.ObjectIds.Double)))
+        for res in server.iserver.node_mgt_service.add_nodes(items):
+            res.StatusCode.check()
+        await self._add_special(plant, ns)
+        await plant.add_folder(node_id("Added", ns), ua.QualifiedName("Added", ns))
+        await server.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _add_special(self, plant: Any, ns: int) -> None:
+        server = self.server
+        special = await plant.add_folder(node_id("Special", ns), ua.QualifiedName("Special", ns))
+        enum_node = await new_enum(server, ns, "MotorStateEnum", list(MOTOR_STATES))
+        struct_node, _ = await new_struct(server, ns, "PumpSetpoint", [
+            new_struct_field("Speed", ua.VariantType.Double),
+            new_struct_field("Enabled", ua.VariantType.Boolean),
+            new_struct_field("Name", ua.VariantType.String),
+            new_struct_field("Limits", ua.VariantType.Double, array=True),
+        ])
+        await server.load_data_type_definitions()
+        sp = self._special
+
+        async def var(name: str, value: Any, vtype: ua.VariantType | None = None,
+                      datatype: ua.NodeId | None = None) -> Any:
+            node = await special.add_variable(node_id(f"Special.{name}", ns),
+                                              ua.QualifiedName(name, ns), value, vtype, datatype)
+            sp[name] = node.nodeid
+            return node
+
+        await var("Int32", 0, ua.VariantType.Int32)
+        await var("UInt16", 0, ua.VariantType.UInt16)
+        await var("Boolean", False, ua.VariantType.Boolean)
+        await var("String", "hello", ua.VariantType.String)
+        await var("DateTime", datetime.now(UTC), ua.VariantType.DateTime)
+        await var("ByteString", b"\x00\x01", ua.VariantType.ByteString)
+        for name, value, vt in (("DoubleArray", [0.0] * 10, ua.VariantType.Double),
+                                ("Int32Array", [0] * 5, ua.VariantType.Int32),
+                                ("StringArray", ["a", "b", "c"], ua.VariantType.String)):
+            node = await var(name, value, vt)
+            await node.write_value_rank(ua.ValueRank.OneDimension)
+            await node.write_array_dimensions([len(value)])
+        await var("MotorState", ua.Variant(1, ua.VariantType.Int32), datatype=enum_node.nodeid)
+        await var("Setpoint", ua.Variant(self._setpoint(0), ua.VariantType.ExtensionObject),
+                  datatype=struct_node.nodeid)
+        writable = await var("Writable", 1.5, ua.VariantType.Double)
+        await writable.set_writable()
+
+        async def reset(parent: ua.NodeId) -> list[ua.Variant]:
+            return [ua.Variant(True, ua.VariantType.Boolean)]
+
+        await special.add_method(node_id("Special.Reset", ns), ua.QualifiedName("Reset", ns),
+                                 reset, [], [ua.VariantType.Boolean])
+
+    @staticmethod
+    def _setpoint(k: int) -> Any:
+        cls = ua.PumpSetpoint  # type: ignore[attr-defined]
+        return cls(Speed=float(k % 1000), Enabled=k % 2 == 0, Name=f"pump-{k}",
+                   Limits=[0.0, float(k % 100)])
+
+    # -- runtime ---------------------------------------------------------------
+
+    async def add_variable(self, name: str | None = None) -> str:
+        """Add a Double variable under Plant/Added while running; returns its node id."""
+        n = len(self.added)
+        name = name or f"Added{n:03d}"
+        parent = self.server.get_node(node_id("Added", self.ns))
+        node = await parent.add_variable(node_id(f"Added.{name}", self.ns),
+                                         ua.QualifiedName(name, self.ns), float(n),
+                                         ua.VariantType.Double)
+        self.added.append(node.nodeid)
+        return node.nodeid.to_string()
+
+    async def remove_last_added(self) -> str | None:
+        if not self.added:
+            return None
+        nid = self.added.pop()
+        await self.server.delete_nodes([self.server.get_node(nid)])
+        return nid.to_string()
+
+    def _bulk(self, writes: list[tuple[ua.NodeId, ua.Variant]]) -> ua.WriteParameters:
+        now = datetime.now(UTC)
+        params = ua.WriteParameters()
+        for nid, variant in writes:
+            wv = ua.WriteValue()
+            wv.NodeId = nid
+            wv.AttributeId = ua.AttributeIds.Value
+            wv.Value = data_value(variant, None, now, now)
+            params.NodesToWrite.append(wv)
+        return params
+
+    async def write_tick(self, count: int) -> None:
+        """Change `count` variables (round robin) plus the special ones, in one bulk write."""
+        writes: list[tuple[ua.NodeId, ua.Variant]] = []
+        rng = self._rng
+        n = len(self.ids)
+        for _ in range(count if n else 0):
+            idx = self.changes % n
+            writes.append((self.ids[idx], ua.Variant(round(rng.uniform(0, 100), 3),
+                                                     ua.VariantType.Double)))
+            self.changes += 1
+        k = self.changes
+        sp = self._special
+        if sp:
+            writes += [
+                (sp["Int32"], ua.Variant(k % 100000, ua.VariantType.Int32)),
+                (sp["UInt16"], ua.Variant(k % 65536, ua.VariantType.UInt16)),
+                (sp["Boolean"], ua.Variant(k % 2 == 0, ua.VariantType.Boolean)),
+                (sp["String"], ua.Variant(f"s{k}", ua.VariantType.String)),
+                (sp["DateTime"], ua.Variant(datetime.now(UTC), ua.VariantType.DateTime)),
+                (sp["ByteString"], ua.Variant(k.to_bytes(4, "big"), ua.VariantType.ByteString)),
+                (sp["DoubleArray"], ua.Variant([float(k + j) for j in range(10)],
+                                               ua.VariantType.Double)),
+                (sp["Int32Array"], ua.Variant([k + j for j in range(5)], ua.VariantType.Int32)),
+                (sp["StringArray"], ua.Variant([f"{k}a", f"{k}b", f"{k}c"], ua.VariantType.String)),
+                (sp["MotorState"], ua.Variant(k % len(MOTOR_STATES), ua.VariantType.Int32)),
+                (sp["Setpoint"], ua.Variant(self._setpoint(k), ua.VariantType.ExtensionObject)),
+            ]
+        for nid in self.added:
+            writes.append((nid, ua.Variant(float(k), ua.VariantType.Double)))
+        # The server's own admin session: a bulk internal write, no client involved.
+        for status in await self.server.iserver.attribute_service.write(self._bulk(writes)):
+            if not status.is_good():
+                logging.getLogger("plant").warning("write refused: %s", status)
+
+    async def _run(self) -> None:
+        start = time.monotonic()
+        done = 0
+        while True:
+            await asyncio.sleep(self.tick)
+            if self.paused:
+                start, done = time.monotonic(), 0
+                continue
+            due = int((time.monotonic() - start) * self.rate)
+            count = min(due - done, max(1, len(self.ids)))
+            done = due
+            await self.write_tick(max(count, 0))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.server.stop()
+
+
+def _variable_item(nid: ua.NodeId, name: ua.QualifiedName, parent: ua.NodeId,
+                   value: ua.Variant, datatype: ua.NodeId) -> ua.AddNodesItem:
+    attrs = ua.VariableAttributes()
+    attrs.DisplayName = ua.LocalizedText(name.Name)
+    attrs.Description = ua.LocalizedText(f"simulated {name.Name}")
+    attrs.Value = value
+    attrs.DataType = datatype
+    attrs.ValueRank = ua.ValueRank.Scalar
+    attrs.AccessLevel = attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
+    attrs.SpecifiedAttributes = (
+        ua.NodeAttributesMask.DisplayName | ua.NodeAttributesMask.Description
+        | ua.NodeAttributesMask.Value | ua.NodeAttributesMask.DataType
+        | ua.NodeAttributesMask.ValueRank | ua.NodeAttributesMask.AccessLevel
+        | ua.NodeAttributesMask.UserAccessLevel)
+    item = ua.AddNodesItem()
+    item.RequestedNewNodeId = nid
+    item.BrowseName = name
+    item.NodeClass = ua.NodeClass.Variable
+    item.ParentNodeId = parent
+    item.ReferenceTypeId = node_id(ua.ObjectIds.HasComponent)
+    item.TypeDefinition = node_id(ua.ObjectIds.BaseDataVariableType)
+    item.NodeAttributes = attrs
+    return item
+
+
+class PlantProcess:
+    """The plant simulator as a child process (`python -m agent.sim.plant_opcua`)."""
+
+    def __init__(self, port: int, variables: int = 1000, rate: float = 1000.0,
+                 host: str = "127.0.0.1") -> None:
+        self.endpoint = f"opc.tcp://{host}:{port}/plant/"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.sim.plant_opcua", "--host", host, "--port", str(port),
+             "--variables", str(variables), "--rate", str(rate)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.expect("READY", 60)
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.put(line.strip())
+
+    def expect(self, word: str, timeout: float = 10.0) -> str:
+        """The rest of the next output line starting with `word`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._proc.poll() is not None:
+                raise RuntimeError(f"plant simulator: no {word} line (exit {self._proc.poll()})")
+            try:
+                line = self._lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line.startswith(word):
+                return line[len(word):].strip()
+
+    def _signal(self, sig: int, word: str) -> str:
+        self._proc.send_signal(sig)
+        return self.expect(word)
+
+    def add_variable(self) -> str:
+        return self._signal(signal.SIGUSR1, "ADDED")
+
+    def remove_last_added(self) -> str:
+        return self._signal(signal.SIGUSR2, "REMOVED")
+
+    def pause(self) -> None:
+        self._signal(signal.SIGHUP, "PAUSED")
+
+    def resume(self) -> None:
+        self._signal(signal.SIGHUP, "RESUMED")
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+async def _main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="plant_opcua", description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=4840)
+    ap.add_argument("--variables", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=1000.0, help="value changes per second")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    plant = PlantOpcua(args.port, args.variables, args.rate, host=args.host)
+    await plant.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def spawn(coro: Any, word: str) -> None:
+        async def run() -> None:
+            print(f"{word} {await coro}", flush=True)
+        asyncio.ensure_future(run())
+
+    loop.add_signal_handler(signal.SIGUSR1, lambda: spawn(plant.add_variable(), "ADDED"))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: spawn(plant.remove_last_added(), "REMOVED"))
+
+    def toggle() -> None:
+        plant.paused = not plant.paused
+        print("PAUSED" if plant.paused else "RESUMED", flush=True)
+
+    loop.add_signal_handler(signal.SIGHUP, toggle)
+    print(f"READY {plant.endpoint}", flush=True)
+    await stop.wait()
+    await plant.stop()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(_main())
+    except KeyboardInterrupt:
+        sys.exit(0)

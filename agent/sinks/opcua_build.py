@@ -1,0 +1,290 @@
+"""Turn `NodeRecord`s into nodes of an asyncua server's address space, and back out.
+
+Works on the server's in-process address space (`server.iserver`), as the
+server itself: AddNodes through the internal node-management service (Admin
+inside the process; clients never get that), references added in both
+directions, deletions that only touch the neighbours of the deleted node
+(asyncua's own DeleteTargetReferences scans the whole address space per node).
+
+Everything built here is read-only: variables keep only CurrentRead in
+AccessLevel/UserAccessLevel (no history is served either), WriteMask and
+UserWriteMask are 0, methods are not executable and get no callback.
+
+Values are written with `set_value`, straight into the attribute and through
+its data-change callbacks (the subscriptions of IT clients). This skips
+asyncua's write-path type check, which refuses a value whose Variant type
+differs from the first one seen (so a BaseDataType variable could never
+change type) and which silently nulls the value of any Bad status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import ua
+from asyncua.common.utils import Buffer
+from asyncua.server.address_space import AttributeValue, NodeData
+from asyncua.server.internal_server import InternalServer
+from asyncua.ua.ua_binary import variant_from_binary
+
+from ..opcua_model import NodeRecord
+from ..opcua_ua import node_id, status
+
+log = logging.getLogger("diode.sink.opcua")
+
+A = ua.AttributeIds
+NC = ua.NodeClass
+_O = ua.ObjectIds
+OBJECTS = node_id(_O.ObjectsFolder)
+ORGANIZES = node_id(_O.Organizes)
+HAS_TYPE_DEFINITION = node_id(_O.HasTypeDefinition)
+READ_ONLY_ACCESS = ua.AccessLevel.CurrentRead.mask
+DEFAULT_TYPE = {NC.Object: node_id(_O.BaseObjectType),
+                NC.Variable: node_id(_O.BaseDataVariableType)}
+
+_ATTR_CLASS: dict[int, Any] = {
+    NC.Object: ua.ObjectAttributes, NC.Variable: ua.VariableAttributes,
+    NC.Method: ua.MethodAttributes, NC.ObjectType: ua.ObjectTypeAttributes,
+    NC.VariableType: ua.VariableTypeAttributes, NC.ReferenceType: ua.ReferenceTypeAttributes,
+    NC.DataType: ua.DataTypeAttributes, NC.View: ua.ViewAttributes,
+}
+
+
+def decode_variant(data: bytes) -> ua.Variant:
+    return variant_from_binary(Buffer(data))
+
+
+def nid(s: str) -> ua.NodeId:
+    return ua.NodeId.from_string(s)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def read_only_attr(attr: int, value: Any) -> Any:
+    """The mirror's version of one attribute value."""
+    if attr in (A.AccessLevel, A.UserAccessLevel):
+        return ua.Variant(int(value or 0) & READ_ONLY_ACCESS, ua.VariantType.Byte)
+    if attr in (A.Executable, A.UserExecutable, A.Historizing):
+        return ua.Variant(False, ua.VariantType.Boolean)
+    if attr in (A.WriteMask, A.UserWriteMask):
+        return ua.Variant(0, ua.VariantType.UInt32)
+    return None
+
+
+def decode_attrs(rec: NodeRecord) -> dict[int, ua.Variant]:
+    out: dict[int, ua.Variant] = {}
+    for attr, data in rec.attrs.items():
+        try:
+            out[attr] = decode_variant(data)
+        except Exception:  # a variant we cannot decode: leave the attribute out
+            log.debug("node %s: attribute %d does not decode", rec.node_id, attr)
+    return out
+
+
+def make_item(rec: NodeRecord, aspace: Any) -> ua.AddNodesItem | None:
+    """An AddNodesItem for `rec`, read-only; None if it cannot be placed."""
+    ncls = NC(rec.node_class)
+    attrs_cls = _ATTR_CLASS.get(ncls)
+    if attrs_cls is None:
+        return None
+    variants = decode_attrs(rec)
+    attrs = attrs_cls()
+    mask = 0
+    for attr, variant in variants.items():
+        if attr in (A.BrowseName, A.NodeClass, A.NodeId):
+            continue
+        name = A(attr).name
+        if not hasattr(attrs, name):
+            continue
+        fixed = read_only_attr(attr, variant.Value)
+        value = fixed.Value if fixed is not None else variant.Value
+        if attr == A.Value:
+            value = variant
+        setattr(attrs, name, value)
+        mask |= getattr(ua.NodeAttributesMask, name)
+    for name in ("WriteMask", "UserWriteMask"):
+        setattr(attrs, name, 0)
+        mask |= getattr(ua.NodeAttributesMask, name)
+    if ncls == NC.Variable:
+        for name in ("AccessLevel", "UserAccessLevel"):
+            if not mask & getattr(ua.NodeAttributesMask, name):
+                setattr(attrs, name, READ_ONLY_ACCESS)
+                mask |= getattr(ua.NodeAttributesMask, name)
+        if not mask & ua.NodeAttributesMask.Value:
+            attrs.Value = ua.Variant()
+            mask |= ua.NodeAttributesMask.Value
+    if ncls == NC.Method:
+        attrs.Executable = attrs.UserExecutable = False
+        mask |= ua.NodeAttributesMask.Executable | ua.NodeAttributesMask.UserExecutable
+    attrs.SpecifiedAttributes = mask
+    item = ua.AddNodesItem()
+    item.RequestedNewNodeId = nid(rec.node_id)
+    bn = variants.get(A.BrowseName)
+    item.BrowseName = bn.Value if bn is not None and isinstance(bn.Value, ua.QualifiedName) \
+        else ua.QualifiedName(rec.node_id)
+    if not mask & ua.NodeAttributesMask.DisplayName:
+        attrs.DisplayName = ua.LocalizedText(item.BrowseName.Name)
+        attrs.SpecifiedAttributes |= ua.NodeAttributesMask.DisplayName
+    item.NodeClass = ncls
+    item.NodeAttributes = attrs
+    parent = nid(rec.parent) if rec.parent else None
+    if parent is not None and parent in aspace:
+        item.ParentNodeId = parent
+        item.ReferenceTypeId = nid(rec.parent_ref) if rec.parent_ref else ORGANIZES
+    elif ncls in (NC.Object, NC.Variable, NC.View):
+        item.ParentNodeId = OBJECTS  # its parent is not mirrored: hang it from Objects
+        item.ReferenceTypeId = ORGANIZES
+    else:
+        return None
+    if ncls in DEFAULT_TYPE:
+        tdef = nid(rec.type_def) if rec.type_def else None
+        item.TypeDefinition = tdef if tdef is not None and tdef in aspace else DEFAULT_TYPE[ncls]
+    return item
+
+
+@dataclass
+class Builder:
+    """Adds, updates and deletes mirrored nodes on one server's address space."""
+
+    iserver: InternalServer
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("nodes_added", "nodes_deleted", "nodes_updated", "nodes_skipped", "refs_skipped"), 0))
+
+    @property
+    def aspace(self) -> Any:
+        return self.iserver.aspace
+
+    def add(self, recs: list[NodeRecord]) -> list[NodeRecord]:
+        """Add nodes in order (parents first); returns those added."""
+        added = []
+        service = self.iserver.node_mgt_service
+        for rec in recs:
+            item = make_item(rec, self.aspace)
+            if item is None:
+                self.counters["nodes_skipped"] += 1
+                continue
+            res = service.add_nodes([item])[0]
+            if not res.StatusCode.is_good():
+                self.counters["nodes_skipped"] += 1
+                log.debug("cannot add %s: %s", rec.node_id, res.StatusCode.name)
+                continue
+            added.append(rec)
+            self.counters["nodes_added"] += 1
+        return added
+
+    def add_refs(self, source: str, refs: Iterable[tuple[str, str]], mirrored: set[str]) -> None:
+        """Forward references from `source`; the inverse too when the target is mirrored
+        (standard nodes are left as they are)."""
+        aspace = self.aspace
+        src = nid(source)
+        items = []
+        for rtype, target in refs:
+            t = nid(target)
+            if t not in aspace or nid(rtype) not in aspace:
+                self.counters["refs_skipped"] += 1
+                continue
+            items.append(_ref_item(src, nid(rtype), t, True))
+            if target in mirrored:
+                items.append(_ref_item(t, nid(rtype), src, False))
+        if items:
+            self.iserver.node_mgt_service.add_references(items)
+
+    def remove_refs(self, source: str, refs: Iterable[tuple[str, str]]) -> None:
+        aspace = self.aspace
+        src = nid(source)
+        for rtype, target in refs:
+            r, t = nid(rtype), nid(target)
+            for a, b, fwd in ((src, t, True), (t, src, False)):
+                nd = aspace.get(a)
+                if nd is not None:
+                    nd.references = [x for x in nd.references
+                                     if not (x.NodeId == b and x.ReferenceTypeId == r
+                                             and x.IsForward == fwd)]
+
+    async def delete(self, node_ids: Iterable[str]) -> None:
+        """Delete nodes: subscribers see BadNodeIdUnknown, neighbours lose their references."""
+        aspace = self.aspace
+        gone = ua.DataValue(ua.Variant(), StatusCode=status(ua.StatusCodes.BadNodeIdUnknown))
+        for s in node_ids:
+            n = nid(s)
+            nd: NodeData | None = aspace.get(n)
+            if nd is None:
+                continue
+            av = nd.attributes.get(A.Value)
+            if av is not None and av.datachange_callbacks:
+                await set_value(av, gone)
+                for handle in list(av.datachange_callbacks):
+                    aspace.delete_datachange_callback(handle)
+            for ref in nd.references:
+                other = aspace.get(ref.NodeId)
+                if other is not None and other is not nd:
+                    other.references = [x for x in other.references if x.NodeId != n]
+            del aspace[n]
+            self.counters["nodes_deleted"] += 1
+
+    async def update(self, old: NodeRecord, new: NodeRecord, mirrored: set[str]) -> None:
+        """Apply attribute, type and reference changes in place (subscriptions survive)."""
+        aspace = self.aspace
+        n = nid(new.node_id)
+        nd = aspace.get(n)
+        if nd is None:
+            return
+        self.counters["nodes_updated"] += 1
+        for attr, data in new.attrs.items():
+            if old.attrs.get(attr) == data or attr in (A.NodeClass, A.NodeId):
+                continue
+            try:
+                variant = decode_variant(data)
+            except Exception:  # undecodable: keep the old attribute
+                continue
+            fixed = read_only_attr(attr, variant.Value)
+            dv = ua.DataValue(fixed if fixed is not None else variant)
+            if attr in (A.BrowseName, A.DisplayName) and attr in nd.attributes:
+                await aspace.write_attribute_value(n, A(attr), dv)  # syncs reference names
+            elif attr == A.Value and attr in nd.attributes:
+                await set_value(nd.attributes[attr], dv)
+            else:
+                nd.attributes[A(attr)] = AttributeValue(dv)
+        if old.type_def != new.type_def:
+            if old.type_def:
+                self.remove_refs(new.node_id, [(HAS_TYPE_DEFINITION.to_string(), old.type_def)])
+            if new.type_def:
+                self.add_refs(new.node_id, [(HAS_TYPE_DEFINITION.to_string(), new.type_def)], set())
+        if (old.parent, old.parent_ref) != (new.parent, new.parent_ref):
+            if old.parent and old.parent_ref:
+                self.remove_refs(old.parent, [(old.parent_ref, old.node_id)])
+            if new.parent and new.parent_ref:
+                self.add_refs(new.parent, [(new.parent_ref, new.node_id)], mirrored)
+        old_refs, new_refs = set(old.refs), set(new.refs)
+        if old_refs != new_refs:
+            self.remove_refs(new.node_id, old_refs - new_refs)
+            self.add_refs(new.node_id, [r for r in new.refs if r not in old_refs], mirrored)
+
+
+def _ref_item(source: ua.NodeId, rtype: ua.NodeId, target: ua.NodeId,
+              forward: bool) -> ua.AddReferencesItem:
+    item = ua.AddReferencesItem()
+    item.SourceNodeId = source
+    item.ReferenceTypeId = rtype
+    item.TargetNodeId = target
+    item.IsForward = forward
+    item.TargetNodeClass = NC.Unspecified
+    return item
+
+
+async def set_value(av: AttributeValue, dv: ua.DataValue) -> None:
+    """Write a DataValue as it is and notify the attribute's subscribers."""
+    av.value = dv
+    av.value_callback = None
+    if av.datachange_callbacks:
+        for handle, callback in list(av.datachange_callbacks.items()):
+            try:
+                await callback(handle, dv)
+            except Exception:  # one broken subscriber must not stop the mirror
+                log.exception("data change callback failed")

@@ -1,0 +1,519 @@
+"""RX side: a read-only OPC UA server mirroring one TX OPC UA source.
+
+```
+OpcuaModel chunks ─► ModelAssembler ─► snapshot ─► diff with what is mirrored ─► delete / add / update nodes
+                                                   (namespace array copied: node ids are identical)
+OpcuaValues ─────► decode Variant ─► DataValue(value, status, source ts, server ts) ─► node + IT subscribers
+                   (values for nodes the model has not brought yet wait, the last one per node)
+set_link_state ──► quality: Good ─► UncertainLastUsableValue (value kept) ─► BadNoCommunication
+                   after bad_after seconds; Good again with the next fresh value
+                 ─► Objects/DiodeDiagnostics (link state, heartbeat age, counters)
+```
+
+IT clients may browse, read and subscribe; every write, method call,
+history update and node-management request is refused (see opcua_access.py).
+
+Namespaces: the mirror's NamespaceArray is the source's, index for index,
+followed by the mirror's own diagnostics namespace, so a node id such as
+``ns=2;s=Plant`` is the same on both sides. Index 1 is therefore the source
+server's URI, not the mirror's application URI (which only names the mirror
+in its endpoints and certificate). When the source's namespace array changes,
+the mirror rebuilds its whole address space and the diagnostics move to the
+new last index.
+
+Quality (DESIGN.md, "Bad status nulls the value"): while the link or the
+source is lost every value turns UncertainLastUsableValue with its value kept;
+after `bad_after` seconds BadNoCommunication with a null value, as OPC UA
+requires of Bad values. When the link returns, Bad values go back to
+Uncertain with their last value until a fresh value (a change or the next
+keyframe) makes them Good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+from ..config import _Table
+from ..link.records import OpcuaModel, OpcuaValue, OpcuaValues, Record
+from ..opcua_certs import cert_der, key_der
+from ..opcua_model import ModelAssembler, ModelSnapshot, NodeRecord
+from ..opcua_ua import data_value, node_id, status
+from .opcua_access import ReadOnlyRuleset, ReadOnlyUserManager
+from .opcua_build import A, Builder, decode_variant, nid, now_utc, set_value
+
+log = logging.getLogger("diode.sink.opcua")
+
+DIAG_NAMESPACE = "urn:diode:mirror:diagnostics"
+HEALTHY_LINK = ("UP", "DEGRADED")
+POLICY_TYPES = {
+    "None": ua.SecurityPolicyType.NoSecurity,
+    "Basic256Sha256_Sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
+    "Basic256Sha256_SignAndEncrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    "Aes128_Sha256_RsaOaep_Sign": ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    "Aes128_Sha256_RsaOaep_SignAndEncrypt": ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    "Aes256_Sha256_RsaPss_Sign": ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    "Aes256_Sha256_RsaPss_SignAndEncrypt": ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+}
+UNCERTAIN = status(ua.StatusCodes.UncertainLastUsableValue)
+BAD = status(ua.StatusCodes.BadNoCommunication)
+WAITING = status(ua.StatusCodes.BadWaitingForInitialData)
+MAX_EARLY_VALUES = 1_000_000
+
+
+# -- configuration ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpcuaMirrorConfig:
+    name: str
+    endpoint: str = "opc.tcp://0.0.0.0:4840/diode/"
+    application_uri: str = ""
+    server_name: str = ""
+    security_policies: tuple[str, ...] = ("None",)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Only client application certificates in this folder (PEM/DER) may open a
+    # secure channel; None accepts any well-formed certificate.
+    trusted_clients_dir: Path | None = None
+    allow_anonymous: bool = True
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    bad_after: float = 30.0
+    diagnostics: bool = True
+
+
+def parse_opcua_mirror(table: dict[str, Any], path: Path, where: str = "opcua") -> OpcuaMirrorConfig:
+    """One `[[opcua]]` table of rx.toml; ConfigError names file, key and fix."""
+    t = _Table(Path(path), where, table)
+    name = t.get("name", str, example='"plant"')
+    endpoint = t.get("endpoint", str, "opc.tcp://0.0.0.0:4840/diode/",
+                     example='"opc.tcp://0.0.0.0:4840/diode/"')
+    if not endpoint.startswith("opc.tcp://"):
+        t.fail("endpoint", f"expected an opc.tcp:// URL, got {endpoint!r}",
+               'endpoint = "opc.tcp://0.0.0.0:4840/diode/"')
+    policies = t.get("security_policies", list, ["None"], example='["None"]')
+    if not policies or not all(isinstance(p, str) and p in POLICY_TYPES for p in policies):
+        t.fail("security_policies", f"expected a non-empty list of {', '.join(POLICY_TYPES)}",
+               'security_policies = ["Basic256Sha256_SignAndEncrypt"]')
+    cert = t.path_of("cert_file", None, example='"rx-opcua.der"')
+    key = t.path_of("key_file", None, example='"rx-opcua.key"')
+    if (cert is None) != (key is None):
+        t.fail("cert_file", "cert_file and key_file go together", "set both or neither")
+    if any(p != "None" for p in policies) and cert is None:
+        t.fail("cert_file", "secure security_policies need a server certificate",
+               "make one with `diode opcua-cert --server`, then set cert_file and key_file")
+    for key_name, p in (("cert_file", cert), ("key_file", key)):
+        if p is not None and not p.is_file():
+            t.fail(key_name, f"file not found: {p}", "point it at an existing file")
+    trusted = t.path_of("trusted_clients_dir", None, example='"opcua-trusted"')
+    if trusted is not None and not trusted.is_dir():
+        t.fail("trusted_clients_dir", f"not a folder: {trusted}",
+               "point it at a folder holding the client certificates to trust")
+    users = t.get("users", dict, {}, example='{ operator = "secret" }')
+    if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in users.items()):
+        t.fail("users", "expected a table of user name = password (non-empty strings)",
+               'users = { operator = "secret" }')
+    allow_anonymous = t.get("allow_anonymous", bool, True, example="true")
+    if not allow_anonymous and not users:
+        t.fail("allow_anonymous", "no anonymous access and no users: nobody could log in",
+               'add users = { operator = "secret" }, or allow_anonymous = true')
+    cfg = OpcuaMirrorConfig(
+        name=name, endpoint=endpoint,
+        application_uri=t.get("application_uri", str, f"urn:diode:rx:{name}",
+                              example=f'"urn:diode:rx:{name}"'),
+        server_name=t.get("server_name", str, f"diode mirror {name}",
+                          example=f'"diode mirror {name}"'),
+        security_policies=tuple(policies), cert_file=cert, key_file=key,
+        trusted_clients_dir=trusted,
+        allow_anonymous=allow_anonymous, users=tuple(sorted(users.items())),
+        bad_after=t.get("bad_after", float, 30.0, example="30.0", lo=0.0, hi=86400),
+        diagnostics=t.get("diagnostics", bool, True, example="true"),
+    )
+    t.done()
+    return cfg
+
+
+# -- the mirror -------------------------------------------------------------------------
+
+
+@dataclass
+class _Var:
+    node: Any                          # asyncua AttributeValue of the Value attribute
+    fresh: ua.DataValue | None = None  # last value from the source
+    level: int = 0                     # 0 as received, 1 uncertain, 2 bad
+
+
+_DIAG_VARS: dict[str, tuple[Any, ua.VariantType]] = {
+    "LinkState": ("UNKNOWN", ua.VariantType.String),
+    "SourceState": ("unknown", ua.VariantType.String),
+    "Quality": ("Good", ua.VariantType.String),
+    "HeartbeatAge": (-1.0, ua.VariantType.Double),
+    "ModelVersion": ("", ua.VariantType.String),
+    "Nodes": (0, ua.VariantType.UInt32),
+    "ValuesApplied": (0, ua.VariantType.UInt64),
+    "Counters": ("{}", ua.VariantType.String),
+}
+
+
+class OpcuaMirror:
+    def __init__(self, cfg: OpcuaMirrorConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.server: Server | None = None
+        self.state = "stopped"
+        self.assembler = ModelAssembler()
+        self.version: str | None = None
+        self.namespaces: tuple[str, ...] = ()
+        self._records: dict[str, NodeRecord] = {}
+        self._vars: dict[str, _Var] = {}
+        self._early: dict[str, OpcuaValue] = {}
+        self._builder: Builder | None = None
+        self._link_state = "UNKNOWN"
+        self._source_state: str | None = None
+        self._heartbeat_age: float | None = None
+        self._tx_counters: dict[str, int] = {}
+        self._unhealthy_since: float | None = None
+        self._level = 0
+        self._diag: dict[str, Any] = {}
+        self._diag_ns = 0
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.counters: dict[str, int] = dict.fromkeys((
+            "models_installed", "values_applied", "values_early", "values_unknown",
+            "values_bad_variant", "records_other_source", "quality_changes"), 0)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        users = dict(cfg.users)
+        server = Server(user_manager=ReadOnlyUserManager(cfg.allow_anonymous, users))  # type: ignore[arg-type]
+        await server.init()
+        server.allow_remote_admin(False)
+        server.set_endpoint(cfg.endpoint)
+        server.set_server_name(cfg.server_name or f"diode mirror {cfg.name}")
+        server.product_uri = "urn:diode:rx"
+        server.manufacturer_name = "diode"
+        await server.set_application_uri(cfg.application_uri or f"urn:diode:rx:{cfg.name}")
+        server.set_security_policy([POLICY_TYPES[p] for p in cfg.security_policies],
+                                   permission_ruleset=ReadOnlyRuleset())
+        tokens: list[type] = []
+        if cfg.allow_anonymous:
+            tokens.append(ua.AnonymousIdentityToken)
+        if users:
+            tokens.append(ua.UserNameIdentityToken)
+        server.set_identity_tokens(tokens)
+        if cfg.cert_file is not None and cfg.key_file is not None:
+            await server.load_certificate(cert_der(cfg.cert_file))
+            await server.load_private_key(key_der(cfg.key_file))
+        if cfg.trusted_clients_dir is not None:
+            store = TrustStore([Path(cfg.trusted_clients_dir)], [])
+            await store.load()
+            server.set_certificate_validator(CertificateValidator(
+                CertificateValidatorOptions.TRUSTED_VALIDATION
+                | CertificateValidatorOptions.PEER_CLIENT, store))
+        self.server = server
+        self._builder = Builder(server.iserver)
+        await self._create_diagnostics(list(await server.get_namespace_array()))
+        await server.start()
+        self.state = "waiting_model"
+        self._task = asyncio.create_task(self._quality_loop(), name=f"opcua-mirror-{cfg.name}")
+        log.info("OPC UA mirror '%s' listening on %s (%s)", cfg.name, cfg.endpoint,
+                 ", ".join(cfg.security_policies))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        self.state = "stopped"
+
+    # -- records -----------------------------------------------------------------------
+
+    async def apply(self, record: Record) -> None:
+        """Take one OPC UA record from the link (others are ignored)."""
+        if isinstance(record, OpcuaValues):
+            if record.source != self.name:
+                self.counters["records_other_source"] += 1
+                return
+            await self._apply_values(record.values)
+        elif isinstance(record, OpcuaModel):
+            if record.source != self.name:
+                self.counters["records_other_source"] += 1
+                return
+            done = self.assembler.add(record)
+            if done is not None:
+                async with self._lock:
+                    await self._install(*done)
+
+    async def _apply_values(self, values: tuple[OpcuaValue, ...]) -> None:
+        vars_ = self._vars
+        applied = 0
+        for entry in values:
+            v = vars_.get(entry[0])
+            if v is None:
+                self._keep_early(entry)
+                continue
+            try:
+                dv = _datavalue(entry)
+            except Exception:  # a variant that does not decode: TX bug or version skew
+                self.counters["values_bad_variant"] += 1
+                continue
+            v.fresh = dv
+            v.level = 0
+            await set_value(v.node, dv)
+            applied += 1
+        self.counters["values_applied"] += applied
+
+    def _keep_early(self, entry: OpcuaValue) -> None:
+        if self.version is not None and entry[0] in self._records:
+            self.counters["values_unknown"] += 1  # in the model but not a variable
+            return
+        if len(self._early) >= MAX_EARLY_VALUES and entry[0] not in self._early:
+            self.counters["values_unknown"] += 1
+            return
+        self._early[entry[0]] = entry
+        self.counters["values_early"] += 1
+
+    # -- model ---------------------------------------------------------------------------
+
+    async def _install(self, version: str, snap: ModelSnapshot) -> None:
+        server, builder = self.server, self._builder
+        assert server is not None and builder is not None
+        started = time.monotonic()
+        if snap.namespaces != self.namespaces:
+            if self._records:
+                log.warning("mirror '%s': the source's namespace array changed; rebuilding the "
+                            "address space", self.name)
+                await builder.delete(reversed(list(self._records)))
+                self._records.clear()
+                self._vars.clear()
+            await self._delete_diagnostics()
+            ns_array = list(snap.namespaces)
+            await server.write_attribute_value(
+                node_id(ua.ObjectIds.Server_NamespaceArray),
+                ua.DataValue(ua.Variant(ns_array, ua.VariantType.String)))
+            self.namespaces = snap.namespaces
+            await self._create_diagnostics(ns_array)
+        new = {r.node_id: r for r in snap.nodes}
+        old = self._records
+        removed = [n for n in reversed(list(old)) if n not in new]
+        added = [r for r in snap.nodes if r.node_id not in old]
+        changed = [(old[r.node_id], r) for r in snap.nodes
+                   if r.node_id in old and old[r.node_id] != r]
+        moved = [(o, n) for o, n in changed if o.node_class != n.node_class]
+        if moved:  # a node that changed class is a new node under an old id
+            removed += [o.node_id for o, _ in moved]
+            added += [n for _, n in moved]
+            changed = [(o, n) for o, n in changed if o.node_class == n.node_class]
+        await builder.delete(removed)
+        for nid_ in removed:
+            old.pop(nid_, None)
+            self._vars.pop(nid_, None)
+        done = builder.add(added)
+        for rec in done:
+            old[rec.node_id] = rec
+        mirrored = set(new)
+        for rec in done:
+            builder.add_refs(rec.node_id, rec.refs, mirrored)
+        for o, n in changed:
+            await builder.update(o, n, mirrored)
+            old[n.node_id] = n
+        # Keep the snapshot's order for a later rebuild (parents before children).
+        self._records = {r.node_id: old[r.node_id] for r in snap.nodes if r.node_id in old}
+        await self._bind_variables([r for r in done])
+        self.version = version
+        self.state = "serving"
+        self.counters["models_installed"] += 1
+        await self._diag_write("ModelVersion", version)
+        await self._diag_write("Nodes", len(self._records))
+        log.info("mirror '%s': model %s installed in %.2f s: %d nodes (+%d -%d ~%d)", self.name,
+                 version, time.monotonic() - started, len(self._records), len(done),
+                 len(removed), len(changed))
+
+    async def _bind_variables(self, recs: list[NodeRecord]) -> None:
+        """Track the new variables without a static value; give them their early
+        value, or BadWaitingForInitialData."""
+        assert self.server is not None
+        aspace = self.server.iserver.aspace
+        stamp = now_utc()
+        for rec in recs:
+            if rec.node_class != ua.NodeClass.Variable or A.Value in rec.attrs:
+                continue
+            nd = aspace.get(nid(rec.node_id))
+            if nd is None or A.Value not in nd.attributes:
+                continue
+            v = _Var(nd.attributes[A.Value])
+            self._vars[rec.node_id] = v
+            entry = self._early.pop(rec.node_id, None)
+            if entry is not None:
+                try:
+                    v.fresh = _datavalue(entry)
+                except Exception:  # undecodable: as if it never came
+                    self.counters["values_bad_variant"] += 1
+            if v.fresh is not None:
+                v.level = 0
+                await set_value(v.node, v.fresh)
+                if self._level:
+                    await self._degrade(v, self._level, stamp)
+            else:
+                await set_value(v.node, data_value(ua.Variant(), WAITING, None, stamp))
+        self._early.clear()
+
+    # -- quality -----------------------------------------------------------------------
+
+    async def set_link_state(self, link_state: str, *, source_state: str | None = None,
+                             heartbeat_age: float | None = None,
+                             counters: Mapping[str, int] | None = None) -> None:
+        """What the agent knows: link state UP/DEGRADED/DOWN (DOWN or UNKNOWN lose the
+        values' quality), the TX source's state from the heartbeat (anything but
+        "connected" loses it too), the heartbeat age, TX's counters."""
+        self._link_state = link_state
+        if source_state is not None:
+            self._source_state = source_state
+        self._heartbeat_age = heartbeat_age
+        if counters is not None:
+            self._tx_counters = dict(counters)
+        await self._update_quality(time.monotonic())
+        await self._update_diagnostics()
+
+    @property
+    def healthy(self) -> bool:
+        return self._link_state in HEALTHY_LINK and self._source_state in (None, "connected")
+
+    async def _quality_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self._update_quality(time.monotonic())
+                await self._update_diagnostics()
+            except Exception:  # the loop must survive anything one round hits
+                log.exception("mirror '%s': quality update failed", self.name)
+
+    async def _update_quality(self, now: float) -> None:
+        if self.healthy:
+            if self._unhealthy_since is not None:
+                self._unhealthy_since = None
+                if self._level:
+                    log.info("mirror '%s': link and source back; values turn Good as fresh "
+                             "values arrive", self.name)
+                    await self._set_level(0, recovering=True)
+            return
+        if self._unhealthy_since is None:
+            self._unhealthy_since = now
+            log.warning("mirror '%s': link %s, source %s: values turn Uncertain", self.name,
+                        self._link_state, self._source_state)
+        target = 2 if now - self._unhealthy_since >= self.cfg.bad_after else 1
+        if target > self._level:
+            if target == 2:
+                log.warning("mirror '%s': no data for %.0f s: values turn BadNoCommunication",
+                            self.name, now - self._unhealthy_since)
+            await self._set_level(target)
+
+    async def _set_level(self, level: int, recovering: bool = False) -> None:
+        """Degrade every value to `level`; or, `recovering`, lift Bad ones to Uncertain
+        (each turns Good with its next fresh value)."""
+        self._level = level
+        stamp = now_utc()
+        async with self._lock:
+            for v in list(self._vars.values()):
+                if v.fresh is None:
+                    continue
+                if recovering:
+                    if v.level == 2:  # back from Bad: the last value, but not Good yet
+                        await self._degrade(v, 1, stamp)
+                elif v.level < level:
+                    await self._degrade(v, level, stamp)
+        self.counters["quality_changes"] += 1
+
+    async def _degrade(self, v: _Var, level: int, stamp: Any) -> None:
+        fresh = v.fresh
+        assert fresh is not None
+        v.level = level
+        if level == 1:
+            if fresh.StatusCode is not None and fresh.StatusCode.is_bad():
+                return  # already Bad at the source: nothing usable to keep
+            dv = data_value(fresh.Value, UNCERTAIN, fresh.SourceTimestamp, stamp)
+        else:
+            dv = data_value(ua.Variant(), BAD, fresh.SourceTimestamp, stamp)
+        await set_value(v.node, dv)
+
+    # -- diagnostics -----------------------------------------------------------------
+
+    async def _create_diagnostics(self, ns_array: list[str]) -> None:
+        if not self.cfg.diagnostics or self.server is None:
+            return
+        server = self.server
+        ns_array = list(ns_array)
+        if DIAG_NAMESPACE not in ns_array:
+            ns_array.append(DIAG_NAMESPACE)
+            await server.write_attribute_value(
+                node_id(ua.ObjectIds.Server_NamespaceArray),
+                ua.DataValue(ua.Variant(ns_array, ua.VariantType.String)))
+        ns = self._diag_ns = ns_array.index(DIAG_NAMESPACE)
+        folder = await server.nodes.objects.add_object(node_id("DiodeDiagnostics", ns),
+                                                       ua.QualifiedName("DiodeDiagnostics", ns))
+        self._diag = {}
+        for name, (value, vtype) in _DIAG_VARS.items():
+            node = await folder.add_variable(node_id(f"DiodeDiagnostics.{name}", ns),
+                                             ua.QualifiedName(name, ns), value, vtype)
+            self._diag[name] = node.nodeid
+        await self._update_diagnostics()
+
+    async def _delete_diagnostics(self) -> None:
+        if not self._diag or self._builder is None:
+            return
+        ns = self._diag_ns
+        await self._builder.delete([node_id(f"DiodeDiagnostics.{n}", ns).to_string()
+                                    for n in self._diag]
+                                   + [node_id("DiodeDiagnostics", ns).to_string()])
+        self._diag = {}
+
+    async def _diag_write(self, name: str, value: Any) -> None:
+        node = self._diag.get(name)
+        if node is None or self.server is None:
+            return
+        vtype = _DIAG_VARS[name][1]
+        await self.server.write_attribute_value(
+            node, data_value(ua.Variant(value, vtype), None, now_utc(), now_utc()))
+
+    async def _update_diagnostics(self) -> None:
+        if not self._diag:
+            return
+        await self._diag_write("LinkState", self._link_state)
+        await self._diag_write("SourceState", self._source_state or "unknown")
+        await self._diag_write("Quality", ("Good", "Uncertain", "Bad")[self._level])
+        await self._diag_write("HeartbeatAge", float(self._heartbeat_age)
+                               if self._heartbeat_age is not None else -1.0)
+        await self._diag_write("ValuesApplied", self.counters["values_applied"])
+        counters = {**{f"mirror.{k}": v for k, v in self.all_counters().items()},
+                    **{f"tx.{k}": v for k, v in self._tx_counters.items()}}
+        await self._diag_write("Counters", json.dumps(counters, sort_keys=True))
+
+    def all_counters(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out.update(self.assembler.counters)
+        if self._builder is not None:
+            out.update(self._builder.counters)
+        out["variables"] = len(self._vars)
+        return out
+
+
+def _datavalue(entry: OpcuaValue) -> ua.DataValue:
+    _, vbytes, code, src, srv = entry
+    return data_value(decode_variant(vbytes), status(code),
+                      ua.win_epoch_to_datetime(src) if src is not None else None,
+                      ua.win_epoch_to_datetime(srv) if srv is not None else None)

@@ -1,0 +1,739 @@
+"""TX side: one OPC UA server (asyncua client) turned into link records.
+
+```
+OT server ─► connect (security, user) ─► crawl (opcua_crawl) ─► ModelSnapshot ─► OpcuaModel chunks ─┐
+                 ▲   backoff                 ▲ every rebrowse_period,                             ├─► take()
+                 │                           │ or a GeneralModelChangeEvent                        │
+                 └── lost / stale ◄──── subscription (chunked to MaxMonitoredItemsPerCall) ─► OpcuaValues
+                                               data changes, handled per publish response, never dropped
+                                               silently (bounded queue, overflow counted and logged)
+
+run_carousel(): model chunks every model_carousel_period, value keyframes every
+value_keyframe_period, paced to a share of the link.
+```
+
+The subscription does not use asyncua's async iterator (it drops the oldest
+item silently when its queue is full) nor its per-notification handler tasks:
+a `Subscription` subclass takes each publish response whole and queues the
+changes with their status code and both timestamps.
+
+Values leave as OPC UA binary Variants, so custom structures cross as the
+server encoded them (an ExtensionObject body the mirror passes through) and
+TX needs no type dictionary.
+
+A server that refuses us (bad credentials, untrusted certificate, security
+policy it does not offer) is a loud error through `on_fatal`; an unreachable
+one is retried with exponential backoff and counted as an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from asyncua import Client, ua
+from asyncua.common.subscription import Subscription
+from asyncua.crypto import security_policies
+from asyncua.ua.ua_binary import variant_to_binary
+
+from ..config import ConfigError, _Table
+from ..link import records
+from ..link.pacer import TokenBucket
+from ..link.records import OpcuaModel, OpcuaValue, OpcuaValues
+from ..opcua_certs import cert_der, key_der
+from ..opcua_model import ModelSnapshot
+from ..opcua_ua import status
+from .opcua_crawl import Crawler, CrawlResult, Limits, read_limits
+
+log = logging.getLogger("diode.source.opcua")
+
+SECURITY_POLICIES: dict[str, Any] = {
+    "None": None,
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+SECURITY_MODES = {"Sign": ua.MessageSecurityMode.Sign,
+                  "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
+
+# Refusals: retrying cannot help until someone changes a setting.
+_REFUSALS: dict[int, str] = {
+    ua.StatusCodes.BadUserAccessDenied: "check username and password",
+    ua.StatusCodes.BadIdentityTokenInvalid: "check username and password",
+    ua.StatusCodes.BadIdentityTokenRejected: "the server does not accept this kind of login "
+                                             "(anonymous or username); set username/password",
+    ua.StatusCodes.BadCertificateUntrusted: "trust the client certificate on the OT server",
+    ua.StatusCodes.BadSecurityChecksFailed: "trust the client certificate on the OT server "
+                                            "(and check its application URI)",
+    ua.StatusCodes.BadCertificateInvalid: "make a new client certificate (diode opcua-cert)",
+    ua.StatusCodes.BadCertificateTimeInvalid: "the client certificate expired or is not yet "
+                                              "valid: make a new one",
+    ua.StatusCodes.BadCertificateUriInvalid: "application_uri must equal the URI in the client "
+                                             "certificate",
+    ua.StatusCodes.BadCertificateHostNameInvalid: "check the endpoint host name",
+    ua.StatusCodes.BadCertificateRevoked: "the client certificate was revoked: make a new one",
+    ua.StatusCodes.BadCertificateUseNotAllowed: "make a new client certificate",
+    ua.StatusCodes.BadSecurityPolicyRejected: "set a security_policy the server offers",
+    ua.StatusCodes.BadSecurityModeRejected: "set a security_mode the server offers",
+    ua.StatusCodes.BadNoValidCertificates: "set cert_file and key_file",
+}
+
+TRIGGERS = {"StatusValue": ua.DataChangeTrigger.StatusValue,
+            "StatusValueTimestamp": ua.DataChangeTrigger.StatusValueTimestamp}
+NULL_VARIANT = variant_to_binary(ua.Variant())
+_HANDLE_BASE = 1 << 20  # our client handles; asyncua's own counter starts at 200
+
+
+# -- configuration ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpcuaSourceConfig:
+    name: str
+    endpoint: str
+    security_policy: str = "None"
+    security_mode: str = "SignAndEncrypt"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_cert_file: Path | None = None
+    application_uri: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    subtrees: tuple[str, ...] = ("i=85",)
+    sampling_interval: float = 0.1       # seconds
+    publishing_interval: float = 0.1     # seconds
+    queue_size: int = 10
+    # "StatusValue" (the OPC UA default) or "StatusValueTimestamp": also report a new
+    # source timestamp with an unchanged value (more traffic with some servers).
+    trigger: str = "StatusValue"
+    rebrowse_period: float = 120.0
+    model_carousel_period: float = 60.0
+    value_keyframe_period: float = 30.0
+    timeout: float = 10.0
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    queue_limit: int = 200_000
+    model_chunk_size: int = 16384
+    batch_bytes: int = 1200
+
+    @property
+    def label(self) -> str:
+        return f"OPC UA server '{self.name}' ({self.endpoint})"
+
+
+def parse_opcua_source(table: dict[str, Any], path: Path, where: str = "opcua") -> OpcuaSourceConfig:
+    """One `[[opcua]]` table of tx.toml; ConfigError names file, key and fix."""
+    t = _Table(Path(path), where, table)
+    name = t.get("name", str, example='"plant"')
+    endpoint = t.get("endpoint", str, example='"opc.tcp://192.0.2.10:4840"')
+    if not endpoint.startswith("opc.tcp://"):
+        t.fail("endpoint", f"expected an opc.tcp:// URL, got {endpoint!r}",
+               'endpoint = "opc.tcp://192.0.2.10:4840"')
+    policy = t.get("security_policy", str, "None", example='"Basic256Sha256"',
+                   choices=tuple(SECURITY_POLICIES))
+    mode = t.get("security_mode", str, "SignAndEncrypt", example='"SignAndEncrypt"',
+                 choices=tuple(SECURITY_MODES))
+    cert = t.path_of("cert_file", None, example='"tx-opcua.der"')
+    key = t.path_of("key_file", None, example='"tx-opcua.key"')
+    server_cert = t.path_of("server_cert_file", None, example='"plant-server.der"')
+    if policy != "None":
+        if cert is None or key is None:
+            t.fail("cert_file", f"security_policy {policy} needs a client certificate",
+                   "make one with `diode opcua-cert`, then set cert_file and key_file")
+    elif "security_mode" in t.data:
+        t.fail("security_mode", "set but security_policy is None",
+               'set security_policy = "Basic256Sha256", or remove security_mode')
+    if (cert is None) != (key is None):
+        t.fail("cert_file", "cert_file and key_file go together", "set both or neither")
+    for key_name, p in (("cert_file", cert), ("key_file", key), ("server_cert_file", server_cert)):
+        if p is not None and not p.is_file():
+            t.fail(key_name, f"file not found: {p}", "point it at an existing file")
+    app_uri = t.get("application_uri", str, "", example=f'"urn:diode:tx:{name}"')
+    if not app_uri:
+        app_uri = f"urn:diode:tx:{name}"
+        if cert is not None:
+            from ..opcua_certs import application_uri_of
+            try:
+                app_uri = application_uri_of(cert) or app_uri
+            except ValueError:
+                t.fail("cert_file", f"{cert} is not a PEM or DER certificate",
+                       "point it at the certificate made by `diode opcua-cert`")
+    username = t.get("username", str, None, example='"diode"')
+    password = t.get("password", str, None, example='"..."')
+    password_file = t.path_of("password_file", None, example='"opcua.pass"')
+    if password_file is not None:
+        if password is not None:
+            t.fail("password_file", "both password and password_file are set",
+                   "keep only one of them")
+        try:
+            password = password_file.read_text().strip()
+        except OSError as exc:
+            t.fail("password_file", f"cannot read {password_file}: {exc.strerror}",
+                   "point it at a readable file")
+    if password is not None and username is None:
+        t.fail("username", "a password is set but no username", 'username = "diode"')
+    subtrees = t.get("subtrees", list, ["i=85"], example='["i=85"]')
+    if not subtrees or not all(isinstance(s, str) for s in subtrees):
+        t.fail("subtrees", "expected a non-empty list of node ids", 'subtrees = ["ns=2;s=Plant"]')
+    for s in subtrees:
+        try:
+            ua.NodeId.from_string(s)
+        except Exception:  # asyncua raises several types on a bad string
+            t.fail("subtrees", f"{s!r} is not a node id", 'subtrees = ["i=85", "ns=2;s=Plant"]')
+    reconnect_min = t.get("reconnect_min", float, 1.0, example="1.0", lo=0.05, hi=3600)
+    cfg = OpcuaSourceConfig(
+        name=name, endpoint=endpoint, security_policy=policy, security_mode=mode,
+        cert_file=cert, key_file=key, server_cert_file=server_cert, application_uri=app_uri,
+        username=username, password=password, subtrees=tuple(subtrees),
+        sampling_interval=t.get("sampling_interval", float, 0.1, example="0.1", lo=0.0, hi=3600),
+        publishing_interval=t.get("publishing_interval", float, 0.1, example="0.1",
+                                  lo=0.01, hi=3600),
+        queue_size=t.get("queue_size", int, 10, example="10", lo=1, hi=10000),
+        trigger=t.get("trigger", str, "StatusValue", example='"StatusValueTimestamp"',
+                      choices=tuple(TRIGGERS)),
+        rebrowse_period=t.get("rebrowse_period", float, 120.0, example="120.0", lo=1.0),
+        model_carousel_period=t.get("model_carousel_period", float, 60.0, example="60.0",
+                                    lo=1.0),
+        value_keyframe_period=t.get("value_keyframe_period", float, 30.0, example="30.0",
+                                    lo=1.0),
+        timeout=t.get("timeout", float, 10.0, example="10.0", lo=0.5, hi=600),
+        reconnect_min=reconnect_min,
+        reconnect_max=t.get("reconnect_max", float, 60.0, example="60.0", lo=reconnect_min,
+                            hi=86400),
+        queue_limit=t.get("queue_limit", int, 200_000, example="200000", lo=100),
+        model_chunk_size=t.get("model_chunk_size", int, 16384, example="16384", lo=512,
+                               hi=1 << 20),
+        batch_bytes=t.get("batch_bytes", int, 1200, example="1200", lo=200, hi=1 << 20),
+    )
+    t.done()
+    return cfg
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def ticks(dt: datetime | None) -> int | None:
+    return None if dt is None else ua.datetime_to_win_epoch(dt)
+
+
+def entry_of(nid: str, dv: ua.DataValue) -> OpcuaValue:
+    return (nid, variant_to_binary(dv.Value) if dv.Value is not None else NULL_VARIANT,
+            dv.StatusCode.value if dv.StatusCode is not None else 0,
+            ticks(dv.SourceTimestamp), ticks(dv.ServerTimestamp))
+
+
+def _entry_size(e: OpcuaValue) -> int:
+    return len(e[0]) + len(e[1]) + 24
+
+
+class _NoHandler:
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        pass
+
+
+class _BatchSubscription(Subscription):
+    """Takes each publish response whole, in the client's loop: no task per
+    notification, no bounded iterator queue."""
+
+    def __init__(self, session: Any, params: ua.CreateSubscriptionParameters,
+                 on_changes: Callable[[list[ua.MonitoredItemNotification]], None],
+                 on_event: Callable[[], None], on_status: Callable[[ua.StatusCode], None]) -> None:
+        super().__init__(session, params, _NoHandler())
+        self._on_changes, self._on_event, self._on_status = on_changes, on_event, on_status
+
+    async def publish_callback(self, publish_result: ua.PublishResult) -> None:
+        self.last_publish_at = time.monotonic()
+        msg = publish_result.NotificationMessage
+        if not msg.NotificationData:
+            return
+        self.last_sequence_number = int(msg.SequenceNumber)
+        for notif in msg.NotificationData:
+            if isinstance(notif, ua.DataChangeNotification):
+                self._on_changes(notif.MonitoredItems)
+            elif isinstance(notif, ua.EventNotificationList):
+                self._on_event()
+            elif isinstance(notif, ua.StatusChangeNotification):
+                self._on_status(notif.Status)
+
+
+class SourceRefused(Exception):
+    """The server refused us; retrying will not help."""
+
+
+# -- the source ----------------------------------------------------------------------
+
+
+class OpcuaSource:
+    """TX adapter for one OPC UA server.
+
+    `take(now, limit)` hands out live records (new model versions first, then
+    value batches); `run_carousel(push, rate_bps)` re-sends the model and value
+    keyframes periodically. `state` goes into the heartbeat's sources map.
+    """
+
+    def __init__(self, cfg: OpcuaSourceConfig, wake: Callable[[], None] = lambda: None,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self._wake = wake
+        self._on_fatal = on_fatal
+        self.state = "stopped"
+        self.fatal: str | None = None
+        self.counters: dict[str, int] = dict.fromkeys((
+            "connects", "outages", "crawls", "model_versions", "nodes", "variables",
+            "monitored_items", "monitor_errors", "changes", "value_records", "queue_dropped",
+            "model_records", "keyframe_records", "carousel_records", "crawl_ms",
+            "browse_requests", "read_requests", "model_events"), 0)
+        self.model: ModelSnapshot | None = None
+        self.version: str | None = None
+        self._model_chunks: list[OpcuaModel] = []
+        self._live: deque[records.Record] = deque()
+        self._pending: deque[OpcuaValue] = deque()
+        self._last: dict[str, OpcuaValue] = {}   # what the link was given, per node
+        self._handles: dict[str, int] = {}       # node id -> client handle
+        self._node_of: dict[int, str] = {}       # client handle -> node id
+        self._server_handle: dict[str, int] = {}
+        self._next_handle = _HANDLE_BASE
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._model_event = asyncio.Event()
+        self._stopping = False
+        self._drop_logged = 0.0
+        self.client: Client | None = None
+
+    # -- interface -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"opcua-source-{self.cfg.name}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._disconnect()
+        if self.state != "refused":
+            self.state = "stopped"
+
+    @property
+    def queue(self) -> int:
+        return len(self._pending) + len(self._live)
+
+    def take(self, now: float, limit: int) -> list[records.Record]:
+        """Up to `limit` records: model chunks of a new version first, then value batches."""
+        out: list[records.Record] = []
+        live = self._live
+        while live and len(out) < limit:
+            out.append(live.popleft())
+        pending, last, budget = self._pending, self._last, self.cfg.batch_bytes
+        while pending and len(out) < limit:
+            batch: list[OpcuaValue] = []
+            size = 0
+            while pending and size < budget:
+                e = pending.popleft()
+                batch.append(e)
+                last[e[0]] = e
+                size += _entry_size(e)
+            out.append(OpcuaValues(self.cfg.name, False, tuple(batch)))
+            self.counters["value_records"] += 1
+        return out
+
+    def model_carousel(self) -> Iterator[OpcuaModel]:
+        """The current model's chunks (re-send); nothing before the first crawl."""
+        chunks = self._model_chunks
+        for rec in chunks:
+            if chunks is not self._model_chunks:
+                return  # a new version replaced it: that one went out live
+            yield rec
+
+    def value_keyframe(self) -> Iterator[OpcuaValues]:
+        """The last value of every node the link was given, re-sent in batches.
+
+        Read at the moment each batch is taken, so a keyframe never carries a value
+        older than one already handed to the link. Nothing while disconnected from the
+        server: the values would be stale, and RX shows that by their status.
+        """
+        if self.state != "connected":
+            return
+        keys = list(self._last)
+        budget = self.cfg.batch_bytes
+        i = 0
+        while i < len(keys):
+            if self.state != "connected":
+                return
+            batch: list[OpcuaValue] = []
+            size = 0
+            while i < len(keys) and size < budget:
+                e = self._last.get(keys[i])
+                i += 1
+                if e is not None:
+                    batch.append(e)
+                    size += _entry_size(e)
+            if batch:
+                yield OpcuaValues(self.cfg.name, True, tuple(batch))
+
+    async def run_carousel(self, push: Callable[[bytes], None], rate_bps: float,
+                           burst_bytes: int = 16384) -> None:
+        """Forever: model chunks every model_carousel_period and value keyframes every
+        value_keyframe_period, encoded and given to `push`, within `rate_bps`."""
+        cfg = self.cfg
+        now = time.monotonic()
+        bucket = TokenBucket(rate_bps, burst_bytes, now)
+        next_model, next_values = now + cfg.model_carousel_period, now + cfg.value_keyframe_period
+        while True:
+            await asyncio.sleep(max(0.0, min(next_model, next_values) - time.monotonic()))
+            now = time.monotonic()
+            jobs: list[tuple[str, Iterator[Any]]] = []
+            if now >= next_model:
+                next_model = now + cfg.model_carousel_period
+                jobs.append(("model", self.model_carousel()))
+            if now >= next_values:
+                next_values = now + cfg.value_keyframe_period
+                jobs.append(("values", self.value_keyframe()))
+            for kind, it in jobs:
+                for rec in it:
+                    data = records.encode(rec)
+                    push(data)
+                    self.counters["carousel_records"] += 1
+                    self.counters["keyframe_records" if kind == "values" else "model_records"] += 1
+                    t = time.monotonic()
+                    bucket.take(len(data), t)
+                    delay = bucket.delay(1, t)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+
+    # -- connection loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        cfg = self.cfg
+        delay = cfg.reconnect_min
+        while not self._stopping:
+            self.state = "connecting"
+            try:
+                await self._connect()
+            except SourceRefused as exc:
+                self._refused(str(exc))
+                return
+            except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+                self.counters["outages"] += 1
+                self.state = "disconnected"
+                log.warning("%s: cannot connect: %s; retrying in %.1f s", cfg.label,
+                            _describe(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cfg.reconnect_max)
+                continue
+            self.counters["connects"] += 1
+            try:
+                await self._session()
+            except SourceRefused as exc:
+                self._refused(str(exc))
+                return
+            except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+                log.warning("%s: connection lost: %s", cfg.label, _describe(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: unexpected error; reconnecting", cfg.label)
+            self.counters["outages"] += 1
+            self.state = "disconnected"
+            await self._disconnect()
+            delay = cfg.reconnect_min
+            await asyncio.sleep(delay)
+
+    def _refused(self, message: str) -> None:
+        self.state = "refused"
+        self.fatal = message
+        log.error("%s", message)
+        if self._on_fatal is not None:
+            self._on_fatal(message)
+
+    async def _connect(self) -> None:
+        cfg = self.cfg
+        client = Client(cfg.endpoint, timeout=cfg.timeout)
+        client.application_uri = cfg.application_uri
+        client.name = client.description = f"diode TX {cfg.name}"
+        client.product_uri = "urn:diode:tx"
+        if cfg.username is not None:
+            client.set_user(cfg.username)
+            client.set_password(cfg.password or "")
+        policy = SECURITY_POLICIES[cfg.security_policy]
+        try:
+            if policy is not None:
+                assert cfg.cert_file is not None and cfg.key_file is not None
+                try:
+                    cert, key = cert_der(cfg.cert_file), key_der(cfg.key_file)
+                    server_cert = cert_der(cfg.server_cert_file) if cfg.server_cert_file \
+                        else None
+                except (OSError, ValueError) as exc:
+                    raise SourceRefused(f"{cfg.label}: cannot load the client certificate or "
+                                        f"key: {exc}. Fix: point cert_file/key_file at the "
+                                        f"files made by `diode opcua-cert`") from None
+                try:
+                    await client.set_security(policy, cert, key, server_certificate=server_cert,
+                                              mode=SECURITY_MODES[cfg.security_mode])
+                except ua.UaError as exc:
+                    if "endpoint" in str(exc).lower():
+                        raise SourceRefused(
+                            f"{cfg.label}: offers no endpoint with security policy "
+                            f"{cfg.security_policy} and mode {cfg.security_mode}. Fix: set "
+                            f"security_policy/security_mode to one the server offers") from None
+                    raise
+            self._lost.clear()
+            client.connection_lost_callback = self._on_connection_lost
+            await client.connect()
+        except ua.UaStatusCodeError as exc:
+            fix = _REFUSALS.get(exc.code)
+            if fix is not None:
+                raise SourceRefused(f"{cfg.label}: refused the connection: "
+                                    f"{status(exc.code).name}. Fix: {fix}"
+                                    + self._cert_hint(exc.code)) from None
+            raise
+        self.client = client
+
+    def _cert_hint(self, code: int) -> str:
+        if code not in (ua.StatusCodes.BadCertificateUntrusted,
+                        ua.StatusCodes.BadSecurityChecksFailed) or self.cfg.cert_file is None:
+            return ""
+        from ..opcua_certs import thumbprint
+        try:
+            return f" (client certificate {self.cfg.cert_file}, thumbprint " \
+                   f"{thumbprint(self.cfg.cert_file)})"
+        except (OSError, ValueError):
+            return ""
+
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        self._lost.set()
+
+    async def _disconnect(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), 5)
+
+    # -- one session -------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        client = self.client
+        assert client is not None
+        cfg = self.cfg
+        limits = await read_limits(client.uaclient)
+        self.state = "crawling"
+        result = await self._crawl(client, limits)
+        self._install(result)
+        self._handles.clear()
+        self._node_of.clear()
+        self._server_handle.clear()
+        sub = await self._subscribe(client, limits, result.variables)
+        self.state = "connected"
+        log.info("%s: connected; %d nodes, %d variables subscribed, model %s", cfg.label,
+                 len(result.snapshot.nodes), len(self._handles), self.version)
+        next_browse = time.monotonic() + cfg.rebrowse_period
+        stale_after = max(cfg.publishing_interval * sub.parameters.RequestedMaxKeepAliveCount * 3,
+                          cfg.timeout)
+        while True:
+            wait = max(0.05, min(1.0, next_browse - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_any(), wait)
+            if self._lost.is_set():
+                raise ConnectionError("the server connection was lost")
+            if sub.last_publish_at is not None and \
+                    time.monotonic() - sub.last_publish_at > stale_after:
+                raise ConnectionError(f"no publish response for {stale_after:.0f} s")
+            if self._model_event.is_set() or time.monotonic() >= next_browse:
+                self._model_event.clear()
+                result = await self._crawl(client, limits)
+                if result.snapshot.version != self.version:
+                    self._install(result)
+                    await self._resubscribe(sub, limits, result.variables)
+                next_browse = time.monotonic() + cfg.rebrowse_period
+
+    async def _wait_any(self) -> None:
+        lost = asyncio.create_task(self._lost.wait())
+        model = asyncio.create_task(self._model_event.wait())
+        try:
+            await asyncio.wait({lost, model}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            model.cancel()
+
+    async def _crawl(self, client: Client, limits: Limits) -> CrawlResult:
+        started = time.monotonic()
+        crawler = Crawler(client.uaclient, limits)
+        namespaces = await client.get_namespace_array()
+        try:
+            result = await crawler.crawl([ua.NodeId.from_string(s) for s in self.cfg.subtrees],
+                                         namespaces)
+        except ValueError as exc:
+            raise SourceRefused(f"{self.cfg.label}: {exc}. Fix: correct subtrees") from None
+        c = self.counters
+        c["crawls"] += 1
+        c["crawl_ms"] = int((time.monotonic() - started) * 1000)
+        c["browse_requests"] += crawler.counters["browse_requests"]
+        c["read_requests"] += crawler.counters["read_requests"]
+        return result
+
+    def _install(self, result: CrawlResult) -> None:
+        snap = result.snapshot
+        version, data = snap.encode()
+        self.counters["nodes"] = len(snap.nodes)
+        self.counters["variables"] = len(result.variables)
+        if version == self.version:
+            return
+        old = self.version
+        self.model, self.version = snap, version
+        from ..opcua_model import split
+        self._model_chunks = split(self.cfg.name, version, data, self.cfg.model_chunk_size)
+        self.counters["model_versions"] += 1
+        # A new version goes out now, ahead of values for its new nodes.
+        self._live.extend(self._model_chunks)
+        self.counters["model_records"] += len(self._model_chunks)
+        keep = set(result.variables)
+        for nid in [n for n in self._last if n not in keep]:
+            del self._last[nid]
+        if old is not None:
+            log.info("%s: address space changed: model %s -> %s (%d nodes)", self.cfg.label,
+                     old, version, len(snap.nodes))
+        self._wake()
+
+    # -- subscription ------------------------------------------------------------------
+
+    async def _subscribe(self, client: Client, limits: Limits,
+                         variables: list[str]) -> _BatchSubscription:
+        cfg = self.cfg
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = cfg.publishing_interval * 1000
+        params.RequestedLifetimeCount = 10000
+        params.RequestedMaxKeepAliveCount = client.get_keepalive_count(
+            cfg.publishing_interval * 1000)
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
+        sub = _BatchSubscription(client.uaclient.session, params, self._on_changes,
+                                 self._model_event.set, self._on_status)
+        await sub.init()
+        await self._monitor(sub, limits, variables)
+        try:
+            await sub.subscribe_events(ua.ObjectIds.Server, ua.ObjectIds.GeneralModelChangeEventType)
+        except (ua.UaError, ValueError) as exc:
+            log.debug("%s: no model change events: %s", cfg.label, exc)
+        return sub
+
+    async def _monitor(self, sub: _BatchSubscription, limits: Limits, variables: list[str]) -> None:
+        cfg = self.cfg
+        todo = [v for v in variables if v not in self._handles]
+        step = limits.monitored
+        i = 0
+        errors_logged = 0
+        flt = None
+        if cfg.trigger != "StatusValue":
+            flt = ua.DataChangeFilter()
+            flt.Trigger = TRIGGERS[cfg.trigger]
+        while i < len(todo):
+            chunk = todo[i:i + step]
+            mirs = []
+            for nid in chunk:
+                handle = self._next_handle
+                self._next_handle += 1
+                self._handles[nid] = handle
+                self._node_of[handle] = nid
+                rv = ua.ReadValueId()
+                rv.NodeId = ua.NodeId.from_string(nid)
+                rv.AttributeId = ua.AttributeIds.Value
+                mp = ua.MonitoringParameters()
+                mp.ClientHandle = handle
+                mp.SamplingInterval = cfg.sampling_interval * 1000
+                mp.QueueSize = cfg.queue_size
+                mp.DiscardOldest = True
+                if flt is not None:
+                    mp.Filter = flt
+                mir = ua.MonitoredItemCreateRequest()
+                mir.ItemToMonitor = rv
+                mir.MonitoringMode = ua.MonitoringMode.Reporting
+                mir.RequestedParameters = mp
+                mirs.append(mir)
+            try:
+                results = await sub.create_monitored_items(mirs)
+            except ua.UaStatusCodeError as exc:
+                if exc.code == ua.StatusCodes.BadTooManyOperations and step > 1:
+                    for nid in chunk:
+                        self._node_of.pop(self._handles.pop(nid), None)
+                    step = max(1, step // 2)
+                    limits.monitored = step
+                    continue
+                raise
+            for nid, res in zip(chunk, results, strict=True):
+                if isinstance(res, ua.StatusCode):
+                    self.counters["monitor_errors"] += 1
+                    self._node_of.pop(self._handles.pop(nid), None)
+                    if errors_logged < 5:
+                        errors_logged += 1
+                        log.warning("%s: cannot monitor %s: %s", cfg.label, nid, res.name)
+                else:
+                    self._server_handle[nid] = res
+            i += len(chunk)
+        self.counters["monitored_items"] = len(self._server_handle)
+
+    async def _resubscribe(self, sub: _BatchSubscription, limits: Limits,
+                           variables: list[str]) -> None:
+        keep = set(variables)
+        gone = [nid for nid in self._handles if nid not in keep]
+        server_handles = [self._server_handle.pop(nid) for nid in gone if nid in self._server_handle]
+        for nid in gone:
+            self._node_of.pop(self._handles.pop(nid), None)
+        step = limits.monitored
+        for i in range(0, len(server_handles), step):
+            with contextlib.suppress(ua.UaStatusCodeError):
+                await sub.unsubscribe(server_handles[i:i + step])
+        await self._monitor(sub, limits, variables)
+
+    def _on_changes(self, items: list[ua.MonitoredItemNotification]) -> None:
+        pending, node_of = self._pending, self._node_of
+        limit = self.cfg.queue_limit
+        was_empty = not pending
+        n = 0
+        for item in items:
+            nid = node_of.get(item.ClientHandle)
+            if nid is None:
+                continue
+            if len(pending) >= limit:
+                self._dropped()
+                continue
+            pending.append(entry_of(nid, item.Value))
+            n += 1
+        self.counters["changes"] += n
+        if was_empty and n:
+            self._wake()
+
+    def _dropped(self) -> None:
+        self.counters["queue_dropped"] += 1
+        now = time.monotonic()
+        if now - self._drop_logged > 5:
+            self._drop_logged = now
+            log.error("%s: value queue full (%d); dropping changes (%d so far). The link is "
+                      "slower than the OT server's changes: raise [link] bitrate, raise "
+                      "sampling_interval or narrow subtrees", self.cfg.label,
+                      self.cfg.queue_limit, self.counters["queue_dropped"])
+
+    def _on_status(self, status: ua.StatusCode) -> None:
+        if not status.is_good():
+            log.warning("%s: subscription status %s", self.cfg.label, status.name)
+            self._lost.set()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ua.UaStatusCodeError):
+        return status(exc.code).name
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def config_error(message: str) -> ConfigError:
+    return ConfigError(message)

@@ -1,0 +1,408 @@
+"""Crawl an OPC UA server's address space into a `ModelSnapshot`, fast and whole.
+
+```
+NamespaceArray ─► types: Types folder ─► (HasSubtype / Organizes through ns 0) ─► every non-ns-0 type
+                  instances: subtrees ─► (hierarchical references) ─► every non-ns-0 node
+                        │ Browse chunked to MaxNodesPerBrowse, BrowseNext until no continuation point
+                        ▼
+                  Read chunked to MaxNodesPerRead: names, description, class attributes,
+                  DataTypeDefinition, static values (type and method properties)
+                        ▼
+                  ModelSnapshot (parents before children) + the variables to subscribe
+```
+
+asyncua's high-level helpers are not used for the crawl: `browse_nodes` does not
+follow continuation points and per-node reads are one request each. Requests
+are chunked to the server's operation limits (0 means "no limit"; we still
+cap, and halve a chunk the server refuses with BadTooManyOperations).
+
+Namespace 0 nodes are never copied: the mirror has its own standard address
+space. They are browsed only as anchors (the Types tree, the Objects folder)
+to find the server's own nodes below them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from asyncua import ua
+from asyncua.ua.ua_binary import variant_to_binary
+
+from ..opcua_model import ModelSnapshot, NodeRecord
+from ..opcua_ua import node_id
+
+log = logging.getLogger("diode.source.opcua")
+
+A = ua.AttributeIds
+_O = ua.ObjectIds
+
+DEFAULT_MAX_BROWSE = 1000
+DEFAULT_MAX_READ = 5000
+DEFAULT_MAX_MONITORED = 1000
+HARD_CAP = 10000  # never more per request, whatever the server says
+
+HAS_TYPE_DEFINITION = node_id(_O.HasTypeDefinition)
+HAS_SUBTYPE = node_id(_O.HasSubtype)
+HAS_ENCODING = node_id(_O.HasEncoding)
+ORGANIZES = node_id(_O.Organizes)
+HIERARCHICAL = node_id(_O.HierarchicalReferences)
+_KNOWN_HIER = {node_id(i) for i in (
+    _O.HierarchicalReferences, _O.HasChild, _O.Organizes, _O.HasEventSource, _O.Aggregates,
+    _O.HasSubtype, _O.HasProperty, _O.HasComponent, _O.HasNotifier, _O.HasOrderedComponent)}
+_KNOWN_NONHIER = {node_id(i) for i in (
+    _O.References, _O.NonHierarchicalReferences, _O.HasModellingRule, _O.HasEncoding,
+    _O.HasDescription, _O.HasTypeDefinition, _O.GeneratesEvent)}
+
+_COMMON = (A.BrowseName, A.DisplayName, A.Description)
+CLASS_ATTRS: dict[int, tuple[ua.AttributeIds, ...]] = {
+    ua.NodeClass.Object: (A.EventNotifier,),
+    ua.NodeClass.Variable: (A.DataType, A.ValueRank, A.ArrayDimensions, A.AccessLevel,
+                            A.UserAccessLevel, A.MinimumSamplingInterval, A.Historizing),
+    ua.NodeClass.Method: (A.Executable, A.UserExecutable),
+    ua.NodeClass.ObjectType: (A.IsAbstract,),
+    ua.NodeClass.VariableType: (A.Value, A.DataType, A.ValueRank, A.ArrayDimensions, A.IsAbstract),
+    ua.NodeClass.ReferenceType: (A.IsAbstract, A.Symmetric, A.InverseName),
+    ua.NodeClass.DataType: (A.IsAbstract, A.DataTypeDefinition),
+    ua.NodeClass.View: (A.ContainsNoLoops, A.EventNotifier),
+}
+
+
+class Session(Protocol):
+    """The part of asyncua's UaClient the crawler uses (a fake in unit tests)."""
+
+    async def browse(self, parameters: ua.BrowseParameters) -> list[ua.BrowseResult]: ...
+    async def browse_next(self, parameters: ua.BrowseNextParameters) -> list[ua.BrowseResult]: ...
+    async def read(self, parameters: ua.ReadParameters) -> list[ua.DataValue]: ...
+
+
+@dataclass
+class Limits:
+    browse: int = DEFAULT_MAX_BROWSE
+    read: int = DEFAULT_MAX_READ
+    monitored: int = DEFAULT_MAX_MONITORED
+
+    @classmethod
+    def from_server(cls, values: Sequence[Any]) -> Limits:
+        def pick(v: Any, default: int) -> int:
+            return min(int(v), HARD_CAP) if isinstance(v, int) and v > 0 else default
+        b, r, m = (list(values) + [None] * 3)[:3]
+        return cls(pick(b, DEFAULT_MAX_BROWSE), pick(r, DEFAULT_MAX_READ),
+                   pick(m, DEFAULT_MAX_MONITORED))
+
+
+LIMIT_NODES = (node_id(_O.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse),
+               node_id(_O.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead),
+               node_id(_O.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall))
+
+
+async def read_limits(session: Session) -> Limits:
+    """The server's operation limits; defaults where it does not say."""
+    params = ua.ReadParameters()
+    params.NodesToRead = [_rv(n, A.Value) for n in LIMIT_NODES]
+    try:
+        dvs = await session.read(params)
+    except ua.UaStatusCodeError:
+        return Limits()
+    return Limits.from_server([dv.Value.Value if dv.Value is not None and (
+        dv.StatusCode is None or dv.StatusCode.is_good()) else None for dv in dvs])
+
+
+@dataclass
+class _Found:
+    nid: ua.NodeId
+    node_class: int
+    parent: ua.NodeId | None = None
+    parent_ref: ua.NodeId | None = None
+    type_def: ua.NodeId | None = None
+    refs: list[tuple[ua.NodeId, ua.NodeId]] = field(default_factory=list)
+    in_types: bool = False
+    static: bool = False
+    attrs: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class CrawlResult:
+    snapshot: ModelSnapshot
+    variables: list[str]            # instance variables to subscribe, node id strings
+    counters: dict[str, int]
+
+
+def _rv(nid: ua.NodeId, attr: int) -> ua.ReadValueId:
+    rv = ua.ReadValueId()
+    rv.NodeId = nid
+    rv.AttributeId = attr
+    return rv
+
+
+def _plain(nid: Any, namespaces: Sequence[str]) -> ua.NodeId | None:
+    """An ExpandedNodeId as a local NodeId (None for a node on another server)."""
+    if getattr(nid, "ServerIndex", 0):
+        return None
+    uri = getattr(nid, "NamespaceUri", None)
+    ns = nid.NamespaceIndex
+    if uri:
+        if uri not in namespaces:
+            return None
+        ns = namespaces.index(uri)
+    return node_id(nid.Identifier, ns, nid.NodeIdType)
+
+
+class Crawler:
+    def __init__(self, session: Session, limits: Limits) -> None:
+        self.session = session
+        self.limits = limits
+        self.namespaces: list[str] = []
+        self._hier: dict[ua.NodeId, bool] = {n: True for n in _KNOWN_HIER}
+        self._hier.update({n: False for n in _KNOWN_NONHIER})
+        self.counters = {"browse_requests": 0, "browse_next_requests": 0, "read_requests": 0,
+                         "browse_errors": 0, "read_errors": 0}
+
+    async def crawl(self, roots: Sequence[ua.NodeId], namespaces: Sequence[str]) -> CrawlResult:
+        self.namespaces = list(namespaces)
+        found: dict[ua.NodeId, _Found] = {}
+        order: list[ua.NodeId] = []
+        # Types first: instances refer to them (HasTypeDefinition, DataType).
+        await self._walk([node_id(_O.TypesFolder)], found, order, types=True)
+        anchors: list[ua.NodeId] = []
+        for root in roots:
+            if root.NamespaceIndex == 0:
+                anchors.append(root)
+            elif root not in found:
+                await self._add_root(root, found, order)
+        await self._walk(anchors + [r for r in roots if r.NamespaceIndex != 0 and r in found],
+                         found, order, types=False)
+        await self._read_attributes([found[n] for n in order])
+        nodes = tuple(NodeRecord(
+            f.nid.to_string(), int(f.node_class),
+            f.parent.to_string() if f.parent is not None else None,
+            f.parent_ref.to_string() if f.parent_ref is not None else None,
+            f.type_def.to_string() if f.type_def is not None else None,
+            f.attrs, tuple((r.to_string(), t.to_string()) for r, t in f.refs)) for f in
+            (found[n] for n in order))
+        variables = [f.nid.to_string() for f in (found[n] for n in order)
+                     if f.node_class == ua.NodeClass.Variable and not f.in_types
+                     and not f.static and _readable(f.attrs.get(A.AccessLevel))]
+        return CrawlResult(ModelSnapshot(tuple(self.namespaces), nodes), variables,
+                           dict(self.counters))
+
+    # -- browse --------------------------------------------------------------
+
+    async def _add_root(self, root: ua.NodeId, found: dict[ua.NodeId, _Found],
+                        order: list[ua.NodeId]) -> None:
+        """A configured subtree below Objects: record it, hung from its own parent."""
+        params = ua.ReadParameters()
+        params.NodesToRead = [_rv(root, A.NodeClass)]
+        self.counters["read_requests"] += 1
+        dv = (await self.session.read(params))[0]
+        if dv.Value is None or (dv.StatusCode is not None and not dv.StatusCode.is_good()):
+            raise ValueError(f"subtree {root.to_string()} does not exist on the server "
+                             f"({dv.StatusCode.name if dv.StatusCode else 'no value'})")
+        f = _Found(root, int(dv.Value.Value))
+        results = await self._browse([root], ua.BrowseDirection.Inverse, HIERARCHICAL)
+        for ref in results[0]:
+            parent = _plain(ref.NodeId, self.namespaces)
+            if parent is not None:
+                f.parent, f.parent_ref = parent, ref.ReferenceTypeId
+                break
+        found[root] = f
+        order.append(root)
+
+    async def _walk(self, starts: list[ua.NodeId], found: dict[ua.NodeId, _Found],
+                    order: list[ua.NodeId], *, types: bool) -> None:
+        """Breadth first from `starts`; ns-0 nodes are anchors, browsed but not recorded."""
+        seen_anchor: set[ua.NodeId] = set()
+        frontier = []
+        for s in starts:
+            if s.NamespaceIndex == 0:
+                seen_anchor.add(s)
+            frontier.append(s)
+        while frontier:
+            anchors = [n for n in frontier if n not in found]
+            recorded = [n for n in frontier if n in found]
+            nxt: list[ua.NodeId] = []
+            # Anchors: only hierarchical references matter.
+            if anchors:
+                results = await self._browse(anchors, ua.BrowseDirection.Forward, HIERARCHICAL)
+                for src, refs in zip(anchors, results, strict=True):
+                    for ref in refs:
+                        target = _plain(ref.NodeId, self.namespaces)
+                        if target is None:
+                            continue
+                        if target.NamespaceIndex != 0:
+                            if target not in found:
+                                self._record(target, ref, src, found, order, types)
+                                nxt.append(target)
+                        elif types and ref.ReferenceTypeId in (HAS_SUBTYPE, ORGANIZES) \
+                                and target not in seen_anchor:
+                            seen_anchor.add(target)
+                            nxt.append(target)
+            if recorded:
+                results = await self._browse(recorded, ua.BrowseDirection.Forward, None)
+                await self._resolve_reftypes({r.ReferenceTypeId for refs in results for r in refs})
+                for src, refs in zip(recorded, results, strict=True):
+                    f = found[src]
+                    for ref in refs:
+                        target = _plain(ref.NodeId, self.namespaces)
+                        if target is None:
+                            continue
+                        rtype = ref.ReferenceTypeId
+                        if rtype == HAS_TYPE_DEFINITION:
+                            f.type_def = target
+                            continue
+                        child = target.NamespaceIndex != 0 and (
+                            self._hier.get(rtype, False) or rtype == HAS_ENCODING)
+                        if child and target not in found:
+                            self._record(target, ref, src, found, order, types)
+                            if f.node_class == ua.NodeClass.Method:
+                                found[target].static = True
+                            nxt.append(target)
+                        elif child and found[target].parent == src \
+                                and found[target].parent_ref == rtype:
+                            continue
+                        else:
+                            f.refs.append((rtype, target))
+            frontier = nxt
+
+    def _record(self, target: ua.NodeId, ref: ua.ReferenceDescription, parent: ua.NodeId,
+                found: dict[ua.NodeId, _Found], order: list[ua.NodeId], types: bool) -> None:
+        found[target] = _Found(target, int(ref.NodeClass), parent, ref.ReferenceTypeId,
+                               in_types=types, static=types)
+        order.append(target)
+
+    async def _browse(self, nodes: list[ua.NodeId], direction: ua.BrowseDirection,
+                      reftype: ua.NodeId | None) -> list[list[ua.ReferenceDescription]]:
+        """All references of each node, chunked, continuation points followed."""
+        out: list[list[ua.ReferenceDescription]] = [[] for _ in nodes]
+        step = self.limits.browse
+        i = 0
+        retries: dict[int, int] = {}
+        pending = list(range(len(nodes)))
+        while i < len(pending):
+            batch = pending[i:i + step]
+            params = ua.BrowseParameters()
+            params.RequestedMaxReferencesPerNode = 0
+            for k in batch:
+                desc = ua.BrowseDescription()
+                desc.NodeId = nodes[k]
+                desc.BrowseDirection = direction
+                desc.ReferenceTypeId = reftype if reftype is not None else node_id()
+                desc.IncludeSubtypes = True
+                desc.NodeClassMask = 0
+                desc.ResultMask = ua.BrowseResultMask.All
+                params.NodesToBrowse.append(desc)
+            self.counters["browse_requests"] += 1
+            try:
+                results = await self.session.browse(params)
+            except ua.UaStatusCodeError as exc:
+                if exc.code == ua.StatusCodes.BadTooManyOperations and step > 1:
+                    step = max(1, step // 2)
+                    self.limits.browse = step
+                    continue
+                raise
+            continuations: list[tuple[int, bytes]] = []
+            for k, res in zip(batch, results, strict=True):
+                code = res.StatusCode
+                if code is not None and not code.is_good():
+                    if code.value == ua.StatusCodes.BadNoContinuationPoints \
+                            and retries.get(k, 0) < 3:
+                        retries[k] = retries.get(k, 0) + 1
+                        pending.append(k)  # browse again in a later (quieter) batch
+                    else:
+                        self.counters["browse_errors"] += 1
+                        log.debug("browse %s: %s", nodes[k].to_string(), code.name)
+                    continue
+                out[k].extend(res.References)
+                if res.ContinuationPoint:
+                    continuations.append((k, res.ContinuationPoint))
+            await self._browse_next(continuations, out)
+            i += len(batch)
+        return out
+
+    async def _browse_next(self, continuations: list[tuple[int, bytes]],
+                           out: list[list[ua.ReferenceDescription]]) -> None:
+        while continuations:
+            batch, continuations = (continuations[:self.limits.browse],
+                                    continuations[self.limits.browse:])
+            params = ua.BrowseNextParameters()
+            params.ReleaseContinuationPoints = False
+            params.ContinuationPoints = [cp for _, cp in batch]
+            self.counters["browse_next_requests"] += 1
+            results = await self.session.browse_next(params)
+            for (k, _), res in zip(batch, results, strict=True):
+                if res.StatusCode is not None and not res.StatusCode.is_good():
+                    self.counters["browse_errors"] += 1
+                    continue
+                out[k].extend(res.References)
+                if res.ContinuationPoint:
+                    continuations.append((k, res.ContinuationPoint))
+
+    async def _resolve_reftypes(self, reftypes: Iterable[ua.NodeId]) -> None:
+        """Learn whether unknown (e.g. vendor) reference types are hierarchical by
+        walking their HasSubtype chain up to a known one."""
+        chains: dict[ua.NodeId, ua.NodeId] = {r: r for r in reftypes if r not in self._hier}
+        for _ in range(16):
+            if not chains:
+                return
+            cur = list(dict.fromkeys(chains.values()))
+            results = await self._browse(cur, ua.BrowseDirection.Inverse, HAS_SUBTYPE)
+            parent_of = {c: (refs[0].NodeId if refs else None) for c, refs in zip(cur, results,
+                                                                                  strict=True)}
+            for orig, at in list(chains.items()):
+                parent = parent_of.get(at)
+                if parent is None:
+                    self._hier[orig] = False
+                    del chains[orig]
+                    continue
+                p = node_id(parent.Identifier, parent.NamespaceIndex, parent.NodeIdType)
+                if p in self._hier:
+                    self._hier[orig] = self._hier[p]
+                    del chains[orig]
+                else:
+                    chains[orig] = p
+        for orig in chains:
+            self._hier[orig] = False
+
+    # -- read ----------------------------------------------------------------
+
+    async def _read_attributes(self, nodes: list[_Found]) -> None:
+        wanted: list[tuple[_Found, int]] = []
+        for f in nodes:
+            attrs: tuple[int, ...] = _COMMON + CLASS_ATTRS.get(f.node_class, ())
+            if f.node_class == ua.NodeClass.Variable and f.static:
+                attrs += (A.Value,)
+            wanted.extend((f, a) for a in attrs)
+        step = self.limits.read
+        i = 0
+        while i < len(wanted):
+            batch = wanted[i:i + step]
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Neither
+            params.NodesToRead = [_rv(f.nid, a) for f, a in batch]
+            self.counters["read_requests"] += 1
+            try:
+                dvs = await self.session.read(params)
+            except ua.UaStatusCodeError as exc:
+                if exc.code == ua.StatusCodes.BadTooManyOperations and step > 1:
+                    step = max(1, step // 2)
+                    self.limits.read = step
+                    continue
+                raise
+            for (f, a), dv in zip(batch, dvs, strict=True):
+                if dv.StatusCode is not None and not dv.StatusCode.is_good():
+                    if a in (A.BrowseName, A.DisplayName):
+                        self.counters["read_errors"] += 1
+                    continue
+                if dv.Value is None:
+                    continue
+                f.attrs[int(a)] = variant_to_binary(dv.Value)
+            i += len(batch)
+
+
+def _readable(access_level: bytes | None) -> bool:
+    """CurrentRead set in an AccessLevel attribute (a Byte variant); True if unknown."""
+    if access_level is None or len(access_level) < 2:
+        return True
+    return bool(access_level[1] & ua.AccessLevel.CurrentRead.mask)
