@@ -193,6 +193,7 @@ class AgentConfig:
     status_file: Path | None = None
     status_interval: float = 1.0
     board: BoardConfig = field(default_factory=BoardConfig)
+    metrics: tuple[str, int] | None = None  # RX: Prometheus listen address
 
 
 # -- readers ---------------------------------------------------------------------
@@ -359,6 +360,16 @@ def load(path: str | Path, role: str) -> AgentConfig:
     status_interval = status.get("interval", float, 1.0, example="1.0", lo=0.1, hi=60)
     status.done()
     board = _board(root.table("board"))
+    metrics = None
+    if role == "rx":
+        mt = root.table("metrics")
+        listen = mt.get("listen", str, None, example='"0.0.0.0:9108"')
+        if listen is not None:
+            host, _, port = listen.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                mt.fail("listen", f"expected HOST:PORT, got {listen!r}", 'listen = "0.0.0.0:9108"')
+            metrics = (host, int(port))
+        mt.done()
     channels = root.tables("mqtt")
     names = [c.get("name", str, example='"plant"') for c in channels]
     for c, n in zip(channels, names, strict=True):
@@ -371,6 +382,6 @@ def load(path: str | Path, role: str) -> AgentConfig:
     else:
         cfg = AgentConfig(path, role, link, rx_mqtt=tuple(_rx_channel(c) for c in channels),
                           status_file=status_file, status_interval=status_interval,
-                          board=board)
+                          board=board, metrics=metrics)
     root.done()
     return cfg

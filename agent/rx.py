@@ -73,6 +73,19 @@ class RxAgent:
         log.info("RX listening: link id %d, %s, %d MQTT channel(s), key %s",
                  self.cfg.link.link_id, self._where(), len(self.sinks),
                  key_fingerprint(self.key))
+        if self.cfg.metrics is not None:
+            from .metrics import serve
+            host, port = self.cfg.metrics
+            try:
+                serve(self.status, host, port)
+            except OSError as exc:
+                log.critical("cannot serve metrics on %s:%d: %s. Fix: check [metrics] listen",
+                             host, port, exc)
+                transport.close()
+                for sink in self.sinks.values():
+                    await sink.stop()
+                return 2
+            log.info("metrics on http://%s:%d/metrics", host, port)
         self.board.start(link_state=lambda: self.health.state.value)
         self.board.ready(f"RX listening on {self._where()}")
         tasks = [asyncio.create_task(self._timers()), asyncio.create_task(self._status())]
