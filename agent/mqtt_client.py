@@ -17,7 +17,9 @@ paho's traps, handled here once for both sides (see DESIGN.md):
   carries no properties (half of TX's time in a profile); `on_publish_fast`
   gets topic, payload and flags straight from the packet instead. Likewise
   `publish_qos0` encodes a QoS 0 PUBLISH straight into the write buffer,
-  skipping the MQTTMessageInfo (with its lock and condition) paho makes.
+  skipping the MQTTMessageInfo (with its lock and condition) paho makes, and
+  `publish_qos1` does the same with a callback for the broker's PUBACK, which
+  the store-and-forward path needs to know what it may delete.
 - TCP_NODELAY is set, since Nagle plus delayed ACKs gave 44 ms latency spikes.
 """
 
@@ -67,6 +69,8 @@ class _BufferedClient(paho.Client):
     _pending: bytes = b""
     _wbuf: bytearray
     on_publish_fast: FastMessageHandler | None = None
+    # packet id -> called with the PUBACK reason code (>= 0x80: refused)
+    fast_acks: dict[int, Callable[[int], None]]
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Read what the socket has and handle every complete packet in it.
@@ -106,7 +110,11 @@ class _BufferedClient(paho.Client):
             if not complete or i + length > n:
                 break  # incomplete: wait for more bytes
             end = i + length
-            if (command & 0xF0) == 0x30 and (command & 0x06) != 0x04 \
+            if (command & 0xF0) == 0x40 and length >= 2 \
+                    and (mid := (buf[i] << 8) | buf[i + 1]) in self.fast_acks:
+                self.fast_acks.pop(mid)(buf[i + 2] if length > 2 else 0)
+                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+            elif (command & 0xF0) == 0x30 and (command & 0x06) != 0x04 \
                     and self.on_publish_fast is not None:
                 rc = self._publish_fast(command, buf, i, end)
             else:
@@ -168,16 +176,31 @@ class _BufferedClient(paho.Client):
     def publish_qos0(self, topic: str, payload: bytes, retain: bool,
                      props: Properties | None) -> bool:
         """Queue a QoS 0 PUBLISH; False when paho's own path must be used."""
+        return self._publish_raw(topic, payload, retain, props, 0, None)
+
+    def publish_qos1(self, topic: str, payload: bytes, retain: bool, props: Properties | None,
+                     on_ack: Callable[[int], None]) -> bool:
+        """Queue a QoS 1 PUBLISH; `on_ack(reason)` runs when the broker acknowledges it.
+        False when not connected (the caller keeps the message and sends it again)."""
+        return self._publish_raw(topic, payload, retain, props, 1, on_ack)
+
+    def _publish_raw(self, topic: str, payload: bytes, retain: bool, props: Properties | None,
+                     qos: int, on_ack: Callable[[int], None] | None) -> bool:
         if self._out_packet or self._sock is None or not self.is_connected() \
                 or "+" in topic or "#" in topic:
             return False  # paho's queue first (keeps order), or paho's own checks and errors
         t = topic.encode()
+        mid = b""
+        if on_ack is not None:
+            n = self._mid_generate()
+            self.fast_acks[n] = on_ack
+            mid = n.to_bytes(2, "big")
         if self._protocol == paho.MQTTv5:
-            tail = (props.pack() if props is not None else b"\x00") + payload
+            tail = mid + (props.pack() if props is not None else b"\x00") + payload
         else:
-            tail = payload
+            tail = mid + payload
         n = 2 + len(t) + len(tail)
-        head = bytearray((0x31 if retain else 0x30,))
+        head = bytearray((0x30 | qos << 1 | retain,))
         while True:
             n, digit = n >> 7, n & 0x7F
             head.append(digit | 0x80 if n else digit)
@@ -215,6 +238,7 @@ class _BufferedClient(paho.Client):
 
     def reconnect(self) -> MQTTErrorCode:
         self._pending, self._wbuf = b"", bytearray()
+        self.fast_acks.clear()  # unacknowledged ones are the caller's to send again
         return super().reconnect()
 
 
@@ -243,6 +267,8 @@ class MqttConnection:
         self.client = _BufferedClient(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                                       protocol=proto, reconnect_on_failure=False)
         self.client._wbuf = bytearray()
+        self.client.fast_acks = {}
+        self.receive_maximum = 1000  # in flight at once; a v5 broker may ask for fewer
         self.client.max_inflight_messages_set(1000)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
@@ -418,6 +444,7 @@ class MqttConnection:
             client.disconnect()
             return
         self.state = "connected"
+        self.receive_maximum = min(1000, getattr(properties, "ReceiveMaximum", 1000))
         self.counters["connects"] += 1
         log.info("%s: connected (MQTT %s)", self.what, self.cfg.protocol)
         if self._on_connected is not None:
