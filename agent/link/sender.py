@@ -9,6 +9,9 @@ push(record) ─► open frame (packs records up to the MTU; big records fragmen
 
 It never reads a clock: every call takes `now`, and `next_deadline()` says
 when `handle_timer(now)` is due. The driver pops datagrams and paces them.
+A record pushed with a `tag` (e.g. its spool sequence number) shows up in
+`pop_framed()` once its frame is sealed and its first copy is among the
+datagrams to send, so a driver can release what it held for it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class LinkSender:
         self._interleaver = Interleaver(params.repeat, params.interleave)
         self._items: list[bytes] = []
         self._items_len = 0
+        self._tags: list[object] = []
+        self._framed: list[object] = []
         self._heartbeat = False
         self._opened_at = 0.0
         self._last_step = 0.0
@@ -59,12 +64,15 @@ class LinkSender:
 
     # -- input ---------------------------------------------------------------
 
-    def push(self, record: bytes, now: float, *, heartbeat: bool = False) -> None:
+    def push(self, record: bytes, now: float, *, heartbeat: bool = False,
+             tag: object = None) -> None:
         """Queue one CBOR-encoded record for the link."""
         self.counters["records"] += 1
         capacity = self.params.body_capacity
         if wire.array_head_size(1) + len(record) > capacity:
             self._push_fragments(record, now)
+            if tag is not None:
+                self._tags.append(tag)  # framed with the last fragment
             return
         if wire.array_head_size(len(self._items) + 1) + self._items_len + len(record) > capacity:
             self._close(now)
@@ -73,6 +81,8 @@ class LinkSender:
         self._items.append(record)
         self._items_len += len(record)
         self._heartbeat |= heartbeat
+        if tag is not None:
+            self._tags.append(tag)
 
     def flush(self, now: float) -> None:
         """Close the open frame now instead of waiting for `linger`."""
@@ -111,6 +121,11 @@ class LinkSender:
         out, self._out = self._out, []
         return out
 
+    def pop_framed(self) -> list[object]:
+        """Tags of records whose frames went into the datagrams popped so far."""
+        out, self._framed = self._framed, []
+        return out
+
     def drain(self, now: float) -> list[bytes]:
         """Close everything and return every datagram still owed (for shutdown)."""
         self.flush(now)
@@ -126,6 +141,8 @@ class LinkSender:
         self._items = []
         self._items_len = 0
         self._heartbeat = False
+        self._framed.extend(self._tags)
+        self._tags = []
         self.counters["frames"] += 1
         self._emit(self._interleaver.push(datagram), now)
 

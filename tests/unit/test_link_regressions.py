@@ -1,4 +1,4 @@
-"""Regression: a gap pushed out by the reorder window must not strand buffered
+"""Regressions and small contracts of the link core: a gap pushed out by the reorder
 frames below the new expected seq (this once hung RX in an endless loop)."""
 
 import os
@@ -35,3 +35,17 @@ def test_window_overflow_delivers_frames_inside_the_gap_and_counts_only_missing(
     assert rx.counters["lost"] == lost
     assert rx.handle_timer(1e9) == []  # nothing stranded: the timer has nothing to give up on
     assert rx.next_deadline() is None
+
+
+def test_tags_are_released_once_their_frame_is_sealed() -> None:
+    key = os.urandom(32)
+    sender = LinkSender(SenderParams(mtu=400, linger=0.01), key, epoch=1 << 32)
+    sender.push(records.encode(records.MqttMessage("c", "t", b"a" * 100)), 0.0, tag=1)
+    sender.push(records.encode(records.MqttMessage("c", "t", b"b" * 100)), 0.0, tag=2)
+    assert sender.pop_framed() == []  # still in the open frame
+    sender.push(records.encode(records.MqttMessage("c", "t", b"c" * 300)), 0.0, tag=3)
+    assert sender.pop_framed() == [1, 2]  # the third did not fit: the first frame closed
+    sender.push(records.encode(records.MqttMessage("c", "t", b"d" * 5000)), 0.0, tag=4)
+    assert sender.pop_framed() == [3]  # fragments close frames; 4 waits for its last one
+    sender.handle_timer(1.0)
+    assert sender.pop_framed() == [4]
