@@ -1,5 +1,8 @@
-"""Regressions and small contracts of the link core: a gap pushed out by the reorder
-frames below the new expected seq (this once hung RX in an endless loop)."""
+"""Regressions and small contracts of the link core.
+
+A gap pushed out by the reorder window must not strand buffered frames below
+the new expected seq (this once hung RX in an endless loop).
+"""
 
 import os
 
