@@ -128,6 +128,8 @@ class TxMqttChannel:
     queue_limit: int = 100_000
     carousel_period: float = 60.0
     carousel_share: float = 0.1
+    overflow: str = "drop-oldest"   # spool full: "drop-oldest" (events) | "conflate"
+    session_expiry: int = 0         # >0: a lasting broker session (set with a spool)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,16 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    """The encrypted store-and-forward buffer ([spool])."""
+    dir: Path
+    key: str                  # a key file path, or a systemd credential name
+    max_bytes: int = 64 << 20
+    fsync: str = "interval"   # "always" | "interval" | "never"
+    fsync_interval_ms: float = 10.0
+
+
+@dataclass(frozen=True)
 class BoardConfig:
     """Status LEDs and watchdogs ([board]); all off by default (a laptop, a test)."""
     leds: str = "none"              # "none" | "gpiod" | "sim"
@@ -193,6 +205,7 @@ class AgentConfig:
     status_file: Path | None = None
     status_interval: float = 1.0
     board: BoardConfig = field(default_factory=BoardConfig)
+    spool: SpoolConfig | None = None
     metrics: tuple[str, int] | None = None  # RX: Prometheus listen address
 
 
@@ -286,7 +299,28 @@ def _link_values(t: _Table, transport: str, key_file: Path, role: str) -> LinkCo
     )
 
 
-def _tx_channel(t: _Table) -> TxMqttChannel:
+def _spool(t: _Table) -> SpoolConfig | None:
+    if not t.data:
+        return None
+    key = t.get("key_file", str, example='"spool.key" (or a systemd credential name)')
+    if "/" in key or key.endswith(".key"):
+        kp = Path(key)
+        key = str(kp if kp.is_absolute() else t.path.parent / kp)
+    directory = t.path_of("dir", example='"/var/lib/diode/spool"')
+    assert directory is not None
+    s = SpoolConfig(
+        dir=directory, key=key,
+        max_bytes=t.get("max_bytes", int, 64 << 20, example="67108864", lo=1 << 20),
+        fsync=t.get("fsync", str, "interval", example='"interval"',
+                    choices=("always", "interval", "never")),
+        fsync_interval_ms=t.get("fsync_interval_ms", float, 10.0, example="10", lo=0,
+                                hi=10_000),
+    )
+    t.done()
+    return s
+
+
+def _tx_channel(t: _Table, spooled: bool) -> TxMqttChannel:
     name = t.get("name", str, example='"plant"')
     topics = t.get("topics", list, ["#"], example='["plant/#"]')
     if not topics or not all(isinstance(x, str) and x for x in topics):
@@ -297,6 +331,10 @@ def _tx_channel(t: _Table) -> TxMqttChannel:
         queue_limit=t.get("queue_limit", int, 100_000, example="100000", lo=1),
         carousel_period=t.get("carousel_period", float, 60.0, example="60.0", lo=0.1),
         carousel_share=t.get("carousel_share", float, 0.1, example="0.1", lo=0.001, hi=1.0),
+        overflow=t.get("overflow", str, "drop-oldest", example='"conflate"',
+                       choices=("drop-oldest", "conflate")),
+        session_expiry=t.get("session_expiry", int, 3600 if spooled else 0, example="3600",
+                             lo=0),
     )
     t.done()
     return ch
@@ -360,6 +398,7 @@ def load(path: str | Path, role: str) -> AgentConfig:
     status_interval = status.get("interval", float, 1.0, example="1.0", lo=0.1, hi=60)
     status.done()
     board = _board(root.table("board"))
+    spool = _spool(root.table("spool"))
     metrics = None
     if role == "rx":
         mt = root.table("metrics")
@@ -376,12 +415,13 @@ def load(path: str | Path, role: str) -> AgentConfig:
         if names.count(n) > 1:
             c.fail("name", f"channel name {n!r} is used twice", "give each [[mqtt]] its own name")
     if role == "tx":
-        cfg = AgentConfig(path, role, link, tx_mqtt=tuple(_tx_channel(c) for c in channels),
+        cfg = AgentConfig(path, role, link,
+                          tx_mqtt=tuple(_tx_channel(c, spool is not None) for c in channels),
                           status_file=status_file, status_interval=status_interval,
-                          board=board)
+                          board=board, spool=spool)
     else:
         cfg = AgentConfig(path, role, link, rx_mqtt=tuple(_rx_channel(c) for c in channels),
                           status_file=status_file, status_interval=status_interval,
-                          board=board, metrics=metrics)
+                          board=board, spool=spool, metrics=metrics)
     root.done()
     return cfg

@@ -55,13 +55,14 @@ class RxCollector(Collector):
                     sink.add_metric([name, k], float(v))
         yield sink
         yield up
-        spool = st.get("spool")
-        if spool:
-            g = GaugeMetricFamily("diode_spool", "RX spool state", labels=["field"])
-            for k, v in spool.items():
+        spool = GaugeMetricFamily("diode_spool", "RX spool state per channel (fill_bytes, "
+                                  "records, oldest_age_s, dropped_*, damaged, ...)",
+                                  labels=["channel", "field"])
+        for name, s in (st.get("sinks") or {}).items():
+            for k, v in (s.get("spool") or {}).items():
                 if isinstance(v, int | float) and not isinstance(v, bool):
-                    g.add_metric([k], float(v))
-            yield g
+                    spool.add_metric([name, k], float(v))
+        yield spool
         tx = st.get("tx") or {}
         txc = CounterMetricFamily("diode_tx", "TX counters from its heartbeats",
                                   labels=["counter"])

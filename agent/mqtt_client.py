@@ -249,7 +249,8 @@ class MqttConnection:
                  on_connected: Callable[[paho.Client], None] | None = None,
                  on_message: FastMessageHandler | None = None,
                  on_fatal: Callable[[str], None] | None = None,
-                 will: tuple[str, bytes] | None = None) -> None:
+                 will: tuple[str, bytes] | None = None, manual_ack: bool = False,
+                 session_expiry: int = 0) -> None:
         self.cfg = cfg
         self.what = what  # e.g. "OT broker 'plant' (127.0.0.1:1883)"
         self.state = "connecting"
@@ -264,8 +265,14 @@ class MqttConnection:
         self._flush_scheduled = False
         self._last_rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         proto = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
+        # A lasting session (session_expiry > 0) keeps the broker holding QoS 1/2
+        # messages we have not acknowledged while we are away (restart, crash).
+        self._session_expiry = session_expiry
         self.client = _BufferedClient(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-                                      protocol=proto, reconnect_on_failure=False)
+                                      protocol=proto, reconnect_on_failure=False,
+                                      manual_ack=manual_ack,
+                                      clean_session=None if proto == paho.MQTTv5
+                                      else not session_expiry)
         self.client._wbuf = bytearray()
         self.client.fast_acks = {}
         self.receive_maximum = 1000  # in flight at once; a v5 broker may ask for fewer
@@ -329,8 +336,7 @@ class MqttConnection:
             self._closed = asyncio.Event()
             self._last_rc = MQTTErrorCode.MQTT_ERR_SUCCESS
             try:
-                await loop.run_in_executor(None, self.client.connect, cfg.host, cfg.port,
-                                           cfg.keepalive)
+                await loop.run_in_executor(None, self._connect)
             except ssl.SSLCertVerificationError as exc:
                 self._refuse(f"{self.what}: TLS certificate check failed: {exc.verify_message}. "
                              "Fix: give ca_file the CA that signed the broker's certificate, "
@@ -358,6 +364,16 @@ class MqttConnection:
             self._lost(f"connection lost ({paho.error_string(self._last_rc)})", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, cfg.reconnect_max)
+
+    def _connect(self) -> None:
+        cfg = self.cfg
+        if self.client.protocol == paho.MQTTv5 and self._session_expiry:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry
+            self.client.connect(cfg.host, cfg.port, cfg.keepalive, clean_start=False,
+                                properties=props)
+        else:
+            self.client.connect(cfg.host, cfg.port, cfg.keepalive)
 
     async def _misc(self) -> None:
         while True:

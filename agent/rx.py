@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .board_signals import BoardSignals
-from .config import AgentConfig, LinkConfig
+from .config import AgentConfig, ConfigError, LinkConfig, RxMqttChannel
 from .keys import read_key
 from .link import records
 from .link.events import EpochChanged, Event, FramesLost, RecordReceived
@@ -25,6 +26,8 @@ from .link.seal import key_fingerprint
 from .link_interface import LinkSetupError, setup_interface
 from .runtime import Runtime, write_status
 from .sinks.mqtt import MqttSink
+from .sinks.mqtt_spooled import SpooledMqttSink
+from .spool import Spool, SpoolError, load_spool_key
 from .transport.base import RxTransport
 
 log = logging.getLogger("diode.rx")
@@ -58,7 +61,11 @@ class RxAgent:
 
     async def run(self) -> int:
         rt = Runtime()
-        self.sinks = {ch.name: MqttSink(ch, rt.fail) for ch in self.cfg.rx_mqtt}
+        try:
+            self.sinks = {ch.name: self._sink(ch, rt.fail) for ch in self.cfg.rx_mqtt}
+        except (ConfigError, SpoolError) as exc:
+            log.critical("cannot open the spool: %s", exc)
+            return 2
         for sink in self.sinks.values():
             sink.start()
         transport = open_transport(self.cfg.link)
@@ -103,6 +110,17 @@ class RxAgent:
         else:
             log.info("RX stopped cleanly")
         return rt.exit_code
+
+    def _sink(self, ch: RxMqttChannel, fail: Callable[[str], None]) -> MqttSink:
+        """With [spool], each channel spools into its own folder, so a broker that is
+        down holds back only its own channel."""
+        s = self.cfg.spool
+        if s is None:
+            return MqttSink(ch, fail)
+        spool = Spool(s.dir / ch.name, load_spool_key(s.key), max_bytes=s.max_bytes,
+                      fsync=s.fsync,  # type: ignore[arg-type]
+                      fsync_interval_ms=s.fsync_interval_ms)
+        return SpooledMqttSink(ch, fail, spool)
 
     def _where(self) -> str:
         link = self.cfg.link
@@ -164,6 +182,8 @@ class RxAgent:
         while True:
             now = time.monotonic()
             self.board.beat("timers")
+            for sink in self.sinks.values():
+                sink.tick()
             passes += 1
             if passes % 5 == 0:
                 self._show(now)
@@ -210,8 +230,8 @@ class RxAgent:
                          "unrouted": self.counters["unrouted"]},
             "link": dict(c),
             "tx": None if hb is None else {"sources": hb.sources, "counters": hb.counters},
-            "sinks": {name: {"state": s.state, **s.counters, **s.conn.counters}
-                      for name, s in self.sinks.items()},
+            "sinks": {name: {"state": s.state, **s.counters, **s.conn.counters,
+                             "spool": s.stats()} for name, s in self.sinks.items()},
             "board": self.board.describe(),
         }
 

@@ -21,6 +21,17 @@ def _load(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def _spool_lines(sp: dict[str, Any] | None) -> list[str]:
+    if not sp:
+        return ["spool           none (in-memory queue)"]
+    age = sp.get("oldest_age_s")
+    return [f"spool           {sp['fill_bytes'] / 1e6:.1f} MB of {sp['max_bytes'] / 1e6:.0f} MB "
+            f"({sp['fill_fraction']:.0%}), {sp['records']} records, oldest "
+            f"{'-' if age is None else f'{age:.1f} s'}",
+            f"spool drops     oldest {sp['dropped_oldest']}  conflated "
+            f"{sp['dropped_conflated']}  torn tail {sp['torn_tail']}  damaged {sp['damaged']}"]
+
+
 def render(st: dict[str, Any], now: float) -> str:
     age = now - float(st.get("time", 0))
     lines = [f"role            {st.get('role', '?').upper()}",
@@ -46,8 +57,10 @@ def render(st: dict[str, Any], now: float) -> str:
     else:
         lines.append(f"epoch           {st.get('epoch')}")
         for name, state in (st.get("sources") or {}).items():
-            lines.append(f"source          {name}: {state}  queued "
-                         f"{(st.get('queues') or {}).get(name)}")
+            lines.append(f"source          {name}: {state}")
+        queue = st.get("queue") or {}
+        lines.append(f"queued          {queue.get('queued')}")
+        lines.extend(_spool_lines(queue.get("spool")))
         c = st.get("counters", {})
         lines.append("counters        " + "  ".join(f"{k} {v}" for k, v in c.items()))
     board = st.get("board") or {}

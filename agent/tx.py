@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from .board_signals import BoardSignals
-from .config import AgentConfig, LinkConfig
+from .config import AgentConfig, ConfigError, LinkConfig
 from .keys import read_key
 from .link import records
 from .link.pacer import TokenBucket
@@ -26,7 +26,9 @@ from .link.sender import LinkSender, SenderParams
 from .link_interface import LinkSetupError, setup_interface
 from .runtime import EXIT_FATAL, Runtime, write_status
 from .sources.mqtt import MqttSource
+from .spool import Spool, SpoolError, load_spool_key
 from .transport.base import TxTransport
+from .tx_queue import Entry, MemoryQueue, SpoolQueue
 
 log = logging.getLogger("diode.tx")
 
@@ -77,6 +79,22 @@ def _open_udp(link: LinkConfig) -> TxTransport:
                  broadcast=link.broadcast)
 
 
+def open_queue(cfg: AgentConfig) -> MemoryQueue | SpoolQueue:
+    """The encrypted spool when [spool] is configured, else a bounded memory queue."""
+    if cfg.spool is None:
+        return MemoryQueue(sum(ch.queue_limit for ch in cfg.tx_mqtt) or 1)
+    s = cfg.spool
+    spool = Spool(s.dir, load_spool_key(s.key), max_bytes=s.max_bytes,
+                  fsync=s.fsync,  # type: ignore[arg-type]
+                  fsync_interval_ms=s.fsync_interval_ms)
+    conflating = {ch.name for ch in cfg.tx_mqtt if ch.overflow == "conflate"}
+
+    def conflate(e: Entry) -> str | None:
+        # retained topics are state: when the spool is full, keep only their latest
+        return f"{e[0]}\0{e[1]}" if e[4] or e[0] in conflating else None
+    return SpoolQueue(spool, conflate)
+
+
 class TxAgent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -101,8 +119,15 @@ class TxAgent:
             log.critical("cannot open the link: %s", exc)
             return EXIT_FATAL
         self.bucket = TokenBucket(rate, max(link.mtu * 8, int(rate / 8 * 0.01)), time.monotonic())
-
-        self.sources = [MqttSource(ch, self._wake.set, rt.fail) for ch in self.cfg.tx_mqtt]
+        try:
+            self.queue = open_queue(self.cfg)
+        except (ConfigError, SpoolError) as exc:
+            log.critical("cannot open the spool: %s", exc)
+            transport.close()
+            return EXIT_FATAL
+        self.sources = [MqttSource(ch, self.queue, self._wake.set, rt.fail)
+                        for ch in self.cfg.tx_mqtt]
+        self._by_channel = {src.ch.name: src for src in self.sources}
         log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
                  "%d MQTT channel(s), key %s", self.epoch, link.link_id,
                  f"udp {link.host}:{link.port}" if link.transport == "udp" else
@@ -114,7 +139,8 @@ class TxAgent:
         tasks = [asyncio.create_task(self._pump(transport)),
                  asyncio.create_task(self._heartbeats()),
                  asyncio.create_task(self._status()),
-                 asyncio.create_task(self._leds())]
+                 asyncio.create_task(self._leds()),
+                 asyncio.create_task(self._sync())]
         self.board.ready(f"TX epoch {self.epoch:016x}")
         tasks += [asyncio.create_task(self._carousel(src, rate)) for src in self.sources]
         await rt.stop.wait()
@@ -127,8 +153,10 @@ class TxAgent:
         self._push_heartbeat(now)
         for d in self.sender.drain(now):
             self._send(transport, d)
-        transport.close()
+        self.queue.framed(self.sender.pop_framed())
         self._write_status()
+        self.queue.close()
+        transport.close()
         await self.board.close(fatal=rt.fatal is not None)
         if rt.fatal:
             log.critical("TX stopped: %s", rt.fatal)
@@ -143,10 +171,14 @@ class TxAgent:
         overhead = transport.overhead_bytes
         while True:
             self._wake.clear()
-            now = time.monotonic()
-            for src in self.sources:
-                for rec in src.take(now, 5000):
-                    sender.push(records.encode(rec), now)
+            now, wall = time.monotonic(), time.time()
+            taken = self.queue.take(5000)
+            for tag, entry in taken:
+                rec = self._by_channel[entry[0]].taken(entry, wall)
+                if rec is not None:
+                    sender.push(records.encode(rec), now, tag=tag)
+                elif tag is not None:
+                    sender.tag(tag)
             deadline = sender.next_deadline()
             while deadline is not None and deadline <= now:
                 sender.handle_timer(now)
@@ -158,7 +190,8 @@ class TxAgent:
                     await asyncio.sleep(delay)
                 self.bucket.take(cost, time.monotonic())
                 self._send(transport, d)
-            if any(src.queue for src in self.sources):
+            self.queue.framed(sender.pop_framed())
+            if len(taken) == 5000:
                 await asyncio.sleep(0)
                 continue
             deadline = sender.next_deadline()
@@ -221,11 +254,19 @@ class TxAgent:
             self._write_status()
             await asyncio.sleep(self.cfg.status_interval)
 
+    async def _sync(self) -> None:
+        """Batched fsync of the spool, and the OT acknowledgements it releases."""
+        interval = (self.cfg.spool.fsync_interval_ms / 1000 if self.cfg.spool else 1.0) or 0.01
+        while True:
+            self.queue.tick()
+            await asyncio.sleep(interval)
+
     async def _leds(self) -> None:
         sent = -1
         while True:
             now = time.monotonic()
-            dropped = sum(s.counters["queue_dropped"] for s in self.sources)
+            dropped = sum(s.counters["queue_dropped"] for s in self.sources) + \
+                self.queue.dropped()
             fault = self.board.fault({"send_errors": self.counters["send_errors"],
                                       "dropped": dropped}, now)
             connected = sum(s.state == "connected" for s in self.sources)
@@ -250,7 +291,7 @@ class TxAgent:
             "epoch": f"{self.epoch:016x}", "key_fingerprint": key_fingerprint(self.key),
             "counters": self._counters(),
             "sources": {f"mqtt:{s.ch.name}": s.state for s in self.sources},
-            "queues": {f"mqtt:{s.ch.name}": len(s.queue) for s in self.sources},
+            "queue": self.queue.stats(),
             "board": self.board.describe(),
         }
         write_status(self.cfg.status_file, status)

@@ -84,6 +84,10 @@ class LinkSender:
         if tag is not None:
             self._tags.append(tag)
 
+    def tag(self, tag: object) -> None:
+        """A tag with no record (one the driver dropped): released with the open frame."""
+        (self._tags if self._items else self._framed).append(tag)
+
     def flush(self, now: float) -> None:
         """Close the open frame now instead of waiting for `linger`."""
         if self._items:

@@ -21,6 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.properties import Properties
 
 from .. import mqtt_props
 from ..config import RxMqttChannel
@@ -56,6 +57,13 @@ class MqttSink:
     async def stop(self) -> None:
         await self.conn.stop()
 
+    def tick(self) -> None:
+        """From the agent's timer; the in-memory sink has nothing to do."""
+
+    def stats(self) -> dict[str, Any] | None:
+        """The spool's state, for the status file; None without one."""
+        return None
+
     def map_topic(self, topic: str) -> str:
         for old, new in self.ch.topic_rewrite:
             if topic.startswith(old):
@@ -89,13 +97,15 @@ class MqttSink:
             if not self._send(msg, now, held=now - at):
                 break
 
-    def _send(self, msg: MqttMessage, now: float, held: float = 0.0) -> bool:
+    def _prepare(self, msg: MqttMessage, held: float) -> tuple[str, Properties | None] | None:
+        """The IT topic and properties, or None when the message is not to be published
+        (a carousel copy this connection already published, or expired; both counted)."""
         topic = self.map_topic(msg.topic)
         if msg.retain:
             digest = hashlib.blake2b(msg.payload, digest_size=16).digest()
             if msg.carousel and self._published.get(topic) == digest:
                 self.counters["carousel_skipped"] += 1
-                return True
+                return None
             if msg.payload:
                 self._published[topic] = digest
             else:
@@ -105,8 +115,15 @@ class MqttSink:
             aged = mqtt_props.age(msg.properties, held)
             if mqtt_props.expired(aged):
                 self.counters["expired"] += 1
-                return True
+                return None
             props = mqtt_props.to_paho(aged)
+        return topic, props
+
+    def _send(self, msg: MqttMessage, now: float, held: float = 0.0) -> bool:
+        prepared = self._prepare(msg, held)
+        if prepared is None:
+            return True
+        topic, props = prepared
         client = self.conn.client
         if msg.qos == 0 and client.publish_qos0(topic, msg.payload, msg.retain, props):
             self.counters["published"] += 1

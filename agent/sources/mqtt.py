@@ -1,7 +1,10 @@
 """TX side: one OT broker connection subscribed to a channel's topic filters.
 
-paho delivers messages in the agent's loop; they wait in a bounded queue until
-the pump frames them, so a link slower than the plant backs up here.
+paho delivers messages in the agent's loop; they wait in TX's queue (memory
+or the encrypted spool, see tx_queue.py) until the pump frames them, so a link
+slower than the plant backs up there. With the spool, QoS 1/2 messages are
+acknowledged to the broker only once durable, and a lasting session makes the
+broker keep unacknowledged ones while TX is away.
 
 The last retained message of every topic is kept for the carousel, which
 re-sends them so RX converges without asking. That copy is updated only when
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,20 +32,17 @@ from .. import mqtt_props
 from ..config import TxMqttChannel
 from ..link.records import MqttMessage
 from ..mqtt_client import MqttConnection
+from ..tx_queue import Entry, MemoryQueue, SpoolQueue
 
 log = logging.getLogger("diode.source.mqtt")
 
-# topic, payload, qos, retain, properties, arrival (monotonic)
-Queued = tuple[str, bytes, int, bool, dict[str, Any] | None, float]
-
-
 class MqttSource:
-    def __init__(self, ch: TxMqttChannel, wake: Callable[[], None],
-                 on_fatal: Callable[[str], None]) -> None:
+    def __init__(self, ch: TxMqttChannel, queue: MemoryQueue | SpoolQueue,
+                 wake: Callable[[], None], on_fatal: Callable[[str], None]) -> None:
         self.ch = ch
+        self.queue = queue
         self._wake = wake
         self._v5 = ch.broker.protocol == "5"
-        self.queue: deque[Queued] = deque()
         # What the link has been given: topic -> (payload, qos, properties).
         self.retained: dict[str, tuple[bytes, int, dict[str, Any] | None]] = {}
         self._retained_topics: set[str] = set()  # as seen on arrival (3.1.1 guess)
@@ -51,7 +50,8 @@ class MqttSource:
         self._drop_logged = 0.0
         self.conn = MqttConnection(
             ch.broker, f"OT broker '{ch.name}' ({ch.broker.label})",
-            on_connected=self._subscribe, on_message=self._on_message, on_fatal=on_fatal)
+            on_connected=self._subscribe, on_message=self._on_message, on_fatal=on_fatal,
+            manual_ack=queue.manual_ack, session_expiry=ch.session_expiry)
 
     @property
     def state(self) -> str:
@@ -80,43 +80,40 @@ class MqttSource:
                 self._retained_topics.add(topic)
             else:
                 self._retained_topics.discard(topic)
-        queue = self.queue
-        if len(queue) >= self.ch.queue_limit:
+        ack = None
+        if qos and self.queue.manual_ack:
+            client = self.conn.client
+            ack = lambda: client.ack(mid, qos)  # noqa: E731 (a closure is the point)
+        if not self.queue.put((self.ch.name, topic, payload, qos, retain, props, time.time()),
+                              ack):
             self.counters["queue_dropped"] += 1
             now = time.monotonic()
             if now - self._drop_logged > 5:
                 self._drop_logged = now
                 log.error("channel '%s': queue full (%d); dropping messages (%d so far). The "
-                          "link is slower than the OT traffic: raise [link] bitrate or narrow "
-                          "topics", self.ch.name, self.ch.queue_limit,
+                          "link is slower than the OT traffic: raise [link] bitrate, narrow "
+                          "topics, or give TX a [spool]", self.ch.name, self.ch.queue_limit,
                           self.counters["queue_dropped"])
             return
-        was_empty = not queue
-        queue.append((topic, payload, qos, retain, props, time.monotonic()))
-        if was_empty:
-            self._wake()
+        self._wake()
 
-    def take(self, now: float, limit: int) -> list[MqttMessage]:
-        """Up to `limit` queued messages as records, expiry aged by their wait."""
-        out: list[MqttMessage] = []
-        queue, name = self.queue, self.ch.name
-        retained = self.retained
-        while queue and len(out) < limit:
-            topic, payload, qos, retain, props, arrived = queue.popleft()
-            if props is not None and "expiry" in props:
-                props = mqtt_props.age(props, now - arrived)
-                if mqtt_props.expired(props):
-                    self.counters["expired"] += 1
-                    if retain:  # the broker has dropped it too
-                        retained.pop(topic, None)
-                    continue
-            if retain:
-                if payload:
-                    retained[topic] = (payload, qos, props)
-                else:
-                    retained.pop(topic, None)
-            out.append(MqttMessage(name, topic, payload, qos, retain, props))
-        return out
+    def taken(self, entry: Entry, now: float) -> MqttMessage | None:
+        """The record for an entry the pump took (None: expired while queued), with the
+        expiry aged by the wait. Updates the retained copy the carousel re-sends."""
+        _, topic, payload, qos, retain, props, arrived = entry
+        if props is not None and "expiry" in props:
+            props = mqtt_props.age(props, now - arrived)
+            if mqtt_props.expired(props):
+                self.counters["expired"] += 1
+                if retain:  # the broker has dropped it too
+                    self.retained.pop(topic, None)
+                return None
+        if retain:
+            if payload:
+                self.retained[topic] = (payload, qos, props)
+            else:
+                self.retained.pop(topic, None)
+        return MqttMessage(self.ch.name, topic, payload, qos, retain, props)
 
     def carousel(self) -> Iterator[MqttMessage]:
         """Re-sends of the retained state, each read when the caller takes it: the

@@ -203,11 +203,12 @@ class Spool:
         """Up to n unacked records, oldest first (with seq > `after` if given)."""
         self._check_open()
         floor = self._ack if after is None or after < self._ack else after
-        ahead = self._ahead
-        i = bisect_right(ahead, floor, key=_seq_of)
-        while len(ahead) - i < n and self._read_more():
-            pass
-        return ahead[i:i + n]
+        while True:
+            # the index is taken anew after each read: what was read may lie below the floor
+            ahead = self._ahead
+            i = bisect_right(ahead, floor, key=_seq_of)
+            if len(ahead) - i >= n or not self._read_more():
+                return ahead[i:i + n]
 
     def __iter__(self) -> Iterator[SpoolRecord]:
         """The unacked records, oldest first; acking while iterating is fine."""
