@@ -113,6 +113,37 @@ def latency(src: Broker, dst: Broker, rate: float = 2000.0, seconds: float = 5.0
     return round(q[49] * 1000, 2), round(q[98] * 1000, 2), n - len(got)
 
 
+def spool_e2e(messages: int, bitrate: int = 400_000_000) -> dict[str, Any]:
+    """End-to-end msg/s through the agents without and with their spools, same run."""
+    from .spool import write_spool_key
+    result: dict[str, Any] = {}
+    for label, spooled in (("without", False), ("with", True)):
+        with tempfile.TemporaryDirectory(prefix="diode-bench-") as tmp, Broker() as ot, \
+                Broker() as it:
+            work = Path(tmp)
+            pair = AgentPair(work, ot, it, qos=0, tx_extra="queue_limit = 1000000",
+                             link_extra=f"bitrate = {bitrate}",
+                             rx_extra="queue_limit = 1000000")
+            if spooled:
+                write_spool_key(work / "spool.key")
+                for role in ("tx", "rx"):
+                    conf = work / f"{role}.toml"
+                    conf.write_text(conf.read_text() + f'\n[spool]\ndir = "spool-{role}"\n'
+                                    'key_file = "spool.key"\nmax_bytes = 268435456\n')
+            try:
+                pair.start("rx")
+                pair.start("tx")
+                pair.wait_up()
+                rate, lost = throughput(ot, it, messages, work)
+            finally:
+                pair.close()
+        result[f"msgs_per_s_{label}_spool"] = round(rate)
+        result[f"lost_{label}_spool"] = lost
+    result["e2e_ratio_with_spool"] = round(
+        result["msgs_per_s_with_spool"] / max(1, result["msgs_per_s_without_spool"]), 3)
+    return result
+
+
 def run_mqtt_bench(messages: int = 100_000, bitrate: int = 400_000_000) -> dict[str, Any]:
     """`bitrate` is the link budget TX paces to. A one-way link has no flow
     control, so it must stay below what RX can take in: on this 2-core machine

@@ -57,6 +57,11 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench_link import run_link_bench
         result = run_link_bench(loss=args.loss, repeat=args.repeat, frames=args.frames,
                                 interleave=args.interleave)
+    elif args.what == "spool":
+        from .bench_mqtt import spool_e2e
+        from .bench_spool import run_spool_bench
+        result = run_spool_bench(records=args.records)
+        result.update(spool_e2e(args.messages, bitrate=args.bitrate))
     else:
         from .bench_mqtt import run_mqtt_bench
         result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate)
@@ -64,6 +69,38 @@ def _bench(args: argparse.Namespace) -> int:
         for k, v in result.items():
             print(f"{k:>24}: {v}")
     print(json.dumps(result))
+    return 0
+
+
+def _wipe(args: argparse.Namespace) -> int:
+    from . import config
+    from .spool import SpoolError, wipe
+    try:
+        cfg = config.load(args.config, args.role)
+    except ConfigError as exc:
+        print(f"diode wipe: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.spool is None:
+        print(f"diode wipe: {args.config} has no [spool]; nothing to wipe", file=sys.stderr)
+        return 2
+    if not args.yes:
+        print(f"diode wipe: this destroys the spool key and every record in {cfg.spool.dir}; "
+              "nothing can be recovered. Run again with --yes to do it", file=sys.stderr)
+        return 2
+    dirs = ([cfg.spool.dir] if args.role == "tx" else
+            [cfg.spool.dir / ch.name for ch in cfg.rx_mqtt])
+    key = Path(cfg.spool.key) if "/" in cfg.spool.key else None
+    try:
+        files = sum(wipe(d, None) for d in dirs)
+        if key is not None:
+            files += wipe(dirs[0], key)
+    except SpoolError as exc:
+        print(f"diode wipe: {exc}", file=sys.stderr)
+        return 2
+    print(f"wiped {files} file(s) in {', '.join(map(str, dirs))}"
+          + (f" and destroyed the key {key}" if key else
+             f"; the key is the systemd credential {cfg.spool.key!r}: remove it from the boot "
+             "partition"))
     return 0
 
 
@@ -84,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("-c", "--config", default=f"{DEFAULT_CONFIG_DIR}/{role}.toml",
                         help="config file (default: %(default)s)")
         sp.set_defaults(func=_agent)
-    sp = sub.add_parser("keygen", help="write a new 256-bit link key (mode 0600)")
+    sp = sub.add_parser("keygen", help="write a new 256-bit key (mode 0600): link or spool")
     sp.add_argument("-o", "--output", required=True, help="key file to write")
     sp.add_argument("--force", action="store_true", help="overwrite an existing key file")
     sp.set_defaults(func=_keygen)
@@ -95,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--json", action="store_true", help="last line: one JSON summary")
     sp.set_defaults(func=_demo)
     sp = sub.add_parser("bench", help="measure throughput and loss")
-    sp.add_argument("what", choices=("mqtt", "link"))
+    sp.add_argument("what", choices=("mqtt", "link", "spool"))
+    sp.add_argument("--records", type=int, default=200_000, help="spool: records to append")
     sp.add_argument("--loss", type=float, default=0.05)
     sp.add_argument("--repeat", type=int, default=3)
     sp.add_argument("--interleave", type=int, default=8)
@@ -105,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="mqtt: link bit rate TX paces to (default %(default)s)")
     sp.add_argument("--json", action="store_true", help="print only the JSON line")
     sp.set_defaults(func=_bench)
+    sp = sub.add_parser("wipe", help="decommission: destroy the spool key and overwrite "
+                        "the spool")
+    sp.add_argument("role", choices=("tx", "rx"))
+    sp.add_argument("-c", "--config", required=True, help="the agent's config file")
+    sp.add_argument("--yes", action="store_true", help="really destroy it")
+    sp.set_defaults(func=_wipe)
     sp = sub.add_parser("status", help="one screen of an agent's state")
     sp.add_argument("-f", "--file", default="/run/diode/status.json",
                     help="the agent's [status] file (default %(default)s)")

@@ -347,6 +347,7 @@ class MqttConnection:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, cfg.reconnect_max)
                 continue
+            connects = self.counters["connects"]
             misc = loop.create_task(self._misc())
             try:
                 await self._closed.wait()
@@ -354,12 +355,13 @@ class MqttConnection:
                 misc.cancel()
             if self.fatal is not None:
                 return
-            if self.state != "connected" and self._last_rc == MQTTErrorCode.MQTT_ERR_PROTOCOL:
+            got_connack = self.counters["connects"] > connects
+            if not got_connack and self._last_rc == MQTTErrorCode.MQTT_ERR_PROTOCOL:
                 self._refuse(f"{self.what} refused MQTT {cfg.protocol} (unacceptable protocol "
                              'version). Fix: set protocol = "5" or "3.1.1" to what the broker '
                              "speaks")
                 return
-            if self.state == "connected":
+            if got_connack:
                 delay = cfg.reconnect_min
             self._lost(f"connection lost ({paho.error_string(self._last_rc)})", delay)
             await asyncio.sleep(delay)
@@ -380,10 +382,14 @@ class MqttConnection:
             await asyncio.sleep(1.0)
             self.client.loop_misc()
 
-    def _lost(self, why: str, delay: float) -> None:
+    def _mark_down(self) -> None:
+        """Count each outage once, whichever notices it first."""
         if self.state != "disconnected":
             self.counters["outages"] += 1
-        self.state = "disconnected"
+            self.state = "disconnected"
+
+    def _lost(self, why: str, delay: float) -> None:
+        self._mark_down()
         log.error("%s: %s; retrying in %.1f s", self.what, why, delay)
 
     def _refuse(self, message: str) -> None:
@@ -425,7 +431,7 @@ class MqttConnection:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
         if self.state == "connected":
-            self.state = "disconnected"
+            self._mark_down()
         if self._closed is not None:
             self._closed.set()
 
