@@ -54,6 +54,8 @@ def render(st: dict[str, Any], now: float) -> str:
             lines.append(f"sink            mqtt:{name}: {sink.get('state')}  published "
                          f"{sink.get('published')}  dropped {sink.get('queue_dropped')}  "
                          f"outages {sink.get('outages')}")
+            if sink.get("spool"):
+                lines.extend(_spool_lines(sink["spool"]))
     else:
         lines.append(f"epoch           {st.get('epoch')}")
         for name, state in (st.get("sources") or {}).items():

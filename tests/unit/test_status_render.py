@@ -1,0 +1,39 @@
+"""`diode status` turns a status file into one screen a technician can read."""
+
+import json
+import time
+from pathlib import Path
+
+from agent.status import render, show_status
+
+SPOOL = {"fill_bytes": 2_000_000, "max_bytes": 64_000_000, "fill_fraction": 0.03125,
+         "records": 1200, "oldest_age_s": 12.5, "dropped_oldest": 3, "dropped_conflated": 4,
+         "torn_tail": 0, "damaged": 1}
+
+
+def test_rx_screen_shows_link_sinks_spool_and_leds() -> None:
+    st = {"role": "rx", "time": time.time(), "config": "/boot/firmware/diode/rx.toml",
+          "key_fingerprint": "aa:bb", "link_state": "DEGRADED", "last_heartbeat_age_s": 0.4,
+          "datagram_loss": 0.05, "epoch": "0123", "counters": {"lost": 2},
+          "tx": {"sources": {"mqtt:plant": "connected"}},
+          "sinks": {"plant": {"state": "disconnected", "published": 10, "queue_dropped": 0,
+                              "outages": 1, "spool": SPOOL}},
+          "board": {"leds": {"link": "blink 2 Hz"}, "watchdog": "petting"}}
+    text = render(st, time.time())
+    for expected in ("link state      DEGRADED", "5.00%", "TX source       mqtt:plant: connected",
+                     "mqtt:plant: disconnected", "1200 records, oldest 12.5 s",
+                     "oldest 3  conflated 4", "damaged 1", "LED link", "blink 2 Hz",
+                     "aa:bb", "/boot/firmware/diode/rx.toml"):
+        assert expected in text, expected
+    assert "STALE" not in text
+
+
+def test_tx_screen_and_stale_file(tmp_path: Path) -> None:
+    st = {"role": "tx", "time": time.time() - 60, "epoch": "01", "counters": {"frames": 5},
+          "sources": {"mqtt:plant": "connecting"}, "queue": {"queued": 7, "spool": SPOOL}}
+    text = render(st, time.time())
+    assert "STALE" in text and "queued          7" in text and "mqtt:plant: connecting" in text
+    path = tmp_path / "tx.json"
+    path.write_text(json.dumps(st))
+    assert show_status(path, as_json=True) == 0
+    assert show_status(tmp_path / "missing.json", as_json=False) == 1
