@@ -19,6 +19,7 @@ change type) and which silently nulls the value of any Bad status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ OBJECTS = node_id(_O.ObjectsFolder)
 ORGANIZES = node_id(_O.Organizes)
 HAS_TYPE_DEFINITION = node_id(_O.HasTypeDefinition)
 READ_ONLY_ACCESS = ua.AccessLevel.CurrentRead.mask
+YIELD_EVERY = 200  # nodes between two yields to the event loop
 DEFAULT_TYPE = {NC.Object: node_id(_O.BaseObjectType),
                 NC.Variable: node_id(_O.BaseDataVariableType)}
 
@@ -160,11 +162,14 @@ class Builder:
     def aspace(self) -> Any:
         return self.iserver.aspace
 
-    def add(self, recs: list[NodeRecord]) -> list[NodeRecord]:
-        """Add nodes in order (parents first); returns those added."""
+    async def add(self, recs: list[NodeRecord]) -> list[NodeRecord]:
+        """Add nodes in order (parents first); returns those added. Yields to the
+        loop every few hundred nodes, so the link receiver keeps reading meanwhile."""
         added = []
         service = self.iserver.node_mgt_service
-        for rec in recs:
+        for i, rec in enumerate(recs):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             item = make_item(rec, self.aspace)
             if item is None:
                 self.counters["nodes_skipped"] += 1
@@ -211,7 +216,9 @@ class Builder:
         """Delete nodes: subscribers see BadNodeIdUnknown, neighbours lose their references."""
         aspace = self.aspace
         gone = ua.DataValue(ua.Variant(), StatusCode=status(ua.StatusCodes.BadNodeIdUnknown))
-        for s in node_ids:
+        for i, s in enumerate(node_ids):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             n = nid(s)
             nd: NodeData | None = aspace.get(n)
             if nd is None:

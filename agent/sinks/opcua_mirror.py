@@ -26,7 +26,9 @@ source is lost every value turns UncertainLastUsableValue with its value kept;
 after `bad_after` seconds BadNoCommunication with a null value, as OPC UA
 requires of Bad values. When the link returns, Bad values go back to
 Uncertain with their last value until a fresh value (a change or the next
-keyframe) makes them Good.
+keyframe) makes them Good. Values arriving while the link counts as lost are
+shown Uncertain. Nothing is degraded before the link was first seen healthy
+(an RX that just started has nothing stale to flag).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
@@ -50,7 +54,7 @@ from ..opcua_certs import cert_der, key_der
 from ..opcua_model import ModelAssembler, ModelSnapshot, NodeRecord
 from ..opcua_ua import data_value, node_id, status
 from .opcua_access import ReadOnlyRuleset, ReadOnlyUserManager
-from .opcua_build import A, Builder, decode_variant, nid, now_utc, set_value
+from .opcua_build import YIELD_EVERY, A, Builder, decode_variant, nid, now_utc, set_value
 
 log = logging.getLogger("diode.sink.opcua")
 
@@ -69,6 +73,7 @@ UNCERTAIN = status(ua.StatusCodes.UncertainLastUsableValue)
 BAD = status(ua.StatusCodes.BadNoCommunication)
 WAITING = status(ua.StatusCodes.BadWaitingForInitialData)
 MAX_EARLY_VALUES = 1_000_000
+MAX_INBOX = 100_000  # records queued by submit()
 
 
 # -- configuration ---------------------------------------------------------------
@@ -76,6 +81,22 @@ MAX_EARLY_VALUES = 1_000_000
 
 @dataclass(frozen=True)
 class OpcuaMirrorConfig:
+    """One `[[opcua]]` table of rx.toml.
+
+    | key | default | meaning |
+    |---|---|---|
+    | `name` | required | the TX source of the same name is mirrored here |
+    | `endpoint` | `opc.tcp://0.0.0.0:4840/diode/` | where IT clients connect |
+    | `application_uri` | `urn:diode:rx:<name>` | the mirror's URI (in its certificate) |
+    | `server_name` | `diode mirror <name>` | |
+    | `security_policies` | `["None"]` | names in POLICY_TYPES, e.g. `Basic256Sha256_SignAndEncrypt` |
+    | `cert_file`, `key_file` | unset | server certificate and key, needed by secure policies |
+    | `trusted_clients_dir` | unset | only client certificates in this folder may connect securely |
+    | `allow_anonymous`, `users` | `true`, `{}` | logins; every user is read-only |
+    | `bad_after` | `30` | seconds of lost link/source before Uncertain values turn Bad |
+    | `diagnostics` | `true` | the Objects/DiodeDiagnostics object |
+    """
+
     name: str
     endpoint: str = "opc.tcp://0.0.0.0:4840/diode/"
     application_uri: str = ""
@@ -183,14 +204,20 @@ class OpcuaMirror:
         self._heartbeat_age: float | None = None
         self._tx_counters: dict[str, int] = {}
         self._unhealthy_since: float | None = None
+        self._ever_healthy = False
         self._level = 0
         self._diag: dict[str, Any] = {}
         self._diag_ns = 0
         self._task: asyncio.Task[None] | None = None
+        self._apply_task: asyncio.Task[None] | None = None
+        self._inbox: deque[Record] = deque()
+        self._inbox_event = asyncio.Event()
+        self._drop_logged = 0.0
         self._lock = asyncio.Lock()
         self.counters: dict[str, int] = dict.fromkeys((
-            "models_installed", "values_applied", "values_early", "values_unknown",
-            "values_bad_variant", "records_other_source", "quality_changes"), 0)
+            "models_installed", "models_failed", "values_applied", "values_early", "values_unknown",
+            "values_bad_variant", "records_other_source", "records_dropped",
+            "quality_changes"), 0)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -200,6 +227,8 @@ class OpcuaMirror:
         server = Server(user_manager=ReadOnlyUserManager(cfg.allow_anonymous, users))  # type: ignore[arg-type]
         await server.init()
         server.allow_remote_admin(False)
+        # RegisterServer skips the ruleset (it needs no session): refuse it here.
+        setattr(server.iserver, "register_server", _refuse_register)  # noqa: B010
         server.set_endpoint(cfg.endpoint)
         server.set_server_name(cfg.server_name or f"diode mirror {cfg.name}")
         server.product_uri = "urn:diode:rx"
@@ -228,20 +257,50 @@ class OpcuaMirror:
         await server.start()
         self.state = "waiting_model"
         self._task = asyncio.create_task(self._quality_loop(), name=f"opcua-mirror-{cfg.name}")
+        self._apply_task = asyncio.create_task(self._apply_loop(), name=f"opcua-apply-{cfg.name}")
         log.info("OPC UA mirror '%s' listening on %s (%s)", cfg.name, cfg.endpoint,
                  ", ".join(cfg.security_policies))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._apply_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._apply_task = None
         if self.server is not None:
             await self.server.stop()
             self.server = None
         self.state = "stopped"
 
     # -- records -----------------------------------------------------------------------
+
+    def submit(self, record: Record) -> bool:
+        """Queue a record from synchronous code (the link receiver's callback); the
+        mirror's own task applies it. False (counted, logged) when the queue is full."""
+        if len(self._inbox) >= MAX_INBOX:
+            self.counters["records_dropped"] += 1
+            now = time.monotonic()
+            if now - self._drop_logged > 5:
+                self._drop_logged = now
+                log.error("mirror '%s': %d records waiting; dropping (%d so far). This board "
+                          "cannot apply OPC UA values as fast as they come: lower the source's "
+                          "rate or narrow its subtrees", self.name, MAX_INBOX,
+                          self.counters["records_dropped"])
+            return False
+        self._inbox.append(record)
+        self._inbox_event.set()
+        return True
+
+    async def _apply_loop(self) -> None:
+        inbox = self._inbox
+        while True:
+            await self._inbox_event.wait()
+            self._inbox_event.clear()
+            while inbox:
+                try:
+                    await self.apply(inbox.popleft())
+                except Exception:  # bad input is counted by the parts; never stop applying
+                    log.exception("mirror '%s': applying a record failed", self.name)
 
     async def apply(self, record: Record) -> None:
         """Take one OPC UA record from the link (others are ignored)."""
@@ -257,7 +316,13 @@ class OpcuaMirror:
             done = self.assembler.add(record)
             if done is not None:
                 async with self._lock:
-                    await self._install(*done)
+                    try:
+                        await self._install(*done)
+                    except Exception:
+                        # Take the next carousel copy of this version again.
+                        self.assembler.forget()
+                        self.counters["models_failed"] += 1
+                        raise
 
     async def _apply_values(self, values: tuple[OpcuaValue, ...]) -> None:
         vars_ = self._vars
@@ -273,8 +338,13 @@ class OpcuaMirror:
                 self.counters["values_bad_variant"] += 1
                 continue
             v.fresh = dv
-            v.level = 0
-            await set_value(v.node, dv)
+            if self._level:
+                # Late records while the link or source counts as lost: the value is
+                # new, but nothing says it is current.
+                await self._degrade(v, 1, now_utc())
+            else:
+                v.level = 0
+                await set_value(v.node, dv)
             applied += 1
         self.counters["values_applied"] += applied
 
@@ -323,13 +393,17 @@ class OpcuaMirror:
         for nid_ in removed:
             old.pop(nid_, None)
             self._vars.pop(nid_, None)
-        done = builder.add(added)
+        done = await builder.add(added)
         for rec in done:
             old[rec.node_id] = rec
         mirrored = set(new)
-        for rec in done:
+        for i, rec in enumerate(done):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             builder.add_refs(rec.node_id, rec.refs, mirrored)
-        for o, n in changed:
+        for i, (o, n) in enumerate(changed):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             await builder.update(o, n, mirrored)
             old[n.node_id] = n
         # Keep the snapshot's order for a later rebuild (parents before children).
@@ -350,7 +424,9 @@ class OpcuaMirror:
         assert self.server is not None
         aspace = self.server.iserver.aspace
         stamp = now_utc()
-        for rec in recs:
+        for i, rec in enumerate(recs):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             if rec.node_class != ua.NodeClass.Variable or A.Value in rec.attrs:
                 continue
             nd = aspace.get(nid(rec.node_id))
@@ -405,6 +481,7 @@ class OpcuaMirror:
 
     async def _update_quality(self, now: float) -> None:
         if self.healthy:
+            self._ever_healthy = True
             if self._unhealthy_since is not None:
                 self._unhealthy_since = None
                 if self._level:
@@ -412,6 +489,8 @@ class OpcuaMirror:
                              "values arrive", self.name)
                     await self._set_level(0, recovering=True)
             return
+        if not self._ever_healthy:
+            return  # RX just started: whatever arrives is as fresh as it gets
         if self._unhealthy_since is None:
             self._unhealthy_since = now
             log.warning("mirror '%s': link %s, source %s: values turn Uncertain", self.name,
@@ -429,7 +508,9 @@ class OpcuaMirror:
         self._level = level
         stamp = now_utc()
         async with self._lock:
-            for v in list(self._vars.values()):
+            for i, v in enumerate(list(self._vars.values())):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
                 if v.fresh is None:
                     continue
                 if recovering:
@@ -445,7 +526,8 @@ class OpcuaMirror:
         v.level = level
         if level == 1:
             if fresh.StatusCode is not None and fresh.StatusCode.is_bad():
-                return  # already Bad at the source: nothing usable to keep
+                await set_value(v.node, fresh)  # Bad at the source: nothing usable to keep
+                return
             dv = data_value(fresh.Value, UNCERTAIN, fresh.SourceTimestamp, stamp)
         else:
             dv = data_value(ua.Variant(), BAD, fresh.SourceTimestamp, stamp)
@@ -510,6 +592,10 @@ class OpcuaMirror:
             out.update(self._builder.counters)
         out["variables"] = len(self._vars)
         return out
+
+
+def _refuse_register(server: Any, conf: Any = None) -> None:
+    raise ServiceError(ua.StatusCodes.BadUserAccessDenied)
 
 
 def _datavalue(entry: OpcuaValue) -> ua.DataValue:

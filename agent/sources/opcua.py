@@ -34,35 +34,31 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from asyncua import Client, ua
 from asyncua.common.subscription import Subscription
-from asyncua.crypto import security_policies
 from asyncua.ua.ua_binary import variant_to_binary
 
-from ..config import ConfigError, _Table
 from ..link import records
 from ..link.pacer import TokenBucket
 from ..link.records import OpcuaModel, OpcuaValue, OpcuaValues
 from ..opcua_certs import cert_der, key_der
 from ..opcua_model import ModelSnapshot
 from ..opcua_ua import status
+from .opcua_config import (
+    SECURITY_MODES,
+    SECURITY_POLICIES,
+    TRIGGERS,
+    OpcuaSourceConfig,
+    parse_opcua_source,
+)
 from .opcua_crawl import Crawler, CrawlResult, Limits, read_limits
 
-log = logging.getLogger("diode.source.opcua")
+__all__ = ["OpcuaSource", "OpcuaSourceConfig", "SourceRefused", "parse_opcua_source"]
 
-SECURITY_POLICIES: dict[str, Any] = {
-    "None": None,
-    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
-    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
-    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
-}
-SECURITY_MODES = {"Sign": ua.MessageSecurityMode.Sign,
-                  "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
+log = logging.getLogger("diode.source.opcua")
 
 # Refusals: retrying cannot help until someone changes a setting.
 _REFUSALS: dict[int, str] = {
@@ -86,135 +82,9 @@ _REFUSALS: dict[int, str] = {
     ua.StatusCodes.BadNoValidCertificates: "set cert_file and key_file",
 }
 
-TRIGGERS = {"StatusValue": ua.DataChangeTrigger.StatusValue,
-            "StatusValueTimestamp": ua.DataChangeTrigger.StatusValueTimestamp}
 NULL_VARIANT = variant_to_binary(ua.Variant())
+KEEPALIVE = 5.0  # seconds between subscription keep-alives
 _HANDLE_BASE = 1 << 20  # our client handles; asyncua's own counter starts at 200
-
-
-# -- configuration ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OpcuaSourceConfig:
-    name: str
-    endpoint: str
-    security_policy: str = "None"
-    security_mode: str = "SignAndEncrypt"
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    server_cert_file: Path | None = None
-    application_uri: str = ""
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    subtrees: tuple[str, ...] = ("i=85",)
-    sampling_interval: float = 0.1       # seconds
-    publishing_interval: float = 0.1     # seconds
-    queue_size: int = 10
-    # "StatusValue" (the OPC UA default) or "StatusValueTimestamp": also report a new
-    # source timestamp with an unchanged value (more traffic with some servers).
-    trigger: str = "StatusValue"
-    rebrowse_period: float = 120.0
-    model_carousel_period: float = 60.0
-    value_keyframe_period: float = 30.0
-    timeout: float = 10.0
-    reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
-    queue_limit: int = 200_000
-    model_chunk_size: int = 16384
-    batch_bytes: int = 1200
-
-    @property
-    def label(self) -> str:
-        return f"OPC UA server '{self.name}' ({self.endpoint})"
-
-
-def parse_opcua_source(table: dict[str, Any], path: Path, where: str = "opcua") -> OpcuaSourceConfig:
-    """One `[[opcua]]` table of tx.toml; ConfigError names file, key and fix."""
-    t = _Table(Path(path), where, table)
-    name = t.get("name", str, example='"plant"')
-    endpoint = t.get("endpoint", str, example='"opc.tcp://192.0.2.10:4840"')
-    if not endpoint.startswith("opc.tcp://"):
-        t.fail("endpoint", f"expected an opc.tcp:// URL, got {endpoint!r}",
-               'endpoint = "opc.tcp://192.0.2.10:4840"')
-    policy = t.get("security_policy", str, "None", example='"Basic256Sha256"',
-                   choices=tuple(SECURITY_POLICIES))
-    mode = t.get("security_mode", str, "SignAndEncrypt", example='"SignAndEncrypt"',
-                 choices=tuple(SECURITY_MODES))
-    cert = t.path_of("cert_file", None, example='"tx-opcua.der"')
-    key = t.path_of("key_file", None, example='"tx-opcua.key"')
-    server_cert = t.path_of("server_cert_file", None, example='"plant-server.der"')
-    if policy != "None":
-        if cert is None or key is None:
-            t.fail("cert_file", f"security_policy {policy} needs a client certificate",
-                   "make one with `diode opcua-cert`, then set cert_file and key_file")
-    elif "security_mode" in t.data:
-        t.fail("security_mode", "set but security_policy is None",
-               'set security_policy = "Basic256Sha256", or remove security_mode')
-    if (cert is None) != (key is None):
-        t.fail("cert_file", "cert_file and key_file go together", "set both or neither")
-    for key_name, p in (("cert_file", cert), ("key_file", key), ("server_cert_file", server_cert)):
-        if p is not None and not p.is_file():
-            t.fail(key_name, f"file not found: {p}", "point it at an existing file")
-    app_uri = t.get("application_uri", str, "", example=f'"urn:diode:tx:{name}"')
-    if not app_uri:
-        app_uri = f"urn:diode:tx:{name}"
-        if cert is not None:
-            from ..opcua_certs import application_uri_of
-            try:
-                app_uri = application_uri_of(cert) or app_uri
-            except ValueError:
-                t.fail("cert_file", f"{cert} is not a PEM or DER certificate",
-                       "point it at the certificate made by `diode opcua-cert`")
-    username = t.get("username", str, None, example='"diode"')
-    password = t.get("password", str, None, example='"..."')
-    password_file = t.path_of("password_file", None, example='"opcua.pass"')
-    if password_file is not None:
-        if password is not None:
-            t.fail("password_file", "both password and password_file are set",
-                   "keep only one of them")
-        try:
-            password = password_file.read_text().strip()
-        except OSError as exc:
-            t.fail("password_file", f"cannot read {password_file}: {exc.strerror}",
-                   "point it at a readable file")
-    if password is not None and username is None:
-        t.fail("username", "a password is set but no username", 'username = "diode"')
-    subtrees = t.get("subtrees", list, ["i=85"], example='["i=85"]')
-    if not subtrees or not all(isinstance(s, str) for s in subtrees):
-        t.fail("subtrees", "expected a non-empty list of node ids", 'subtrees = ["ns=2;s=Plant"]')
-    for s in subtrees:
-        try:
-            ua.NodeId.from_string(s)
-        except Exception:  # asyncua raises several types on a bad string
-            t.fail("subtrees", f"{s!r} is not a node id", 'subtrees = ["i=85", "ns=2;s=Plant"]')
-    reconnect_min = t.get("reconnect_min", float, 1.0, example="1.0", lo=0.05, hi=3600)
-    cfg = OpcuaSourceConfig(
-        name=name, endpoint=endpoint, security_policy=policy, security_mode=mode,
-        cert_file=cert, key_file=key, server_cert_file=server_cert, application_uri=app_uri,
-        username=username, password=password, subtrees=tuple(subtrees),
-        sampling_interval=t.get("sampling_interval", float, 0.1, example="0.1", lo=0.0, hi=3600),
-        publishing_interval=t.get("publishing_interval", float, 0.1, example="0.1",
-                                  lo=0.01, hi=3600),
-        queue_size=t.get("queue_size", int, 10, example="10", lo=1, hi=10000),
-        trigger=t.get("trigger", str, "StatusValue", example='"StatusValueTimestamp"',
-                      choices=tuple(TRIGGERS)),
-        rebrowse_period=t.get("rebrowse_period", float, 120.0, example="120.0", lo=1.0),
-        model_carousel_period=t.get("model_carousel_period", float, 60.0, example="60.0",
-                                    lo=1.0),
-        value_keyframe_period=t.get("value_keyframe_period", float, 30.0, example="30.0",
-                                    lo=1.0),
-        timeout=t.get("timeout", float, 10.0, example="10.0", lo=0.5, hi=600),
-        reconnect_min=reconnect_min,
-        reconnect_max=t.get("reconnect_max", float, 60.0, example="60.0", lo=reconnect_min,
-                            hi=86400),
-        queue_limit=t.get("queue_limit", int, 200_000, example="200000", lo=100),
-        model_chunk_size=t.get("model_chunk_size", int, 16384, example="16384", lo=512,
-                               hi=1 << 20),
-        batch_bytes=t.get("batch_bytes", int, 1200, example="1200", lo=200, hi=1 << 20),
-    )
-    t.done()
-    return cfg
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -290,7 +160,7 @@ class OpcuaSource:
             "connects", "outages", "crawls", "model_versions", "nodes", "variables",
             "monitored_items", "monitor_errors", "changes", "value_records", "queue_dropped",
             "model_records", "keyframe_records", "carousel_records", "crawl_ms",
-            "browse_requests", "read_requests", "model_events"), 0)
+            "browse_requests", "read_requests", "model_events", "initial_reads"), 0)
         self.model: ModelSnapshot | None = None
         self.version: str | None = None
         self._model_chunks: list[OpcuaModel] = []
@@ -444,9 +314,11 @@ class OpcuaSource:
             except Exception:
                 log.exception("%s: unexpected error; reconnecting", cfg.label)
             self.counters["outages"] += 1
+            reached = self.state == "connected"
             self.state = "disconnected"
             await self._disconnect()
-            delay = cfg.reconnect_min
+            # Back off also when connecting works but the session keeps failing.
+            delay = cfg.reconnect_min if reached else min(delay * 2, cfg.reconnect_max)
             await asyncio.sleep(delay)
 
     def _refused(self, message: str) -> None:
@@ -458,7 +330,9 @@ class OpcuaSource:
 
     async def _connect(self) -> None:
         cfg = self.cfg
-        client = Client(cfg.endpoint, timeout=cfg.timeout)
+        # The health probe times out after watchdog_intervall: a busy server must not
+        # look dead after one slow second (asyncua's default).
+        client = Client(cfg.endpoint, timeout=cfg.timeout, watchdog_intervall=cfg.timeout)
         client.application_uri = cfg.application_uri
         client.name = client.description = f"diode TX {cfg.name}"
         client.product_uri = "urn:diode:tx"
@@ -532,13 +406,16 @@ class OpcuaSource:
         self._handles.clear()
         self._node_of.clear()
         self._server_handle.clear()
+        # One bulk read gives RX every value now; creating thousands of monitored
+        # items can take a busy server many seconds (their first notifications repeat
+        # these values, which is harmless).
+        await self._read_values(client, limits, result.variables)
         sub = await self._subscribe(client, limits, result.variables)
         self.state = "connected"
         log.info("%s: connected; %d nodes, %d variables subscribed, model %s", cfg.label,
                  len(result.snapshot.nodes), len(self._handles), self.version)
         next_browse = time.monotonic() + cfg.rebrowse_period
-        stale_after = max(cfg.publishing_interval * sub.parameters.RequestedMaxKeepAliveCount * 3,
-                          cfg.timeout)
+        stale_after = max(KEEPALIVE * 3, cfg.timeout)
         while True:
             wait = max(0.05, min(1.0, next_browse - time.monotonic()))
             with contextlib.suppress(TimeoutError):
@@ -604,6 +481,27 @@ class OpcuaSource:
                      old, version, len(snap.nodes))
         self._wake()
 
+    async def _read_values(self, client: Client, limits: Limits, variables: list[str]) -> None:
+        step = limits.read
+        for i in range(0, len(variables), step):
+            chunk = variables[i:i + step]
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            for nid in chunk:
+                rv = ua.ReadValueId()
+                rv.NodeId = ua.NodeId.from_string(nid)
+                rv.AttributeId = ua.AttributeIds.Value
+                params.NodesToRead.append(rv)
+            dvs = await client.uaclient.read(params)
+            pending = self._pending
+            for nid, dv in zip(chunk, dvs, strict=True):
+                if len(pending) >= self.cfg.queue_limit:
+                    self._dropped()
+                    continue
+                pending.append(entry_of(nid, dv))
+            self.counters["initial_reads"] += len(chunk)
+            self._wake()
+
     # -- subscription ------------------------------------------------------------------
 
     async def _subscribe(self, client: Client, limits: Limits,
@@ -611,14 +509,15 @@ class OpcuaSource:
         cfg = self.cfg
         params = ua.CreateSubscriptionParameters()
         params.RequestedPublishingInterval = cfg.publishing_interval * 1000
-        params.RequestedLifetimeCount = 10000
-        params.RequestedMaxKeepAliveCount = client.get_keepalive_count(
-            cfg.publishing_interval * 1000)
+        # A keep-alive every KEEPALIVE seconds at most, so a dead subscription shows.
+        keepalive = max(1, round(KEEPALIVE / cfg.publishing_interval))
+        params.RequestedMaxKeepAliveCount = keepalive
+        params.RequestedLifetimeCount = keepalive * 10
         params.MaxNotificationsPerPublish = 0
         params.PublishingEnabled = True
         params.Priority = 0
         sub = _BatchSubscription(client.uaclient.session, params, self._on_changes,
-                                 self._model_event.set, self._on_status)
+                                 self._on_model_event, self._on_status)
         await sub.init()
         await self._monitor(sub, limits, variables)
         try:
@@ -723,6 +622,10 @@ class OpcuaSource:
                       "sampling_interval or narrow subtrees", self.cfg.label,
                       self.cfg.queue_limit, self.counters["queue_dropped"])
 
+    def _on_model_event(self) -> None:
+        self.counters["model_events"] += 1
+        self._model_event.set()
+
     def _on_status(self, status: ua.StatusCode) -> None:
         if not status.is_good():
             log.warning("%s: subscription status %s", self.cfg.label, status.name)
@@ -734,6 +637,3 @@ def _describe(exc: BaseException) -> str:
         return status(exc.code).name
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
-
-def config_error(message: str) -> ConfigError:
-    return ConfigError(message)

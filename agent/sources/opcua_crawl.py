@@ -43,6 +43,7 @@ DEFAULT_MAX_BROWSE = 1000
 DEFAULT_MAX_READ = 5000
 DEFAULT_MAX_MONITORED = 1000
 HARD_CAP = 10000  # never more per request, whatever the server says
+MONITORED_CAP = 1000  # creating monitored items is slow on small servers: keep requests short
 
 HAS_TYPE_DEFINITION = node_id(_O.HasTypeDefinition)
 HAS_SUBTYPE = node_id(_O.HasSubtype)
@@ -90,7 +91,7 @@ class Limits:
             return min(int(v), HARD_CAP) if isinstance(v, int) and v > 0 else default
         b, r, m = (list(values) + [None] * 3)[:3]
         return cls(pick(b, DEFAULT_MAX_BROWSE), pick(r, DEFAULT_MAX_READ),
-                   pick(m, DEFAULT_MAX_MONITORED))
+                   min(pick(m, DEFAULT_MAX_MONITORED), MONITORED_CAP))
 
 
 LIMIT_NODES = (node_id(_O.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse),

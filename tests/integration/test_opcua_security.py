@@ -1,0 +1,68 @@
+"""OPC UA security between real asyncua peers: the TX source as a client with its
+own certificate, the mirror as a server trusting only the certificates in a folder.
+
+A trusted TX connects over Basic256Sha256 / SignAndEncrypt and crawls; an
+untrusted one is refused loudly (on_fatal, state "refused"), never retried
+silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+from agent.opcua_certs import make_certificate, thumbprint
+from agent.sim.mosquitto import free_port
+from agent.sinks.opcua_mirror import OpcuaMirror, OpcuaMirrorConfig
+from agent.sources.opcua import OpcuaSource, OpcuaSourceConfig
+
+
+def test_trusted_client_connects_untrusted_is_refused(tmp_path: Path) -> None:
+    srv_cert, srv_key = tmp_path / "rx.der", tmp_path / "rx.key"
+    make_certificate(srv_cert, srv_key, "urn:diode:rx:sec", server=True)
+    certs = {}
+    for who in ("good", "bad"):
+        cert, key = tmp_path / f"{who}.der", tmp_path / f"{who}.key"
+        tp = make_certificate(cert, key, f"urn:diode:tx:{who}")
+        assert tp == thumbprint(cert) and len(tp) == 40
+        assert key.stat().st_mode & 0o777 == 0o600
+        certs[who] = (cert, key)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(certs["good"][0], trusted / "good.der")
+    url = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
+
+    async def main() -> None:
+        mirror = OpcuaMirror(OpcuaMirrorConfig(
+            "sec", url, application_uri="urn:diode:rx:sec",
+            security_policies=("Basic256Sha256_SignAndEncrypt",), cert_file=srv_cert,
+            key_file=srv_key, trusted_clients_dir=trusted))
+        await mirror.start()
+        sources = {}
+        fatal: dict[str, list[str]] = {"good": [], "bad": []}
+        try:
+            for who, (cert, key) in certs.items():
+                sources[who] = OpcuaSource(OpcuaSourceConfig(
+                    "sec", url, security_policy="Basic256Sha256", security_mode="SignAndEncrypt",
+                    cert_file=cert, key_file=key, application_uri=f"urn:diode:tx:{who}",
+                    timeout=3.0), on_fatal=fatal[who].append)
+                await sources[who].start()
+            deadline = time.monotonic() + 30
+            while not (sources["good"].state == "connected" and fatal["bad"]):
+                assert time.monotonic() < deadline, (sources["good"].state, fatal)
+                await asyncio.sleep(0.05)
+            good = sources["good"]
+            assert good.counters["variables"] >= 8  # the mirror's DiodeDiagnostics
+            assert not fatal["good"]
+            assert sources["bad"].state == "refused"
+            message = fatal["bad"][0]
+            assert "refused" in message and "Fix:" in message, message
+            assert thumbprint(certs["bad"][0]) in message, message
+        finally:
+            for src in sources.values():
+                await src.stop()
+            await mirror.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 80))
