@@ -61,7 +61,7 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench_mqtt import spool_e2e
         from .bench_spool import run_spool_bench
         result = run_spool_bench(records=args.records)
-        result.update(spool_e2e(args.messages, bitrate=args.bitrate))
+        result.update(spool_e2e(args.messages))
     else:
         from .bench_mqtt import run_mqtt_bench
         result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate)

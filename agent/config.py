@@ -180,7 +180,7 @@ class SpoolConfig:
     key: str                  # a key file path, or a systemd credential name
     max_bytes: int = 64 << 20
     fsync: str = "interval"   # "always" | "interval" | "never"
-    fsync_interval_ms: float = 10.0
+    fsync_interval_ms: float = 50.0  # batched fsync: QoS 1 acks wait up to this long
 
 
 @dataclass(frozen=True)
@@ -313,7 +313,7 @@ def _spool(t: _Table) -> SpoolConfig | None:
         max_bytes=t.get("max_bytes", int, 64 << 20, example="67108864", lo=1 << 20),
         fsync=t.get("fsync", str, "interval", example='"interval"',
                     choices=("always", "interval", "never")),
-        fsync_interval_ms=t.get("fsync_interval_ms", float, 10.0, example="10", lo=0,
+        fsync_interval_ms=t.get("fsync_interval_ms", float, 50.0, example="50", lo=0,
                                 hi=10_000),
     )
     t.done()
