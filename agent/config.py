@@ -206,6 +206,8 @@ class AgentConfig:
     status_interval: float = 1.0
     board: BoardConfig = field(default_factory=BoardConfig)
     spool: SpoolConfig | None = None
+    tx_opcua: tuple[Any, ...] = ()   # OpcuaSourceConfig (sources/opcua_config.py)
+    rx_opcua: tuple[Any, ...] = ()   # OpcuaMirrorConfig (sinks/opcua_mirror.py)
     metrics: tuple[str, int] | None = None  # RX: Prometheus listen address
 
 
@@ -376,6 +378,28 @@ def _board(t: _Table) -> BoardConfig:
     return b
 
 
+def _opcua(root: _Table, role: str) -> tuple[Any, ...]:
+    """[[opcua]] tables: sources on TX, mirrors on RX (parsers live with them, and
+    import this module, so they are imported here, not at the top)."""
+    tables = root.tables("opcua")
+    if role == "tx":
+        from .sources.opcua_config import parse_opcua_source
+        out: list[Any] = [parse_opcua_source(t.data, t.path, t.where) for t in tables]
+    else:
+        from .sinks.opcua_mirror import parse_opcua_mirror
+        out = [parse_opcua_mirror(t.data, t.path, t.where) for t in tables]
+        endpoints = [m.endpoint for m in out]
+        for t, m in zip(tables, out, strict=True):
+            if endpoints.count(m.endpoint) > 1:
+                t.fail("endpoint", f"{m.endpoint} is used by two mirrors",
+                       "give each [[opcua]] mirror its own port")
+    names = [c.name for c in out]
+    for t, c in zip(tables, out, strict=True):
+        if names.count(c.name) > 1:
+            t.fail("name", f"OPC UA name {c.name!r} is used twice", "give each its own name")
+    return tuple(out)
+
+
 def load(path: str | Path, role: str) -> AgentConfig:
     path = Path(path)
     try:
@@ -399,6 +423,7 @@ def load(path: str | Path, role: str) -> AgentConfig:
     status.done()
     board = _board(root.table("board"))
     spool = _spool(root.table("spool"))
+    opcua = _opcua(root, role)
     metrics = None
     if role == "rx":
         mt = root.table("metrics")
@@ -418,10 +443,10 @@ def load(path: str | Path, role: str) -> AgentConfig:
         cfg = AgentConfig(path, role, link,
                           tx_mqtt=tuple(_tx_channel(c, spool is not None) for c in channels),
                           status_file=status_file, status_interval=status_interval,
-                          board=board, spool=spool)
+                          board=board, spool=spool, tx_opcua=opcua)
     else:
         cfg = AgentConfig(path, role, link, rx_mqtt=tuple(_rx_channel(c) for c in channels),
                           status_file=status_file, status_interval=status_interval,
-                          board=board, spool=spool, metrics=metrics)
+                          board=board, spool=spool, metrics=metrics, rx_opcua=opcua)
     root.done()
     return cfg

@@ -28,3 +28,5 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # asyncua logs every request at INFO: keep its warnings only.
+    logging.getLogger("asyncua").setLevel(max(logging.WARNING, root.level))

@@ -27,6 +27,7 @@ from .link_interface import LinkSetupError, setup_interface
 from .runtime import Runtime, write_status
 from .sinks.mqtt import MqttSink
 from .sinks.mqtt_spooled import SpooledMqttSink
+from .sinks.opcua_mirror import OpcuaMirror
 from .spool import Spool, SpoolError, load_spool_key
 from .transport.base import RxTransport
 
@@ -68,12 +69,17 @@ class RxAgent:
             return 2
         for sink in self.sinks.values():
             sink.start()
+        self.mirrors = {c.name: OpcuaMirror(c) for c in self.cfg.rx_opcua}
         transport = open_transport(self.cfg.link)
         try:
+            for mirror in self.mirrors.values():
+                await mirror.start()
             setup_interface(self.cfg.link, "rx")
             await transport.start(self._on_datagram)
         except (OSError, LinkSetupError) as exc:
-            log.critical("cannot open the link: %s", exc)
+            log.critical("cannot open the link or an OPC UA mirror endpoint: %s", exc)
+            for mirror in self.mirrors.values():
+                await mirror.stop()
             for sink in self.sinks.values():
                 await sink.stop()
             return 2
@@ -104,6 +110,8 @@ class RxAgent:
         self._report()
         for sink in self.sinks.values():
             await sink.stop()
+        for mirror in self.mirrors.values():
+            await mirror.stop()
         await self.board.close(fatal=rt.fatal is not None)
         if rt.fatal:
             log.critical("RX stopped: %s", rt.fatal)
@@ -145,6 +153,12 @@ class RxAgent:
                         sink.publish(rec, now)
                     else:
                         self._unrouted(rec.channel)
+                elif isinstance(rec, records.OpcuaModel | records.OpcuaValues):
+                    mirror = self.mirrors.get(rec.source)
+                    if mirror is not None:
+                        mirror.submit(rec)
+                    else:
+                        self._unrouted(rec.source)
                 elif isinstance(rec, records.Heartbeat):
                     valid = self.receiver.counters["valid"] + self.receiver.counters["duplicates"]
                     self.health.on_heartbeat(rec, valid - self._epoch_datagrams, now)
@@ -196,6 +210,7 @@ class RxAgent:
                 log.log(level, "link state %s -> %s", prev.value, state.value)
                 prev = state
                 self._report()
+                await self._tell_mirrors(now)
             await asyncio.sleep(0.02)
 
     def _show(self, now: float) -> None:
@@ -206,8 +221,19 @@ class RxAgent:
         connected = sum(s.state == "connected" for s in self.sinks.values())
         self.board.show(self.health.state.value, connected, len(self.sinks), fault)
 
+    async def _tell_mirrors(self, now: float) -> None:
+        """Link and source health into the mirrors' status codes and diagnostics."""
+        hb = self.health.last_heartbeat
+        for name, mirror in self.mirrors.items():
+            await mirror.set_link_state(
+                self.health.state.value,
+                source_state=hb.sources.get(f"opcua:{name}") if hb else None,
+                heartbeat_age=self.health.heartbeat_age(now),
+                counters=hb.counters if hb else None)
+
     async def _status(self) -> None:
         while True:
+            await self._tell_mirrors(time.monotonic())
             self._report()
             await asyncio.sleep(self.cfg.status_interval)
 
@@ -232,6 +258,8 @@ class RxAgent:
             "tx": None if hb is None else {"sources": hb.sources, "counters": hb.counters},
             "sinks": {name: {"state": s.state, **s.counters, **s.conn.counters,
                              "spool": s.stats()} for name, s in self.sinks.items()},
+            "opcua": {name: {"state": m.state, **m.all_counters()}
+                      for name, m in getattr(self, "mirrors", {}).items()},
             "board": self.board.describe(),
         }
 

@@ -26,6 +26,7 @@ from .link.sender import LinkSender, SenderParams
 from .link_interface import LinkSetupError, setup_interface
 from .runtime import EXIT_FATAL, Runtime, write_status
 from .sources.mqtt import MqttSource
+from .sources.opcua import OpcuaSource
 from .spool import Spool, SpoolError, load_spool_key
 from .transport.base import TxTransport
 from .tx_queue import Entry, MemoryQueue, SpoolQueue
@@ -128,6 +129,7 @@ class TxAgent:
         self.sources = [MqttSource(ch, self.queue, self._wake.set, rt.fail)
                         for ch in self.cfg.tx_mqtt]
         self._by_channel = {src.ch.name: src for src in self.sources}
+        self.opcua = [OpcuaSource(c, self._wake.set, rt.fail) for c in self.cfg.tx_opcua]
         log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
                  "%d MQTT channel(s), key %s", self.epoch, link.link_id,
                  f"udp {link.host}:{link.port}" if link.transport == "udp" else
@@ -135,6 +137,8 @@ class TxAgent:
                  len(self.sources), key_fingerprint(self.key))
         for src in self.sources:
             src.start()
+        for ua_src in self.opcua:
+            await ua_src.start()
         self.board.start()
         tasks = [asyncio.create_task(self._pump(transport)),
                  asyncio.create_task(self._heartbeats()),
@@ -143,9 +147,13 @@ class TxAgent:
                  asyncio.create_task(self._sync())]
         self.board.ready(f"TX epoch {self.epoch:016x}")
         tasks += [asyncio.create_task(self._carousel(src, rate)) for src in self.sources]
+        tasks += [asyncio.create_task(s.run_carousel(self._push_now, rate * 0.1))
+                  for s in self.opcua]
         await rt.stop.wait()
         for src in self.sources:
             await src.stop()
+        for ua_src in self.opcua:
+            await ua_src.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -179,6 +187,11 @@ class TxAgent:
                     sender.push(records.encode(rec), now, tag=tag)
                 elif tag is not None:
                     sender.tag(tag)
+            opcua_waiting = False
+            for ua_src in self.opcua:
+                for ua_rec in ua_src.take(now, 5000):
+                    sender.push(records.encode(ua_rec), now)
+                opcua_waiting |= ua_src.queue > 0
             deadline = sender.next_deadline()
             while deadline is not None and deadline <= now:
                 sender.handle_timer(now)
@@ -191,7 +204,7 @@ class TxAgent:
                 self.bucket.take(cost, time.monotonic())
                 self._send(transport, d)
             self.queue.framed(sender.pop_framed())
-            if len(taken) == 5000:
+            if len(taken) == 5000 or opcua_waiting:
                 await asyncio.sleep(0)
                 continue
             deadline = sender.next_deadline()
@@ -210,10 +223,18 @@ class TxAgent:
             if n in (1, 10, 100) or n % 10000 == 0:
                 log.error("link send failed (%d so far): %s", n, exc)
 
+    def _push_now(self, record: bytes) -> None:
+        self.sender.push(record, time.monotonic())
+        self._wake.set()
+
+    def _source_states(self) -> dict[str, str]:
+        states = {f"mqtt:{s.ch.name}": s.state for s in self.sources}
+        states.update({f"opcua:{s.cfg.name}": s.state for s in self.opcua})
+        return states
+
     def _push_heartbeat(self, now: float) -> None:
         hb = records.Heartbeat(time.time(), self.cfg.link.heartbeat_interval,
-                               self.cfg.link.repeat, self._counters(),
-                               {f"mqtt:{s.ch.name}": s.state for s in self.sources})
+                               self.cfg.link.repeat, self._counters(), self._source_states())
         self.sender.push(records.encode(hb), now, heartbeat=True)
         self.sender.flush(now)
 
@@ -269,9 +290,10 @@ class TxAgent:
                 self.queue.dropped()
             fault = self.board.fault({"send_errors": self.counters["send_errors"],
                                       "dropped": dropped}, now)
-            connected = sum(s.state == "connected" for s in self.sources)
+            states = self._source_states().values()
+            connected = sum(s == "connected" for s in states)
             datagrams = self.sender.counters["datagrams"]
-            self.board.show(None, connected, len(self.sources), fault, sending=datagrams != sent)
+            self.board.show(None, connected, len(states), fault, sending=datagrams != sent)
             sent = datagrams
             await asyncio.sleep(0.1)
 
@@ -283,6 +305,9 @@ class TxAgent:
         for src in self.sources:
             for k, v in {**src.counters, **src.conn.counters}.items():
                 out[f"mqtt:{src.ch.name}.{k}"] = v
+        for ua_src in self.opcua:
+            for k, v in ua_src.counters.items():
+                out[f"opcua:{ua_src.cfg.name}.{k}"] = v
         return out
 
     def _write_status(self) -> None:
@@ -290,7 +315,7 @@ class TxAgent:
             "role": "tx", "time": time.time(), "config": str(self.cfg.path),
             "epoch": f"{self.epoch:016x}", "key_fingerprint": key_fingerprint(self.key),
             "counters": self._counters(),
-            "sources": {f"mqtt:{s.ch.name}": s.state for s in self.sources},
+            "sources": self._source_states(),
             "queue": self.queue.stats(),
             "board": self.board.describe(),
         }

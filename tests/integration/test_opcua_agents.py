@@ -1,0 +1,96 @@
+"""OPC UA through the real agent processes: plant server -> diode tx -> UDP -> diode rx
+-> read-only mirror, browsed by an ordinary asyncua client, in either start order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from asyncua import Client, Node, ua
+
+from agent.sim.mosquitto import free_port
+from agent.sim.plant_opcua import PlantProcess
+
+from .conftest import Agent, Diode
+
+
+@pytest.fixture
+def plant() -> Iterator[PlantProcess]:
+    p = PlantProcess(free_port(), variables=200, rate=200)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def _docs(diode: Diode, plant: PlantProcess, mirror_port: int) -> tuple[dict, dict]:
+    tx = diode.tx_doc()
+    rx = diode.rx_doc()
+    del tx["mqtt"], rx["mqtt"]  # OPC UA only
+    tx["opcua"] = [{"name": "plant", "endpoint": plant.endpoint, "rebrowse_period": 5,
+                    "model_carousel_period": 3, "value_keyframe_period": 3}]
+    rx["opcua"] = [{"name": "plant", "endpoint": f"opc.tcp://127.0.0.1:{mirror_port}/diode/",
+                    "bad_after": 3.0}]
+    return tx, rx
+
+
+async def _variables(node: Node, depth: int, out: dict[str, object], limit: int) -> None:
+    for child in await node.get_children():
+        if len(out) >= limit:
+            return
+        if child.nodeid.NamespaceIndex == 0:
+            continue
+        if await child.read_node_class() == ua.NodeClass.Variable:
+            out[child.nodeid.to_string()] = await child.read_value()
+        elif depth > 0:
+            await _variables(child, depth - 1, out, limit)
+
+
+async def _read_mirror(endpoint: str, timeout: float) -> dict[str, object]:
+    """Node id -> value of the first 20 non-standard variables, and the namespace array."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with Client(endpoint, timeout=5) as c:
+                found: dict[str, object] = {}
+                await _variables(c.nodes.objects, 4, found, 20)
+                if len(found) >= 20:
+                    found["__ns__"] = await c.get_namespace_array()
+                    return found
+        except (OSError, TimeoutError, ua.UaError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"mirror at {endpoint} not browsable within {timeout} s")
+        await asyncio.sleep(0.5)
+
+
+async def _write_refused(endpoint: str, node_id: str, user: str | None) -> None:
+    url = endpoint if user is None else endpoint.replace("opc.tcp://", f"opc.tcp://{user}:x@")
+    async with Client(url, timeout=5) as c:
+        node = c.get_node(node_id)
+        value = await node.read_data_value()
+        with pytest.raises(ua.UaStatusCodeError):
+            await node.write_value(value.Value)
+
+
+@pytest.mark.parametrize("order", ["tx-first", "rx-first"])
+def test_mirror_served_by_the_agents(diode: Diode, plant: PlantProcess, order: str) -> None:
+    port = free_port()
+    tx_doc, rx_doc = _docs(diode, plant, port)
+    agents: list[Agent] = []
+    for role in (("tx", "rx") if order == "tx-first" else ("rx", "tx")):
+        agents.append(diode.start(role, tx_doc if role == "tx" else rx_doc))
+        time.sleep(2.0)
+    endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
+    mirror = asyncio.run(_read_mirror(endpoint, 45))
+    source = asyncio.run(_read_mirror(plant.endpoint, 10))
+    shared = [k for k in source if k != "__ns__" and k in mirror]
+    assert len(shared) >= 5, (sorted(source)[:5], sorted(mirror)[:5])
+    assert mirror["__ns__"][:len(source["__ns__"])] == source["__ns__"]  # type: ignore[index]
+    asyncio.run(_write_refused(endpoint, shared[0], None))
+    rx = next(a for a in agents if a.role == "rx")
+    st = diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
+                           == "serving", 10, "mirror serving")
+    assert st["tx"]["sources"]["opcua:plant"] == "connected"
