@@ -104,6 +104,18 @@ def _wipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _opcua_cert(args: argparse.Namespace) -> int:
+    from .opcua_certs import make_certificate
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    thumb = make_certificate(out / "cert.der", out / "key.pem", args.uri,
+                             hostname=args.hostname, days=args.days, server=args.server)
+    print(f"wrote {out / 'cert.der'} and {out / 'key.pem'} (mode 0600)\n"
+          f"SHA-1 thumbprint {thumb}: add the certificate to the "
+          f"{'clients' if args.server else 'OT server'}'s trust list")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from .status import show_status
     return show_status(Path(args.file), as_json=args.json)
@@ -149,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("-c", "--config", required=True, help="the agent's config file")
     sp.add_argument("--yes", action="store_true", help="really destroy it")
     sp.set_defaults(func=_wipe)
+    sp = sub.add_parser("opcua-cert", help="make a self-signed OPC UA certificate "
+                        "and print its thumbprint")
+    sp.add_argument("-o", "--output", required=True, help="folder for cert.der and key.pem")
+    sp.add_argument("--uri", required=True, help="application URI, e.g. urn:diode:tx:plant")
+    sp.add_argument("--server", action="store_true", help="for the RX mirror (server use)")
+    sp.add_argument("--hostname", default=None)
+    sp.add_argument("--days", type=int, default=1825)
+    sp.set_defaults(func=_opcua_cert)
     sp = sub.add_parser("status", help="one screen of an agent's state")
     sp.add_argument("-f", "--file", default="/run/diode/status.json",
                     help="the agent's [status] file (default %(default)s)")
