@@ -145,10 +145,11 @@ def spool_e2e(messages: int, bitrate: int = 100_000_000) -> dict[str, Any]:
     return result
 
 
-def run_mqtt_bench(messages: int = 100_000, bitrate: int = 400_000_000) -> dict[str, Any]:
+def run_mqtt_bench(messages: int = 100_000, bitrate: int = 300_000_000) -> dict[str, Any]:
     """`bitrate` is the link budget TX paces to. A one-way link has no flow
     control, so it must stay below what RX can take in: on this 2-core machine
-    RX keeps up at 500 Mbit/s with r = 3 and drops datagrams at 1 Gbit/s."""
+    RX keeps up at 300 Mbit/s with r = 3 and now and then drops datagrams at
+    400 Mbit/s (its socket buffer overflows): those are counted in `lost`."""
     result: dict[str, Any] = {"messages": messages, "payload_bytes": PAYLOAD,
                               "link_bitrate": bitrate, "repeat": 3}
     with tempfile.TemporaryDirectory(prefix="diode-bench-") as tmp:

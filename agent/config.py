@@ -382,6 +382,8 @@ def _opcua(root: _Table, role: str) -> tuple[Any, ...]:
     """[[opcua]] tables: sources on TX, mirrors on RX (parsers live with them, and
     import this module, so they are imported here, not at the top)."""
     tables = root.tables("opcua")
+    if not tables:
+        return ()  # asyncua is not even imported: it costs an MQTT-only agent ~18 MB
     if role == "tx":
         from .sources.opcua_config import parse_opcua_source
         out: list[Any] = [parse_opcua_source(t.data, t.path, t.where) for t in tables]

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .board_signals import BoardSignals
 from .config import AgentConfig, ConfigError, LinkConfig, RxMqttChannel
@@ -27,9 +27,11 @@ from .link_interface import LinkSetupError, setup_interface
 from .runtime import Runtime, write_status
 from .sinks.mqtt import MqttSink
 from .sinks.mqtt_spooled import SpooledMqttSink
-from .sinks.opcua_mirror import OpcuaMirror
 from .spool import Spool, SpoolError, load_spool_key
 from .transport.base import RxTransport
+
+if TYPE_CHECKING:
+    from .sinks.opcua_mirror import OpcuaMirror
 
 log = logging.getLogger("diode.rx")
 
@@ -69,7 +71,10 @@ class RxAgent:
             return 2
         for sink in self.sinks.values():
             sink.start()
-        self.mirrors = {c.name: OpcuaMirror(c) for c in self.cfg.rx_opcua}
+        self.mirrors: dict[str, OpcuaMirror] = {}
+        if self.cfg.rx_opcua:
+            from .sinks.opcua_mirror import OpcuaMirror as Mirror  # asyncua only when used
+            self.mirrors = {c.name: Mirror(c) for c in self.cfg.rx_opcua}
         transport = open_transport(self.cfg.link)
         try:
             for mirror in self.mirrors.values():

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .board_signals import BoardSignals
 from .config import AgentConfig, ConfigError, LinkConfig
@@ -26,10 +26,12 @@ from .link.sender import LinkSender, SenderParams
 from .link_interface import LinkSetupError, setup_interface
 from .runtime import EXIT_FATAL, Runtime, write_status
 from .sources.mqtt import MqttSource
-from .sources.opcua import OpcuaSource
 from .spool import Spool, SpoolError, load_spool_key
 from .transport.base import TxTransport
 from .tx_queue import Entry, MemoryQueue, SpoolQueue
+
+if TYPE_CHECKING:
+    from .sources.opcua import OpcuaSource
 
 log = logging.getLogger("diode.tx")
 
@@ -129,7 +131,10 @@ class TxAgent:
         self.sources = [MqttSource(ch, self.queue, self._wake.set, rt.fail)
                         for ch in self.cfg.tx_mqtt]
         self._by_channel = {src.ch.name: src for src in self.sources}
-        self.opcua = [OpcuaSource(c, self._wake.set, rt.fail) for c in self.cfg.tx_opcua]
+        self.opcua: list[OpcuaSource] = []
+        if self.cfg.tx_opcua:
+            from .sources.opcua import OpcuaSource as Source  # asyncua only when used
+            self.opcua = [Source(c, self._wake.set, rt.fail) for c in self.cfg.tx_opcua]
         log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
                  "%d MQTT channel(s), key %s", self.epoch, link.link_id,
                  f"udp {link.host}:{link.port}" if link.transport == "udp" else
@@ -182,9 +187,9 @@ class TxAgent:
             now, wall = time.monotonic(), time.time()
             taken = self.queue.take(5000)
             for tag, entry in taken:
-                rec = self._by_channel[entry[0]].taken(entry, wall)
-                if rec is not None:
-                    sender.push(records.encode(rec), now, tag=tag)
+                data = self._by_channel[entry[0]].taken(entry, wall)
+                if data is not None:
+                    sender.push(data, now, tag=tag)
                 elif tag is not None:
                     sender.tag(tag)
             opcua_waiting = False

@@ -72,34 +72,33 @@ class LinkReceiver:
         c = self.counters
         c["datagrams"] += 1
         try:
-            header = wire.parse_header(datagram)
+            version, flags, link_id, epoch, seq = wire.unpack_header(datagram)
         except ValueError:
             c["truncated"] += 1
             return []
-        if header.version != wire.VERSION:
+        if version != wire.VERSION:
             c["bad_version"] += 1
             return []
-        if header.flags & ~wire.KNOWN_FLAGS:
+        if flags & ~wire.KNOWN_FLAGS:
             c["bad_flags"] += 1
             return []
-        if header.link_id != self.params.link_id:
+        if link_id != self.params.link_id:
             c["wrong_link"] += 1
             return []
         events: list[Event] = []
-        seq = header.seq
-        if header.epoch != self.epoch:
-            if header.epoch in self._retired:
+        if epoch != self.epoch:
+            if epoch in self._retired:
                 c["replayed"] += 1
                 return []
-            if self.epoch is not None and header.epoch < self.epoch and (
+            if self.epoch is not None and epoch < self.epoch and (
                     self.last_valid_at is not None
                     and now - self.last_valid_at < self.params.epoch_takeover):
                 c["stale_epoch"] += 1
                 return []
-            body = self._open(header.epoch, datagram, seq)
+            body = self._open(epoch, datagram, seq)
             if body is None:
                 return []
-            events.extend(self._switch_epoch(header.epoch, seq, now))
+            events.extend(self._switch_epoch(epoch, seq, now))
         else:
             if seq < self._next or seq in self._buffer:
                 if seq in self._lost_set:
@@ -109,7 +108,7 @@ class LinkReceiver:
                 else:
                     c["duplicates"] += 1
                 return []
-            body = self._open(header.epoch, datagram, seq)
+            body = self._open(epoch, datagram, seq)
             if body is None:
                 return []
         c["valid"] += 1

@@ -169,6 +169,13 @@ def encode(record: Record) -> bytes:
     return cbor2.dumps(record.to_list())
 
 
+def encode_mqtt(channel: str, topic: str, payload: bytes, qos: int, retain: bool,
+                properties: dict[str, Any] | None) -> bytes:
+    """`encode(MqttMessage(...))` without building the record: TX's hot path."""
+    return cbor2.dumps([MqttMessage.TAG, channel, topic, payload, qos, retain, properties,
+                        False])
+
+
 def decode_item(item: Any) -> Record:
     """Turn one decoded CBOR item into a record; RecordError if it is not one."""
     if not isinstance(item, list) or not item or not isinstance(item[0], int):

@@ -48,9 +48,15 @@ class Header:
 
 def parse_header(datagram: bytes) -> Header:
     """Parse the clear header; raises ValueError on a datagram too short to hold one."""
+    return Header(*unpack_header(datagram))
+
+
+def unpack_header(datagram: bytes) -> tuple[int, int, int, int, int]:
+    """(version, flags, link id, epoch, seq): `parse_header` without the object, for
+    the receiver's per-datagram path."""
     if len(datagram) < MIN_DATAGRAM:
         raise ValueError("truncated")
-    return Header(*_HEADER.unpack_from(datagram))
+    return _HEADER.unpack_from(datagram)
 
 
 def array_head(count: int) -> bytes:

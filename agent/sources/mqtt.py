@@ -30,7 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .. import mqtt_props
 from ..config import TxMqttChannel
-from ..link.records import MqttMessage
+from ..link.records import MqttMessage, encode_mqtt
 from ..mqtt_client import MqttConnection
 from ..tx_queue import Entry, MemoryQueue, SpoolQueue
 
@@ -97,9 +97,9 @@ class MqttSource:
             return
         self._wake()
 
-    def taken(self, entry: Entry, now: float) -> MqttMessage | None:
-        """The record for an entry the pump took (None: expired while queued), with the
-        expiry aged by the wait. Updates the retained copy the carousel re-sends."""
+    def taken(self, entry: Entry, now: float) -> bytes | None:
+        """The encoded record for an entry the pump took (None: expired while queued),
+        with the expiry aged by the wait. Updates the retained copy the carousel re-sends."""
         _, topic, payload, qos, retain, props, arrived = entry
         if props is not None and "expiry" in props:
             props = mqtt_props.age(props, now - arrived)
@@ -113,7 +113,7 @@ class MqttSource:
                 self.retained[topic] = (payload, qos, props)
             else:
                 self.retained.pop(topic, None)
-        return MqttMessage(self.ch.name, topic, payload, qos, retain, props)
+        return encode_mqtt(self.ch.name, topic, payload, qos, retain, props)
 
     def carousel(self) -> Iterator[MqttMessage]:
         """Re-sends of the retained state, each read when the caller takes it: the
