@@ -66,6 +66,22 @@ class _Table:
         p = Path(raw)
         return p if p.is_absolute() else (self.path.parent / p)
 
+    def credentials(self, password_example: str) -> tuple[str | None, str | None]:
+        """username, and password from `password` or `password_file` (not both)."""
+        username = self.get("username", str, None, example='"diode"')
+        password = self.get("password", str, None, example='"..."')
+        password_file = self.path_of("password_file", None, example=password_example)
+        if password_file is not None:
+            if password is not None:
+                self.fail("password_file", "both password and password_file are set",
+                          "keep only one of them")
+            try:
+                password = password_file.read_text().strip()
+            except OSError as exc:
+                self.fail("password_file", f"cannot read {password_file}: {exc.strerror}",
+                          "point it at a readable file")
+        return username, password
+
     def table(self, key: str, required: bool = False) -> _Table:
         self.used.add(key)
         if key not in self.data and required:
@@ -216,18 +232,7 @@ class AgentConfig:
 
 def _broker(t: _Table, role: str, name: str) -> BrokerConfig:
     protocol = t.get("protocol", str, "5", example='"5"', choices=("5", "3.1.1"))
-    username = t.get("username", str, None, example='"diode"')
-    password = t.get("password", str, None, example='"..."')
-    password_file = t.path_of("password_file", None, example='"mqtt.pass"')
-    if password_file is not None:
-        if password is not None:
-            t.fail("password_file", "both password and password_file are set",
-                   "keep only one of them")
-        try:
-            password = password_file.read_text().strip()
-        except OSError as exc:
-            t.fail("password_file", f"cannot read {password_file}: {exc.strerror}",
-                   "point it at a readable file")
+    username, password = t.credentials('"mqtt.pass"')
     tls = None
     if t.get("tls", bool, False, example="true"):
         verify = t.get("tls_verify_hostname", bool, True, example="true")

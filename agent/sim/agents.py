@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .mosquitto import Broker, free_port
+from .mosquitto import Broker, free_port, terminate
 
 
 def _die_with_parent() -> None:
@@ -103,13 +103,7 @@ class AgentPair:
         proc = self.procs.pop(role, None)
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout)
         return proc.returncode
 
     def close(self) -> None:

@@ -56,6 +56,17 @@ _LOG_TAIL_LINES = 40
 _RUNNING = " running\n"
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class BrokerError(RuntimeError):
     """Mosquitto would not start, or did not come up in time."""
 
@@ -385,13 +396,7 @@ class Broker:
         if proc is None:
             return
         _live.discard(proc)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout)
 
     def restart(self) -> None:
         """Stop and start again on the same port with the same directory."""

@@ -119,18 +119,7 @@ def parse_opcua_source(table: dict[str, Any], path: Path, where: str = "opcua") 
             except ValueError:
                 t.fail("cert_file", f"{cert} is not a PEM or DER certificate",
                        "point it at the certificate made by `diode opcua-cert`")
-    username = t.get("username", str, None, example='"diode"')
-    password = t.get("password", str, None, example='"..."')
-    password_file = t.path_of("password_file", None, example='"opcua.pass"')
-    if password_file is not None:
-        if password is not None:
-            t.fail("password_file", "both password and password_file are set",
-                   "keep only one of them")
-        try:
-            password = password_file.read_text().strip()
-        except OSError as exc:
-            t.fail("password_file", f"cannot read {password_file}: {exc.strerror}",
-                   "point it at a readable file")
+    username, password = t.credentials('"opcua.pass"')
     if password is not None and username is None:
         t.fail("username", "a password is set but no username", 'username = "diode"')
     subtrees = t.get("subtrees", list, ["i=85"], example='["i=85"]')
