@@ -24,7 +24,13 @@ import pytest
 
 from agent.transport.udp_raw import RawUdpTx, udp_checksum
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need CAP_NET_RAW (root)")
+@pytest.fixture
+def root() -> None:
+    """Fail loudly, never skip: CI runs as root, and so must anyone running these."""
+    assert os.geteuid() == 0, "raw sockets need CAP_NET_RAW: run the tests as root"
+
+
+root_only = pytest.mark.usefixtures("root")
 
 
 def naive_checksum(src: bytes, dst: bytes, udp: bytes) -> int:
