@@ -24,6 +24,7 @@ import pytest
 
 from agent.transport.udp_raw import RawUdpTx, udp_checksum
 
+
 @pytest.fixture
 def root() -> None:
     """Fail loudly, never skip: CI runs as root, and so must anyone running these."""
