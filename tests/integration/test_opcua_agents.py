@@ -94,3 +94,51 @@ def test_mirror_served_by_the_agents(diode: Diode, plant: PlantProcess, order: s
     st = diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
                            == "serving", 10, "mirror serving")
     assert st["tx"]["sources"]["opcua:plant"] == "connected"
+
+
+async def _status_of(endpoint: str, node_id: str) -> ua.StatusCode:
+    async with Client(endpoint, timeout=5) as c:
+        dv = await c.get_node(node_id).read_data_value(raise_on_bad_status=False)
+        return dv.StatusCode
+
+
+def _wait_status(endpoint: str, node_id: str, want: str, timeout: float) -> float:
+    """Seconds until the value's status code name starts with `want`."""
+    start = time.monotonic()
+    while True:
+        code = asyncio.run(_status_of(endpoint, node_id))
+        if code.name.startswith(want):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{node_id} still {code.name} after {timeout} s, not {want}")
+        time.sleep(0.3)
+
+
+def test_link_cut_quality_and_rx_restart(diode: Diode, plant: PlantProcess) -> None:
+    port = free_port()
+    tx_doc, rx_doc = _docs(diode, plant, port)
+    rx_doc["link"]["timeout"] = 1.0
+    rx = diode.start("rx", rx_doc)
+    tx = diode.start("tx", tx_doc)
+    endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
+    mirror = asyncio.run(_read_mirror(endpoint, 45))
+    source = asyncio.run(_read_mirror(plant.endpoint, 10))
+    node = next(k for k in mirror if k != "__ns__" and k in source)
+    _wait_status(endpoint, node, "Good", 10)
+
+    diode.kill(tx)  # link cut: nothing arrives any more
+    to_uncertain = _wait_status(endpoint, node, "Uncertain", 10)
+    to_bad = _wait_status(endpoint, node, "BadNoCommunication", 10)
+    assert to_bad > 1.5, "Bad only after bad_after (3 s) of Uncertain"
+    diode.start("tx", tx.config, "tx-back")
+    _wait_status(endpoint, node, "Good", 20)
+    print(f"link cut: Uncertain after {to_uncertain:.1f} s, Bad {to_bad:.1f} s later")
+
+    diode.stop(rx)  # RX restart: an empty mirror converges from TX's carousel alone
+    t0 = time.monotonic()
+    diode.start("rx", rx.config, "rx-back")
+    again = asyncio.run(_read_mirror(endpoint, 30))
+    took = time.monotonic() - t0
+    assert node in again
+    _wait_status(endpoint, node, "Good", 10)
+    print(f"RX restart: mirror browsable again after {took:.1f} s (carousel 3 s)")
