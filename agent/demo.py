@@ -2,6 +2,7 @@
 
 ```
 plant sim ─► OT Mosquitto ─► diode tx ══ UDP (loopback, optional loss) ══► diode rx ─► IT Mosquitto ─► counter
+OPC UA plant (asyncua) ──────┘                                                   └──► read-only OPC UA mirror
 ```
 """
 
@@ -14,8 +15,9 @@ import time
 from pathlib import Path
 
 from .sim.agents import AgentPair
-from .sim.mosquitto import Broker
+from .sim.mosquitto import Broker, free_port
 from .sim.plant_mqtt import DeliveryCounter, PlantPublisher
+from .sim.plant_opcua import PlantProcess
 
 
 def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
@@ -23,13 +25,19 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
     with tempfile.TemporaryDirectory(prefix="diode-demo-") as tmp, Broker() as ot, Broker() as it:
         work = Path(tmp)
         link_extra = f"simulated_loss = {loss}\n" if loss > 0 else ""
-        pair = AgentPair(work, ot, it, link_extra=link_extra, carousel_period=10.0)
+        opcua_plant = PlantProcess(free_port(), variables=2000, rate=1000)
+        mirror = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
+        pair = AgentPair(
+            work, ot, it, link_extra=link_extra, carousel_period=10.0,
+            tx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{opcua_plant.endpoint}"\n',
+            rx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{mirror}"\n')
         counter = None
         plant = None
         try:
             print(f"demo: OT broker {ot.host}:{ot.port}, IT broker {it.host}:{it.port}, "
                   f"link loss {loss:.1%}, plant {rate:.0f} msg/s, {duration:.0f} s; "
-                  f"work dir {work}", file=out, flush=True)
+                  f"work dir {work}\ndemo: OPC UA plant {opcua_plant.endpoint} (2,000 "
+                  f"variables) mirrored read-only at {mirror}", file=out, flush=True)
             pair.start("rx")
             pair.start("tx")
             pair.wait_up()
@@ -41,11 +49,13 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                 time.sleep(1.0)
                 st = pair.status("rx") or {}
                 c = st.get("counters", {})
+                ua_st = st.get("opcua", {}).get("plant", {})
                 print(f"[{time.monotonic() - start:5.0f}s] published {plant.published:7d}  "
                       f"delivered {counter.delivered:7d}  link {st.get('link_state', '?'):8s} "
                       f"datagram loss {st.get('datagram_loss', 0):6.2%}  frames lost "
-                      f"{c.get('lost', 0):4d}  duplicates {c.get('duplicates', 0):7d}",
-                      file=out, flush=True)
+                      f"{c.get('lost', 0):4d}  duplicates {c.get('duplicates', 0):7d}  "
+                      f"mirror {ua_st.get('state', '-')} {ua_st.get('variables', 0)} variables, "
+                      f"{ua_st.get('values_applied', 0)} values", file=out, flush=True)
             plant.stop()
             settle = time.monotonic() + 5
             while counter.delivered < plant.published and time.monotonic() < settle:
@@ -59,12 +69,17 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                 "datagram_loss": st.get("datagram_loss"), "link_state": st.get("link_state"),
                 "retained_topics_at_it": len(counter.retained_topics),
                 "tx_rss_mb": pair.peak_rss_mb("tx"), "rx_rss_mb": pair.peak_rss_mb("rx"),
+                "mirror_state": st.get("opcua", {}).get("plant", {}).get("state"),
+                "mirror_variables": st.get("opcua", {}).get("plant", {}).get("variables"),
+                "mirror_values_applied": st.get("opcua", {}).get("plant", {}).get(
+                    "values_applied"),
             }
         except Exception as exc:
             print(f"demo failed: {exc}\n--- tx log ---\n{pair.log('tx')}\n--- rx log ---\n"
                   f"{pair.log('rx')}", file=sys.stderr)
             return 1
         finally:
+            opcua_plant.stop()
             if plant is not None:
                 plant.stop()
             if counter is not None:
