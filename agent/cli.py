@@ -118,7 +118,15 @@ def _opcua_cert(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .status import show_status
-    return show_status(Path(args.file), as_json=args.json)
+    if args.file:
+        return show_status(Path(args.file), as_json=args.json)
+    # A board runs one agent; its unit writes /run/diode/<role>.json (board/config).
+    found = [p for p in (Path("/run/diode/tx.json"), Path("/run/diode/rx.json")) if p.exists()]
+    if not found:
+        print("diode status: no agent status in /run/diode/ (tx.json, rx.json). Is the agent "
+              "running? Or pass -f with its [status] file", file=sys.stderr)
+        return 1
+    return max(show_status(p, as_json=args.json) for p in found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--days", type=int, default=1825)
     sp.set_defaults(func=_opcua_cert)
     sp = sub.add_parser("status", help="one screen of an agent's state")
-    sp.add_argument("-f", "--file", default="/run/diode/status.json",
-                    help="the agent's [status] file (default %(default)s)")
+    sp.add_argument("-f", "--file", default=None,
+                    help="the agent's [status] file (default: /run/diode/tx.json or rx.json)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=_status)
     args = p.parse_args(argv)
