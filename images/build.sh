@@ -16,6 +16,7 @@
 #   DEBIAN_SECURITY     default http://deb.debian.org/debian-security
 #   DIODE_IMAGE_WORK    work folder, default /var/tmp/diode-image (outside the checkout: a root
 #                       fs with /proc mounted inside the repo would stall setuptools' file scan)
+#   DIODE_IMAGE_OUT     output folder, default images/out
 #   KEEP_WORK=1         keep $DIODE_IMAGE_WORK/<role> (the root fs tree) after the build
 set -euo pipefail
 ROLE="${1:-}"
@@ -54,7 +55,7 @@ export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SECURITY="${DEBIAN_SECURITY:-http://deb.debian.org/debian-security}"
 WORK="${DIODE_IMAGE_WORK:-/var/tmp/diode-image}/$ROLE"
-OUT="$HERE/out"
+OUT="${DIODE_IMAGE_OUT:-$HERE/out}"
 IMG="$OUT/diode-$ROLE.img"
 rm -rf "$WORK"
 mkdir -p "$WORK" "$OUT"
