@@ -187,7 +187,10 @@ class TxAgent:
             now, wall = time.monotonic(), time.time()
             taken = self.queue.take(5000)
             for tag, entry in taken:
-                data = self._by_channel[entry[0]].taken(entry, wall)
+                src = self._by_channel.get(entry[0])
+                data = src.taken(entry, wall) if src is not None else None
+                if src is None:
+                    self._orphan(entry[0])
                 if data is not None:
                     sender.push(data, now, tag=tag)
                 elif tag is not None:
@@ -218,6 +221,13 @@ class TxAgent:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+    def _orphan(self, channel: str) -> None:
+        """A spooled message of a channel no longer configured: dropped, counted, told once."""
+        self.counters["orphaned"] = self.counters.get("orphaned", 0) + 1
+        if self.counters["orphaned"] == 1:
+            log.warning("the spool holds messages of channel '%s', which %s no longer has; "
+                        "they are dropped", channel, self.cfg.path)
 
     def _send(self, transport: TxTransport, datagram: bytes) -> None:
         try:
