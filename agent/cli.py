@@ -62,6 +62,9 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench_spool import run_spool_bench
         result = run_spool_bench(records=args.records)
         result.update(spool_e2e(args.messages))
+    elif args.what == "opcua":
+        from .bench_opcua import run_opcua_bench
+        result = run_opcua_bench(nodes=args.nodes)
     else:
         from .bench_mqtt import run_mqtt_bench
         result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate)
@@ -152,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--json", action="store_true", help="last line: one JSON summary")
     sp.set_defaults(func=_demo)
     sp = sub.add_parser("bench", help="measure throughput and loss")
-    sp.add_argument("what", choices=("mqtt", "link", "spool"))
+    sp.add_argument("what", choices=("mqtt", "link", "spool", "opcua"))
+    sp.add_argument("--nodes", type=int, default=10_000, help="opcua: plant variables")
     sp.add_argument("--records", type=int, default=200_000, help="spool: records to append")
     sp.add_argument("--loss", type=float, default=0.05)
     sp.add_argument("--repeat", type=int, default=3)

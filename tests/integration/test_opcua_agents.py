@@ -142,3 +142,43 @@ def test_link_cut_quality_and_rx_restart(diode: Diode, plant: PlantProcess) -> N
     assert node in again
     _wait_status(endpoint, node, "Good", 10)
     print(f"RX restart: mirror browsable again after {took:.1f} s (carousel 3 s)")
+
+
+def test_two_sources_two_mirrors_and_an_added_node(diode: Diode, plant: PlantProcess) -> None:
+    """Several OPC UA sources per TX, each on its own mirror endpoint; a node added on a
+    source appears on its mirror after one re-browse (rebrowse_period 5 s)."""
+    second = PlantProcess(free_port(), variables=100, rate=100)
+    try:
+        ports = free_port(), free_port()
+        tx_doc, rx_doc = _docs(diode, plant, ports[0])
+        tx_doc["opcua"].append({**tx_doc["opcua"][0], "name": "line2",
+                                "endpoint": second.endpoint})
+        rx_doc["opcua"].append({**rx_doc["opcua"][0], "name": "line2",
+                                "endpoint": f"opc.tcp://127.0.0.1:{ports[1]}/diode/"})
+        rx = diode.start("rx", rx_doc)
+        diode.start("tx", tx_doc)
+        endpoints = [f"opc.tcp://127.0.0.1:{p}/diode/" for p in ports]
+        first = asyncio.run(_read_mirror(endpoints[0], 45))
+        other = asyncio.run(_read_mirror(endpoints[1], 45))
+        assert set(first) & set(asyncio.run(_read_mirror(plant.endpoint, 10))) - {"__ns__"}
+        assert set(other) & set(asyncio.run(_read_mirror(second.endpoint, 10))) - {"__ns__"}
+        st = diode.wait_status(rx, lambda s: all(
+            s.get("opcua", {}).get(n, {}).get("state") == "serving" for n in ("plant", "line2")),
+            20, "both mirrors serving")
+        assert set(st["tx"]["sources"]) == {"opcua:plant", "opcua:line2"}
+
+        added = second.add_variable()  # e.g. "ns=2;s=..." printed by the simulator
+        node_id = added.split()[0]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                code = asyncio.run(_status_of(endpoints[1], node_id))
+                if code.is_good():
+                    break
+            except ua.UaError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"{node_id} did not appear on the mirror within 20 s")
+    finally:
+        second.stop()

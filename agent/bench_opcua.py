@@ -1,0 +1,261 @@
+"""`diode bench opcua`: how fast and how fresh an OPC UA plant is mirrored
+through the agents, against the PyPI package `opcua-data-diode` (its
+`opcua-sender` / `opcua-receiver`) measured on the same plant in the same run.
+
+```
+ours: plant (asyncua, own process) ─► diode tx ══ UDP ══► diode rx ─► read-only mirror ◄─ probe client
+peer: plant (same process)         ─► opcua-sender ═ UDP ═► opcua-receiver (shadow server) ◄─ probe client
+```
+
+The two are run one after the other against the same plant, so they never
+compete for the CPU. The plant changes `rate` values per second in total
+(default: every variable once a second).
+
+- `sync_s` / `peer_sync_s`: from starting the agents (RX first, then TX; for
+  the peer the receiver first, then the sender) until a probe client browsing
+  Objects/Plant/Area* on the mirror finds all N plant variables (by browse name
+  ``Vnnnnn``, so the peer's renumbered node ids count too) and reading them all
+  returns Good values. The probe polls about once a second, so the figure has
+  that resolution.
+- `updates_per_s`: RX's `opcua.plant.values_applied` delta over `window`
+  seconds after sync, next to `plant_rate`, the plant's own change rate: if
+  the two are close the diode kept up and the plant was the limit. The plant
+  also rewrites its 11 Plant/Special variables every 50 ms tick (220 changes/s,
+  not in `plant_rate`) and RX counts applied values per batch entry, so on a
+  small plant `updates_per_s` can exceed `plant_rate`.
+- `fresh_fraction` / `peer_fresh_fraction`: 2,000 random plant variables are
+  read at the same moment (concurrently) on the plant and on the mirror; a
+  variable is fresh if the values are equal (to 1e-4: the peer stores Doubles
+  as Float) or the mirror's SourceTimestamp is no more than 2 s older than the
+  plant's. The peer writes its own time as SourceTimestamp, which can only
+  favour it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import math
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from asyncua import Client, Node, ua
+
+from .sim.agents import AgentPair, _die_with_parent, free_udp_port
+from .sim.mosquitto import Broker, free_port, terminate
+from .sim.plant_opcua import NAMESPACE, PlantProcess, variable_id
+
+VAR_NAME = re.compile(r"V\d{5}$")
+SAMPLE = 2000
+READ_CHUNK = 2000
+
+
+async def _plant_variables(client: Client) -> dict[str, Node]:
+    """Browse name -> node of the plant variables under Objects/Plant/Area* (any namespace)."""
+    plant = None
+    for child in await client.nodes.objects.get_children():
+        if (await child.read_browse_name()).Name == "Plant":
+            plant = child
+            break
+    if plant is None:
+        return {}
+    found: dict[str, Node] = {}
+    for folder in await plant.get_children():
+        if not (await folder.read_browse_name()).Name.startswith("Area"):
+            continue
+        for ref in await folder.get_references(refs=ua.ObjectIds.HierarchicalReferences,
+                                               direction=ua.BrowseDirection.Forward):
+            if ref.NodeClass == ua.NodeClass.Variable and VAR_NAME.match(ref.BrowseName.Name):
+                found[ref.BrowseName.Name] = client.get_node(ref.NodeId)
+    return found
+
+
+async def _read(client: Client, nodes: list[Node]) -> list[ua.DataValue]:
+    out: list[ua.DataValue] = []
+    for i in range(0, len(nodes), READ_CHUNK):
+        params = ua.ReadParameters()
+        for n in nodes[i:i + READ_CHUNK]:
+            rv = ua.ReadValueId()
+            rv.NodeId = n.nodeid
+            rv.AttributeId = ua.AttributeIds.Value
+            params.NodesToRead.append(rv)
+        out.extend(await client.uaclient.read(params))
+    return out
+
+
+async def _wait_synced(endpoint: str, nodes: int, timeout: float, t0: float,
+                       alive: Any) -> tuple[float | None, int]:
+    """Seconds since `t0` until all `nodes` plant variables are browsable and Good, and
+    how many were (last poll)."""
+    seen = 0
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            async with Client(endpoint, timeout=10) as c:
+                while time.monotonic() < deadline:
+                    alive()
+                    found = await _plant_variables(c)
+                    seen = len(found)
+                    if seen >= nodes:
+                        values = await _read(c, list(found.values()))
+                        good = sum(1 for dv in values if dv.StatusCode is None
+                                   or dv.StatusCode.is_good())
+                        if good >= nodes:
+                            return round(time.monotonic() - t0, 2), seen
+                    await asyncio.sleep(0.5)
+        except (OSError, TimeoutError, ua.UaError):
+            pass
+        await asyncio.sleep(0.5)
+    return None, seen
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-4)
+    return bool(a == b)
+
+
+def _age(plant: ua.DataValue, mirror: ua.DataValue) -> float | None:
+    ps, ms = plant.SourceTimestamp, mirror.SourceTimestamp
+    if not isinstance(ps, datetime) or not isinstance(ms, datetime):
+        return None
+    return (ps - ms).total_seconds()
+
+
+async def _freshness(plant_ep: str, mirror_ep: str, nodes: int, seed: int = 1) -> float:
+    """Fraction of SAMPLE random plant variables whose mirror value is current (see module doc)."""
+    names = [f"V{i:05d}" for i in random.Random(seed).sample(range(nodes), min(SAMPLE, nodes))]
+    async with Client(plant_ep, timeout=10) as p, Client(mirror_ep, timeout=10) as m:
+        ns = await p.get_namespace_index(NAMESPACE)
+        plant_nodes = [p.get_node(f"ns={ns};s={variable_id(int(n[1:]))}") for n in names]
+        found = await _plant_variables(m)
+        mirror_nodes = [found[n] for n in names if n in found]
+        plant_nodes = [pn for pn, n in zip(plant_nodes, names, strict=True) if n in found]
+        pv, mv = await asyncio.gather(_read(p, plant_nodes), _read(m, mirror_nodes))
+    fresh = 0
+    for a, b in zip(pv, mv, strict=True):
+        age = _age(a, b)
+        if _same(a.Value.Value if a.Value else None, b.Value.Value if b.Value else None) or (
+                age is not None and age <= 2.0):
+            fresh += 1
+    return round(fresh / len(names), 3)
+
+
+def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
+          work: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    mirror = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
+    with Broker() as ot, Broker() as it:
+        pair = AgentPair(
+            work, ot, it,
+            tx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{plant.endpoint}"\n',
+            rx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{mirror}"\n')
+
+        def alive() -> None:
+            for role, proc in pair.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{role} exited with {proc.returncode}:\n{pair.log(role)}")
+
+        try:
+            t0 = time.monotonic()
+            pair.start("rx")
+            pair.start("tx")
+            sync, seen = asyncio.run(_wait_synced(mirror, nodes, timeout, t0, alive))
+            result["sync_s"] = sync
+            if sync is None:
+                raise RuntimeError(f"mirror had {seen}/{nodes} variables after {timeout} s")
+
+            def applied() -> int:
+                st = pair.status("rx") or {}
+                return int(st.get("opcua", {}).get("plant", {}).get("values_applied", 0))
+
+            a0, w0 = applied(), time.monotonic()
+            time.sleep(window)
+            a1, w1 = applied(), time.monotonic()
+            # The status file is written once a second: the window is accurate to ~1 s.
+            result["updates_per_s"] = round((a1 - a0) / (w1 - w0))
+            result["fresh_fraction"] = asyncio.run(_freshness(plant.endpoint, mirror, nodes))
+            result["tx_rss_mb"] = pair.peak_rss_mb("tx")
+            result["rx_rss_mb"] = pair.peak_rss_mb("rx")
+        finally:
+            pair.close()
+    return result
+
+
+def _peer(plant: PlantProcess, nodes: int, timeout: float, work: Path) -> dict[str, Any]:
+    """`opcua-data-diode`'s sender and receiver (JSON configs, one positional argument each)."""
+    if importlib.util.find_spec("opcua_data_diode") is None:
+        return {"peer_sync_s": None, "peer_error": "opcua-data-diode not installed "
+                "(pip install opcua-data-diode)"}
+    udp, shadow_port = free_udp_port(), free_port()
+    (work / "peer-rx.json").write_text(json.dumps({
+        "shadow_server_port": shadow_port, "shadow_server_name": "peer shadow",
+        "udp_host": "127.0.0.1", "udp_port": udp}))
+    (work / "peer-tx.json").write_text(json.dumps({
+        "opcua_server_url": plant.endpoint, "udp_host": "127.0.0.1", "udp_port": udp,
+        "subscription_interval": 100, "structure_check_interval": 3600}))
+    shadow = f"opc.tcp://127.0.0.1:{shadow_port}/shadow/"
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(role: str, module: str) -> None:
+        log = open(work / f"peer-{role}.log", "ab")  # noqa: SIM115 (owned by the process)
+        procs[role] = subprocess.Popen(
+            [sys.executable, "-m", f"opcua_data_diode.cli.{module}",
+             str(work / f"peer-{role}.json")], stdout=log, stderr=log, cwd=work,
+            preexec_fn=_die_with_parent)
+
+    def alive() -> None:
+        for role, proc in procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"peer {role} exited with {proc.returncode}")
+
+    result: dict[str, Any] = {"peer": "opcua-data-diode"}
+    try:
+        from importlib.metadata import version
+        result["peer"] = f"opcua-data-diode {version('opcua-data-diode')}"
+        t0 = time.monotonic()
+        start("rx", "receiver_auto")
+        # The sender must start after the receiver listens (its own README says so).
+        asyncio.run(_wait_synced(shadow, 0, 15, time.monotonic(), alive))
+        start("tx", "sender_auto")
+        sync, seen = asyncio.run(_wait_synced(shadow, nodes, timeout, t0, alive))
+        result["peer_sync_s"] = sync
+        if sync is None:
+            result["peer_error"] = (f"shadow server had {seen}/{nodes} plant variables "
+                                    f"after {timeout:.0f} s")
+        else:
+            result["peer_fresh_fraction"] = asyncio.run(_freshness(plant.endpoint, shadow, nodes))
+    except Exception as exc:  # report, never fake, the peer's figure
+        result["peer_sync_s"] = None
+        result["peer_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        for proc in procs.values():
+            terminate(proc, 10)
+    return result
+
+
+def run_opcua_bench(nodes: int = 10_000, window: float = 10.0, timeout: float = 300.0,
+                    peer: bool = True, peer_timeout: float = 300.0) -> dict[str, Any]:
+    rate = float(nodes)  # every variable changes about once a second
+    result: dict[str, Any] = {"nodes": nodes, "plant_rate": round(rate), "window_s": window}
+    with tempfile.TemporaryDirectory(prefix="diode-bench-opcua-") as tmp:
+        work = Path(tmp)
+        plant = PlantProcess(free_port(), variables=nodes, rate=rate)
+        try:
+            result.update(_ours(plant, nodes, window, timeout, work))
+            if peer:
+                result.update(_peer(plant, nodes, peer_timeout, work))
+        finally:
+            plant.stop()
+    if result.get("sync_s") and result.get("peer_sync_s"):
+        result["sync_speedup"] = round(result["peer_sync_s"] / result["sync_s"], 2)
+    return result
