@@ -13,7 +13,7 @@ from asyncua import Client, Node, ua
 from agent.sim.mosquitto import free_port
 from agent.sim.plant_opcua import PlantProcess
 
-from .conftest import Agent, Diode
+from .conftest import Agent, Diode, to_toml
 
 
 @pytest.fixture
@@ -43,13 +43,17 @@ async def _variables(node: Node, depth: int, out: dict[str, object], limit: int)
         if child.nodeid.NamespaceIndex == 0:
             continue
         if await child.read_node_class() == ua.NodeClass.Variable:
-            out[child.nodeid.to_string()] = await child.read_value()
+            out[child.nodeid.to_string()] = (
+                (await child.read_browse_name()).to_string(),
+                (await child.read_data_type()).to_string(),
+                await child.read_value_rank())
         elif depth > 0:
             await _variables(child, depth - 1, out, limit)
 
 
 async def _read_mirror(endpoint: str, timeout: float) -> dict[str, object]:
-    """Node id -> value of the first 20 non-standard variables, and the namespace array."""
+    """Node id -> (browse name, data type, value rank) of the first 20 non-standard
+    variables, and the namespace array."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -67,7 +71,7 @@ async def _read_mirror(endpoint: str, timeout: float) -> dict[str, object]:
 
 
 async def _write_refused(endpoint: str, node_id: str, user: str | None) -> None:
-    url = endpoint if user is None else endpoint.replace("opc.tcp://", f"opc.tcp://{user}:x@")
+    url = endpoint if user is None else endpoint.replace("opc.tcp://", f"opc.tcp://{user}:secret@")
     async with Client(url, timeout=5) as c:
         node = c.get_node(node_id)
         value = await node.read_data_value()
@@ -75,13 +79,24 @@ async def _write_refused(endpoint: str, node_id: str, user: str | None) -> None:
             await node.write_value(value.Value)
 
 
+async def _node_management_refused(endpoint: str) -> None:
+    async with Client(endpoint.replace("opc.tcp://", "opc.tcp://admin:secret@"), timeout=5) as c:
+        with pytest.raises(ua.UaStatusCodeError):
+            await c.nodes.objects.add_variable("ns=2;s=Intruder", "Intruder", 1.0)
+        victim = (await c.nodes.objects.get_children())[-1]
+        with pytest.raises(ua.UaStatusCodeError):
+            await c.delete_nodes([victim])
+
+
 @pytest.mark.parametrize("order", ["tx-first", "rx-first"])
 def test_mirror_served_by_the_agents(diode: Diode, plant: PlantProcess, order: str) -> None:
     port = free_port()
     tx_doc, rx_doc = _docs(diode, plant, port)
+    # A user named "admin" with its password: it must get no more than anyone else.
+    rx_conf = diode.write("rx.toml", to_toml(rx_doc) + 'users = { admin = "secret" }\n')
     agents: list[Agent] = []
     for role in (("tx", "rx") if order == "tx-first" else ("rx", "tx")):
-        agents.append(diode.start(role, tx_doc if role == "tx" else rx_doc))
+        agents.append(diode.start(role, tx_doc if role == "tx" else rx_conf))
         time.sleep(2.0)
     endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
     mirror = asyncio.run(_read_mirror(endpoint, 45))
@@ -89,7 +104,11 @@ def test_mirror_served_by_the_agents(diode: Diode, plant: PlantProcess, order: s
     shared = [k for k in source if k != "__ns__" and k in mirror]
     assert len(shared) >= 5, (sorted(source)[:5], sorted(mirror)[:5])
     assert mirror["__ns__"][:len(source["__ns__"])] == source["__ns__"]  # type: ignore[index]
-    asyncio.run(_write_refused(endpoint, shared[0], None))
+    for k in shared:  # same browse name, data type and value rank under the same node id
+        assert mirror[k] == source[k], k
+    for user in (None, "admin"):
+        asyncio.run(_write_refused(endpoint, shared[0], user))
+    asyncio.run(_node_management_refused(endpoint))
     rx = next(a for a in agents if a.role == "rx")
     st = diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
                            == "serving", 10, "mirror serving")
