@@ -26,6 +26,13 @@ def write_key(path: Path, force: bool = False) -> bytes:
     return key
 
 
+def require_private(path: Path, st: os.stat_result, what: str) -> None:
+    """Refuse a secret that group or others can read, naming the fix."""
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path}: {what} is readable by others (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}). Fix: chmod 600 {path}")
+
+
 def read_key(path: Path) -> bytes:
     """Read a key file; refuse one that others can read, naming the fix."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -39,9 +46,7 @@ def read_key(path: Path) -> bytes:
                           f"`diode keygen -o {path}` and copy it to both boards") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read key file: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{path}: key file is readable by others (mode "
-                          f"{stat.S_IMODE(st.st_mode):04o}). Fix: chmod 600 {path}")
+    require_private(path, st, "key file")
     try:
         key = bytes.fromhex(text)
     except ValueError:

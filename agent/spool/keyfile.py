@@ -10,11 +10,10 @@ credential may also hold the 32 raw bytes.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from ..config import ConfigError
-from ..keys import write_key
+from ..keys import require_private, write_key
 from ..link.seal import KEY_SIZE
 
 __all__ = ["load_spool_key", "spool_key_path", "write_spool_key"]
@@ -47,9 +46,7 @@ def load_spool_key(source: str | Path) -> bytes:
                           f"`diode keygen -o {path}` on this board (it stays on this board)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read spool key: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{path}: spool key is readable by others (mode "
-                          f"{stat.S_IMODE(st.st_mode):04o}). Fix: chmod 600 {path}")
+    require_private(path, st, "spool key")
     if len(raw) == KEY_SIZE and not _is_hex(raw):
         return raw
     try:
