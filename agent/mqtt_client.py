@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -58,6 +58,20 @@ _WRITE_CHUNK = 256 * 1024
 
 # topic, payload, qos, retain, properties (None when the PUBLISH carried none), packet id
 FastMessageHandler = Callable[[str, bytes, int, bool, Properties | None, int], None]
+
+
+_BYTE = [bytes((b,)) for b in range(256)]
+_CONNECTED = _ConnectionState.MQTT_CS_CONNECTED
+
+
+def _varint(n: int) -> bytes:
+    """MQTT's variable byte integer (a remaining length)."""
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | 0x80 if n else digit)
+        if not n:
+            return bytes(out)
 
 
 def _fresh_in_packet() -> Any:
@@ -186,7 +200,8 @@ class _BufferedClient(paho.Client):
 
     def _publish_raw(self, topic: str, payload: bytes, retain: bool, props: Properties | None,
                      qos: int, on_ack: Callable[[int], None] | None) -> bool:
-        if self._out_packet or self._sock is None or not self.is_connected() \
+        if self._out_packet or self._sock is None \
+                or self._state != _CONNECTED \
                 or "+" in topic or "#" in topic:
             return False  # paho's queue first (keeps order), or paho's own checks and errors
         t = topic.encode()
@@ -195,19 +210,14 @@ class _BufferedClient(paho.Client):
             n = self._mid_generate()
             self.fast_acks[n] = on_ack
             mid = n.to_bytes(2, "big")
-        if self._protocol == paho.MQTTv5:
-            tail = mid + (props.pack() if props is not None else b"\x00") + payload
-        else:
-            tail = mid + payload
-        n = 2 + len(t) + len(tail)
-        head = bytearray((0x30 | qos << 1 | retain,))
-        while True:
-            n, digit = n >> 7, n & 0x7F
-            head.append(digit | 0x80 if n else digit)
-            if not n:
-                break
-        self._wbuf += head + len(t).to_bytes(2, "big") + t + tail
-        self._call_socket_register_write()
+        p = b"" if self._protocol != paho.MQTTv5 else \
+            b"\x00" if props is None else props.pack()
+        n = 2 + len(t) + len(mid) + len(p) + len(payload)
+        self._wbuf += b"".join((_BYTE[0x30 | qos << 1 | retain],
+                                _BYTE[n] if n < 0x80 else _varint(n),
+                                len(t).to_bytes(2, "big"), t, mid, p, payload))
+        if not self._registered_write:  # once per loop pass, not per message
+            self._call_socket_register_write()
         return True
 
     def _sock_send(self, buf: bytes | bytearray) -> int:

@@ -230,7 +230,10 @@ class LinkReceiver:
 
     def _record(self, item: Any) -> records.Record | None:
         try:
-            record = records.decode_item(item)
+            if item.__class__ is list and len(item) == 8 and item[0] == records.MqttMessage.TAG:
+                record: records.Record = records.MqttMessage.from_list(item)  # the common case
+            else:
+                record = records.decode_item(item)
         except records.UnknownRecord:
             self.counters["unknown_record"] += 1
             return None

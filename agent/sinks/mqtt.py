@@ -37,6 +37,7 @@ class MqttSink:
     def __init__(self, ch: RxMqttChannel, on_fatal: Callable[[str], None]) -> None:
         self.ch = ch
         self._v5 = ch.broker.protocol == "5"
+        self._maps_topics = bool(ch.topic_prefix or ch.topic_rewrite)
         self._pending: deque[tuple[MqttMessage, float]] = deque()
         self._published: dict[str, bytes] = {}
         self.counters = {"published": 0, "queue_dropped": 0, "expired": 0,
@@ -100,7 +101,7 @@ class MqttSink:
     def _prepare(self, msg: MqttMessage, held: float) -> tuple[str, Properties | None] | None:
         """The IT topic and properties, or None when the message is not to be published
         (a carousel copy this connection already published, or expired; both counted)."""
-        topic = self.map_topic(msg.topic)
+        topic = self.map_topic(msg.topic) if self._maps_topics else msg.topic
         if msg.retain:
             digest = hashlib.blake2b(msg.payload, digest_size=16).digest()
             if msg.carousel and self._published.get(topic) == digest:
