@@ -156,15 +156,14 @@ class _BufferedClient(paho.Client):
         command = self._in_packet["command"]
         if self.on_publish_fast is None or (command & 0x06) == 0x04:
             return super()._handle_publish()
-        packet = self._in_packet["packet"]
+        packet = bytes(self._in_packet["packet"])
         return self._publish_fast(command, packet, 0, len(packet))
 
-    def _publish_fast(self, command: int, buf: bytes | bytearray, start: int,
-                      end: int) -> MQTTErrorCode:
+    def _publish_fast(self, command: int, buf: bytes, start: int, end: int) -> MQTTErrorCode:
         qos = (command & 0x06) >> 1
         try:
             pos = start + 2 + ((buf[start] << 8) | buf[start + 1])
-            topic = bytes(buf[start + 2:pos]).decode("utf-8")
+            topic = buf[start + 2:pos].decode("utf-8")
             mid = 0
             if qos:
                 mid = (buf[pos] << 8) | buf[pos + 1]
@@ -175,8 +174,8 @@ class _BufferedClient(paho.Client):
                     pos += 1
                 else:
                     props = Properties(PacketTypes.PUBLISH)
-                    pos += props.unpack(bytes(buf[pos:end]))[1]
-            payload = bytes(buf[pos:end])
+                    pos += props.unpack(buf[pos:end])[1]
+            payload = buf[pos:end]
         except (IndexError, UnicodeDecodeError, ValueError, TypeError):
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         if not topic or pos > end:

@@ -84,13 +84,15 @@ class MqttMessage(_MqttFields):
 
     @classmethod
     def from_list(cls, f: list[Any]) -> MqttMessage:
+        # Exact classes (CBOR decodes to exactly these) and tuple.__new__: RX's hot path.
         _, channel, topic, payload, qos, retain, props, carousel = f
-        if not (isinstance(channel, str) and isinstance(topic, str)
-                and isinstance(payload, bytes) and qos in (0, 1, 2)):
+        if channel.__class__ is not str or topic.__class__ is not str \
+                or payload.__class__ is not bytes or qos not in (0, 1, 2):
             raise RecordError("mqtt record malformed")
-        if props is not None and not isinstance(props, dict):
+        if props is not None and props.__class__ is not dict:
             raise RecordError("mqtt properties malformed")
-        return cls(channel, topic, payload, qos, bool(retain), props, bool(carousel))
+        return tuple.__new__(cls, (channel, topic, payload, qos, bool(retain), props,
+                                   bool(carousel)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,7 @@ class MqttSource:
     def _on_message(self, topic: str, payload: bytes, qos: int, retain: bool,
                     properties: Properties | None, mid: int) -> None:
         self.counters["received"] += 1
-        props = mqtt_props.from_paho(properties)
+        props = None if properties is None else mqtt_props.from_paho(properties)
         retain = retain or (not self._v5 and topic in self._retained_topics)
         if retain and not self._v5:
             if payload:
