@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--interleave", type=int, default=8)
     sp.add_argument("--frames", type=int, default=100_000)
     sp.add_argument("--messages", type=int, default=100_000)
-    sp.add_argument("--bitrate", type=int, default=300_000_000,
+    sp.add_argument("--bitrate", type=int, default=400_000_000,
                     help="mqtt: link bit rate TX paces to (default %(default)s)")
     sp.add_argument("--json", action="store_true", help="print only the JSON line")
     sp.set_defaults(func=_bench)

@@ -193,14 +193,21 @@ def _head(major: int, n: int) -> bytes:
 _SMALL_HEADS = [bytes((b,)) for b in range(256)]
 _MQTT_HEAD = bytes((0x88, MqttMessage.TAG))  # an array of 8, the tag
 _TEXT, _BYTES = 0x60, 0x40
+_mqtt_prefixes: dict[str, bytes] = {}  # channel -> array head, tag and channel name
 
 
 def encode_mqtt(channel: str, topic: str, payload: bytes, qos: int, retain: bool,
                 properties: dict[str, Any] | None) -> bytes:
     """`encode(MqttMessage(...))`, byte for byte, without building the record or
     going through cbor2's generic encoder (a third of its cost): TX's hot path."""
-    c, t = channel.encode(), topic.encode()
-    return b"".join((_MQTT_HEAD, _head(_TEXT, len(c)), c, _head(_TEXT, len(t)), t,
+    prefix = _mqtt_prefixes.get(channel)
+    if prefix is None:
+        c = channel.encode()
+        prefix = _MQTT_HEAD + _head(_TEXT, len(c)) + c
+        if len(_mqtt_prefixes) < 256:  # channels are the few of the config
+            _mqtt_prefixes[channel] = prefix
+    t = topic.encode()
+    return b"".join((prefix, _head(_TEXT, len(t)), t,
                      _head(_BYTES, len(payload)), payload, _SMALL_HEADS[qos],
                      b"\xf5" if retain else b"\xf4",
                      b"\xf6" if properties is None else cbor2.dumps(properties), b"\xf4"))
