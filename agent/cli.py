@@ -67,7 +67,8 @@ def _bench(args: argparse.Namespace) -> int:
         result = run_opcua_bench(nodes=args.nodes)
     else:
         from .bench_mqtt import run_mqtt_bench
-        result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate)
+        result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate,
+                                rounds=args.rounds)
     if not args.json:
         for k, v in result.items():
             print(f"{k:>24}: {v}")
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--messages", type=int, default=100_000)
     sp.add_argument("--bitrate", type=int, default=400_000_000,
                     help="mqtt: link bit rate TX paces to (default %(default)s)")
+    sp.add_argument("--rounds", type=int, default=3,
+                    help="mqtt: rounds of both paths; figures are their medians")
     sp.add_argument("--json", action="store_true", help="print only the JSON line")
     sp.set_defaults(func=_bench)
     sp = sub.add_parser("wipe", help="decommission: destroy the spool key and overwrite "
