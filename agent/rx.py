@@ -77,20 +77,24 @@ class RxAgent:
             self.mirrors = {c.name: Mirror(c) for c in self.cfg.rx_opcua}
         transport = open_transport(self.cfg.link)
         try:
-            for mirror in self.mirrors.values():
-                await mirror.start()
+            # The link first: a mirror takes a second or more to start, and frames
+            # sent meanwhile (a TX starting with us, its first model) must not be
+            # lost; the mirrors queue what comes before they serve.
             setup_interface(self.cfg.link, "rx")
             await transport.start(self._on_datagram)
+            log.info("RX listening: link id %d, %s, %d MQTT channel(s), key %s",
+                     self.cfg.link.link_id, self._where(), len(self.sinks),
+                     key_fingerprint(self.key))
+            for mirror in self.mirrors.values():
+                await mirror.start()
         except (OSError, LinkSetupError) as exc:
             log.critical("cannot open the link or an OPC UA mirror endpoint: %s", exc)
+            transport.close()
             for mirror in self.mirrors.values():
                 await mirror.stop()
             for sink in self.sinks.values():
                 await sink.stop()
             return 2
-        log.info("RX listening: link id %d, %s, %d MQTT channel(s), key %s",
-                 self.cfg.link.link_id, self._where(), len(self.sinks),
-                 key_fingerprint(self.key))
         if self.cfg.metrics is not None:
             from .metrics import serve
             host, port = self.cfg.metrics

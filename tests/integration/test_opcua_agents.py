@@ -115,6 +115,22 @@ def test_mirror_served_by_the_agents(diode: Diode, plant: PlantProcess, order: s
     assert st["tx"]["sources"]["opcua:plant"] == "connected"
 
 
+def test_first_model_reaches_a_mirror_started_with_tx(diode: Diode, plant: PlantProcess
+                                                      ) -> None:
+    """TX and RX started together (a demo, a site power-up): TX sends its first model
+    while RX's mirror is still starting. RX listens on the link before that, so the
+    mirror serves from the live model, not a carousel copy a period later."""
+    port = free_port()
+    tx_doc, rx_doc = _docs(diode, plant, port)
+    tx_doc["opcua"][0].update(model_carousel_period=120, value_keyframe_period=120)
+    rx = diode.start("rx", rx_doc)
+    diode.start("tx", tx_doc)
+    st = diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
+                           == "serving", 30, "mirror serving from the first, live model")
+    assert st["opcua"]["plant"]["models_installed"] == 1
+    assert st["tx"]["counters"]["opcua:plant.carousel_records"] == 0
+
+
 async def _status_of(endpoint: str, node_id: str) -> ua.StatusCode:
     async with Client(endpoint, timeout=5) as c:
         dv = await c.get_node(node_id).read_data_value(raise_on_bad_status=False)
