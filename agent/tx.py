@@ -248,10 +248,10 @@ class TxAgent:
         return states
 
     def _push_heartbeat(self, now: float) -> None:
-        hb = records.Heartbeat(time.time(), self.cfg.link.heartbeat_interval,
-                               self.cfg.link.repeat, self._counters(), self._source_states())
-        self.sender.push(records.encode(hb), now, heartbeat=True)
-        self.sender.flush(now)
+        link = self.cfg.link
+        self.sender.push_heartbeat(lambda: records.encode(records.Heartbeat(
+            time.time(), link.heartbeat_interval, link.repeat, self._counters(),
+            self._source_states())), now)
 
     async def _heartbeats(self) -> None:
         while True:

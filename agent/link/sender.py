@@ -16,6 +16,7 @@ datagrams to send, so a driver can release what it held for it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import records, seal, wire
@@ -86,6 +87,18 @@ class LinkSender:
         self._heartbeat |= heartbeat
         if tag is not None:
             self._tags.append(tag)
+
+    def push_heartbeat(self, build: Callable[[], bytes], now: float) -> None:
+        """A heartbeat record in a frame of its own, closed now.
+
+        The open frame is closed first, so the counters `build` reads count every
+        datagram before the heartbeat's own. RX compares them with what it has
+        received up to that datagram; were a frame closed in between, the offset
+        would vary from one heartbeat to the next and show as loss (or hide it).
+        """
+        self.flush(now)
+        self.push(build(), now, heartbeat=True)
+        self.flush(now)
 
     def tag(self, tag: object) -> None:
         """A tag with no record (one the driver dropped): released with the open frame."""
