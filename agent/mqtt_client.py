@@ -55,6 +55,12 @@ _FIXES = {
 }
 
 _WRITE_CHUNK = 256 * 1024
+# Bytes written but not yet taken by a broker that is slower than the link (or
+# stalled with its socket open): beyond this, QoS 0 waits in the sink's bounded
+# queue (overflow counted) instead of growing this buffer until the board runs
+# out of memory.
+WRITE_BACKLOG = 8 * 1024 * 1024
+_PAHO_BACKLOG = 1000  # packets
 
 # topic, payload, qos, retain, properties (None when the PUBLISH carried none), packet id
 FastMessageHandler = Callable[[str, bytes, int, bool, Properties | None, int], None]
@@ -219,6 +225,12 @@ class _BufferedClient(paho.Client):
             self._call_socket_register_write()
         return True
 
+    def backlogged(self) -> bool:
+        """True while the broker lags: more than WRITE_BACKLOG bytes it has not taken,
+        or a long queue of paho's own packets behind them (paho bounds QoS 1/2 only;
+        while any of its packets wait, QoS 0 joins that queue to keep the order)."""
+        return len(self._wbuf) >= WRITE_BACKLOG or len(self._out_packet) >= _PAHO_BACKLOG
+
     def _sock_send(self, buf: bytes | bytearray) -> int:
         # Gather; `loop_write` flushes. A large backlog is pushed out early.
         self._wbuf += buf
@@ -259,13 +271,15 @@ class MqttConnection:
                  on_message: FastMessageHandler | None = None,
                  on_fatal: Callable[[str], None] | None = None,
                  will: tuple[str, bytes] | None = None, manual_ack: bool = False,
-                 session_expiry: int = 0) -> None:
+                 session_expiry: int = 0,
+                 on_written: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.what = what  # e.g. "OT broker 'plant' (127.0.0.1:1883)"
         self.state = "connecting"
         self.fatal: str | None = None
         self.counters = {"connects": 0, "outages": 0}
         self._on_connected = on_connected
+        self._on_written = on_written  # after each write to the socket: room again?
         self._on_fatal = on_fatal
         self._task: asyncio.Task[None] | None = None
         self._closed: asyncio.Event | None = None
@@ -433,6 +447,8 @@ class MqttConnection:
         rc = self.client.loop_write()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._last_rc = rc
+        elif self._on_written is not None:
+            self._on_written()
 
     def _socket_close(self, sock: Any) -> None:
         assert self._loop is not None

@@ -2,8 +2,9 @@
 
 Topics, payloads, QoS and retained flags are kept; MQTT 5 properties are kept
 when the IT broker speaks 5, with the expiry aged by the time spent here.
-While the broker is away, messages wait in a bounded queue (overflow counted)
-and go out in order on reconnect. Carousel re-sends of retained state are
+While the broker is away, or connected but lagging (it has not taken
+WRITE_BACKLOG bytes), messages wait in a bounded queue (overflow counted and
+logged) and go out in order once it takes them again. Carousel re-sends of retained state are
 skipped when this connection already published the same payload, so IT
 subscribers do not see a copy every period; after a reconnect the cache is
 cleared, so a fresh broker is refilled by the next carousel.
@@ -38,6 +39,7 @@ class MqttSink:
         self.ch = ch
         self._v5 = ch.broker.protocol == "5"
         self._maps_topics = bool(ch.topic_prefix or ch.topic_rewrite)
+        self._drop_logged = -1e9
         self._pending: deque[tuple[MqttMessage, float]] = deque()
         self._published: dict[str, bytes] = {}
         self.counters = {"published": 0, "queue_dropped": 0, "expired": 0,
@@ -45,6 +47,7 @@ class MqttSink:
         self.conn = MqttConnection(
             ch.broker, f"IT broker '{ch.name}' ({ch.broker.label})",
             on_connected=self._on_connected, on_fatal=on_fatal,
+            on_written=self._send_pending,
             will=(ch.status_topic, _OFFLINE) if ch.status_topic else None)
         self.conn.client.max_queued_messages_set(ch.queue_limit)
 
@@ -74,7 +77,7 @@ class MqttSink:
 
     def publish(self, msg: MqttMessage, now: float) -> None:
         """Republish one message received from the link at `now` (monotonic)."""
-        if self._pending or not self.conn.connected:
+        if self._pending or not self.conn.connected or self.conn.client.backlogged():
             self._enqueue(msg, now)
             return
         self._send(msg, now)
@@ -87,13 +90,25 @@ class MqttSink:
     def _enqueue(self, msg: MqttMessage, now: float) -> None:
         if len(self._pending) >= self.ch.queue_limit:
             self._pending.popleft()
-            self.counters["queue_dropped"] += 1
+            n = self.counters["queue_dropped"] = self.counters["queue_dropped"] + 1
+            if now - self._drop_logged > 5:
+                self._drop_logged = now
+                log.error("%s is %s and %d messages wait (queue_limit): dropping the "
+                          "oldest (%d so far)", self.conn.what,
+                          "lagging" if self.conn.connected else "away", self.ch.queue_limit, n)
         self._pending.append((msg, now))
 
     def _on_connected(self, client: paho.Client) -> None:
         self._published.clear()
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        """What waited (broker away or lagging), in order, while the broker takes it."""
+        if not self._pending:
+            return
         now = time.monotonic()
-        while self._pending and self.conn.connected:
+        client = self.conn.client
+        while self._pending and self.conn.connected and not client.backlogged():
             msg, at = self._pending.popleft()
             if not self._send(msg, now, held=now - at):
                 break
