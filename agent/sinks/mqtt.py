@@ -4,10 +4,10 @@ Topics, payloads, QoS and retained flags are kept; MQTT 5 properties are kept
 when the IT broker speaks 5, with the expiry aged by the time spent here.
 While the broker is away, or connected but lagging (it has not taken
 WRITE_BACKLOG bytes), messages wait in a bounded queue (overflow counted and
-logged) and go out in order once it takes them again. Carousel re-sends of retained state are
-skipped when this connection already published the same payload, so IT
-subscribers do not see a copy every period; after a reconnect the cache is
-cleared, so a fresh broker is refilled by the next carousel.
+logged) and go out in order once it takes them again. Carousel re-sends of
+retained state are skipped when this connection already published the same
+payload, so IT subscribers do not see a copy every period; after a reconnect
+the cache is cleared, so a fresh broker is refilled by the next carousel.
 """
 
 from __future__ import annotations
