@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import cbor2
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,12 +32,10 @@ def test_encode_mqtt_is_cbor_of_the_record(channel: str, topic: str, payload: by
 def test_mqtt_message_is_immutable_and_typed() -> None:
     msg = records.MqttMessage("c", "t", b"p", retain=True)
     assert msg.to_list() == [records.MqttMessage.TAG, "c", "t", b"p", 0, True, None, False]
-    try:
+    with pytest.raises(AttributeError):
         msg.topic = "other"  # type: ignore[misc]
-    except AttributeError:
-        pass
-    else:
-        raise AssertionError("MqttMessage must be immutable")
+    with pytest.raises(AttributeError):
+        msg.extra = 1  # type: ignore[attr-defined]
     assert not hasattr(msg, "__dict__")
 
 
