@@ -90,13 +90,17 @@ class MqttSink:
     def _enqueue(self, msg: MqttMessage, now: float) -> None:
         if len(self._pending) >= self.ch.queue_limit:
             self._pending.popleft()
-            n = self.counters["queue_dropped"] = self.counters["queue_dropped"] + 1
-            if now - self._drop_logged > 5:
-                self._drop_logged = now
-                log.error("%s is %s and %d messages wait (queue_limit): dropping the "
-                          "oldest (%d so far)", self.conn.what,
-                          "lagging" if self.conn.connected else "away", self.ch.queue_limit, n)
+            self._dropped(now)
         self._pending.append((msg, now))
+
+    def _dropped(self, now: float) -> None:
+        n = self.counters["queue_dropped"] = self.counters["queue_dropped"] + 1
+        if now - self._drop_logged > 5:
+            self._drop_logged = now
+            log.error("%s is %s and %d messages wait (queue_limit): dropping messages "
+                      "(%d so far). Fix: check the broker's load and the network to it, or "
+                      "raise queue_limit to ride out longer stalls", self.conn.what,
+                      "lagging" if self.conn.connected else "away", self.ch.queue_limit, n)
 
     def _on_connected(self, client: paho.Client) -> None:
         self._published.clear()
@@ -149,7 +153,7 @@ class MqttSink:
             self.counters["published"] += 1
             return True
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            self.counters["queue_dropped"] += 1
+            self._dropped(now)
             return True
         # Not connected after all: keep it for the reconnect.
         self._pending.appendleft((msg, now - held))
