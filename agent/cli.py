@@ -4,93 +4,105 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
-from . import __version__, logs
-from .config import ConfigError
+from agent import __version__, logs
+from agent.errors import EXIT_FATAL, EXIT_NOT_FOUND, EXIT_OK, ConfigError
 
 DEFAULT_CONFIG_DIR = "/boot/firmware/diode"
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from . import config
+    from agent import config
     role = args.command
     try:
         cfg = config.load(args.config, role)
         if role == "tx":
-            from .tx import TxAgent
+            from agent.tx import TxAgent
             return asyncio.run(TxAgent(cfg).run())
-        from .rx import RxAgent
+        from agent.rx import RxAgent
         return asyncio.run(RxAgent(cfg).run())
     except ConfigError as exc:
         print(f"diode {role}: configuration error: {exc}", file=sys.stderr)
         if os.environ.get("INVOCATION_ID"):  # under systemd: tell the technician on the board
-            from board.leds import show_fatal
+            from agent.board.leds import show_fatal
             show_fatal(role, 10.0)
-        return 2
+        return EXIT_FATAL
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from .keys import write_key
-    from .link.seal import key_fingerprint
+    from agent.keys import write_key
+    from agent.link.seal import key_fingerprint
     path = Path(args.output)
     try:
         key = write_key(path, force=args.force)
     except FileExistsError:
         print(f"diode keygen: {path} exists; refusing to overwrite a key. Use --force to "
               "replace it (then copy the new key to both boards)", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     print(f"wrote {path} (mode 0600), fingerprint {key_fingerprint(key)}")
-    return 0
+    return EXIT_OK
+
+
+def _tools_missing(command: str) -> int:
+    print(f"diode {command}: the development tools are not installed here (a board runs the "
+          "product only). Fix: on a development machine run ./scripts/setup.sh, which installs "
+          "them from scripts/", file=sys.stderr)
+    return EXIT_FATAL
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    if importlib.util.find_spec("diode_tools") is None:
+        return _tools_missing("demo")
+    from diode_tools.demo import run_demo
     return run_demo(duration=args.duration, loss=args.loss, as_json=args.json, rate=args.rate)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("diode_tools") is None:
+        return _tools_missing("bench")
     if args.what == "link":
-        from .bench_link import run_link_bench
+        from diode_tools.bench.link import run_link_bench
         result = run_link_bench(loss=args.loss, repeat=args.repeat, frames=args.frames,
                                 interleave=args.interleave)
     elif args.what == "spool":
-        from .bench_mqtt import spool_e2e
-        from .bench_spool import run_spool_bench
+        from diode_tools.bench.mqtt import spool_e2e
+        from diode_tools.bench.spool import run_spool_bench
         result = run_spool_bench(records=args.records)
         result.update(spool_e2e(args.messages))
     elif args.what == "opcua":
-        from .bench_opcua import run_opcua_bench
+        from diode_tools.bench.opcua import run_opcua_bench
         result = run_opcua_bench(nodes=args.nodes)
     else:
-        from .bench_mqtt import run_mqtt_bench
+        from diode_tools.bench.mqtt import run_mqtt_bench
         result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate,
                                 rounds=args.rounds)
     if not args.json:
         for k, v in result.items():
             print(f"{k:>24}: {v}")
     print(json.dumps(result))
-    return 0
+    return EXIT_OK
 
 
 def _wipe(args: argparse.Namespace) -> int:
-    from . import config
-    from .spool import SpoolError, wipe
+    from agent import config
+    from agent.spool import SpoolError, wipe
     try:
         cfg = config.load(args.config, args.role)
     except ConfigError as exc:
         print(f"diode wipe: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     if cfg.spool is None:
         print(f"diode wipe: {args.config} has no [spool]; nothing to wipe", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     if not args.yes:
         print(f"diode wipe: this destroys the spool key and every record in {cfg.spool.dir}; "
               "nothing can be recovered. Run again with --yes to do it", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     dirs = ([cfg.spool.dir] if args.role == "tx" else
             [cfg.spool.dir / ch.name for ch in cfg.rx_mqtt])
     key = Path(cfg.spool.key) if "/" in cfg.spool.key else None
@@ -100,16 +112,16 @@ def _wipe(args: argparse.Namespace) -> int:
             files += wipe(dirs[0], key)
     except SpoolError as exc:
         print(f"diode wipe: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     print(f"wiped {files} file(s) in {', '.join(map(str, dirs))}"
           + (f" and destroyed the key {key}" if key else
              f"; the key is the systemd credential {cfg.spool.key!r}: remove it from the boot "
              "partition"))
-    return 0
+    return EXIT_OK
 
 
 def _opcua_cert(args: argparse.Namespace) -> int:
-    from .opcua_certs import make_certificate
+    from agent.opcua.certs import make_certificate
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     thumb = make_certificate(out / "cert.der", out / "key.pem", args.uri,
@@ -117,11 +129,11 @@ def _opcua_cert(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'cert.der'} and {out / 'key.pem'} (mode 0600)\n"
           f"SHA-1 thumbprint {thumb}: add the certificate to the "
           f"{'clients' if args.server else 'OT server'}'s trust list")
-    return 0
+    return EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .status import show_status
+    from agent.status import show_status
     if args.file:
         return show_status(Path(args.file), as_json=args.json)
     # A board runs one agent; its unit writes /run/diode/<role>.json (board/config).
@@ -129,7 +141,7 @@ def _status(args: argparse.Namespace) -> int:
     if not found:
         print("diode status: no agent status in /run/diode/ (tx.json, rx.json). Is the agent "
               "running? Or pass -f with its [status] file", file=sys.stderr)
-        return 1
+        return EXIT_NOT_FOUND
     return max(show_status(p, as_json=args.json) for p in found)
 
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.errors import ConfigError
+
 T = TypeVar("T")
 _REQUIRED: Any = object()
 
 
-class ConfigError(Exception):
-    pass
 
 
 class _Table:
@@ -390,10 +390,10 @@ def _opcua(root: _Table, role: str) -> tuple[Any, ...]:
     if not tables:
         return ()  # asyncua is not even imported: it costs an MQTT-only agent ~18 MB
     if role == "tx":
-        from .sources.opcua_config import parse_opcua_source
+        from agent.opcua.source_config import parse_opcua_source
         out: list[Any] = [parse_opcua_source(t.data, t.path, t.where) for t in tables]
     else:
-        from .sinks.opcua_mirror import parse_opcua_mirror
+        from agent.opcua.mirror import parse_opcua_mirror
         out = [parse_opcua_mirror(t.data, t.path, t.where) for t in tables]
         endpoints = [m.endpoint for m in out]
         for t, m in zip(tables, out, strict=True):

@@ -12,8 +12,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from .config import ConfigError
-from .link.seal import KEY_SIZE
+from agent.errors import ConfigError
+from agent.link.seal import KEY_SIZE
 
 
 def write_key(path: Path, force: bool = False) -> bytes:

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from agent.errors import EXIT_FATAL, EXIT_OK
+
 log = logging.getLogger("diode")
 
-EXIT_OK = 0
-EXIT_FATAL = 2
 
 
 class Runtime:

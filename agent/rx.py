@@ -15,32 +15,32 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .board_signals import BoardSignals
-from .config import AgentConfig, ConfigError, LinkConfig, RxMqttChannel
-from .keys import read_key
-from .link import records
-from .link.events import EpochChanged, Event, FramesLost, RecordReceived
-from .link.health import HealthParams, LinkHealth, LinkState
-from .link.receiver import REJECT_REASONS, LinkReceiver, ReceiverParams
-from .link.seal import key_fingerprint
-from .link_interface import LinkSetupError, setup_interface
-from .runtime import Runtime, write_status
-from .sinks.mqtt import MqttSink
-from .sinks.mqtt_spooled import SpooledMqttSink
-from .spool import Spool, SpoolError, load_spool_key
-from .transport.base import RxTransport
+from agent.board.interface import LinkSetupError, setup_interface
+from agent.board.signals import BoardSignals
+from agent.config import AgentConfig, ConfigError, LinkConfig, RxMqttChannel
+from agent.keys import read_key
+from agent.link import records
+from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
+from agent.link.health import HealthParams, LinkHealth, LinkState
+from agent.link.receiver import REJECT_REASONS, LinkReceiver, ReceiverParams
+from agent.link.seal import key_fingerprint
+from agent.mqtt.sink import MqttSink
+from agent.mqtt.sink_spooled import SpooledMqttSink
+from agent.runtime import Runtime, write_status
+from agent.spool import Spool, SpoolError, load_spool_key
+from agent.transport.base import RxTransport
 
 if TYPE_CHECKING:
-    from .sinks.opcua_mirror import OpcuaMirror
+    from agent.opcua.mirror import OpcuaMirror
 
 log = logging.getLogger("diode.rx")
 
 
 def open_transport(link: LinkConfig) -> RxTransport:
     if link.transport == "serial":
-        from .transport.serial import SerialRx
+        from agent.transport.serial import SerialRx
         return SerialRx(link.serial_port, link.baudrate)
-    from .transport.udp import UdpRx
+    from agent.transport.udp import UdpRx
     return UdpRx(link.host, link.port, interface=link.interface)
 
 
@@ -73,7 +73,7 @@ class RxAgent:
             sink.start()
         self.mirrors: dict[str, OpcuaMirror] = {}
         if self.cfg.rx_opcua:
-            from .sinks.opcua_mirror import OpcuaMirror as Mirror  # asyncua only when used
+            from agent.opcua.mirror import OpcuaMirror as Mirror  # asyncua only when used
             self.mirrors = {c.name: Mirror(c) for c in self.cfg.rx_opcua}
         transport = open_transport(self.cfg.link)
         try:
@@ -96,7 +96,7 @@ class RxAgent:
                 await sink.stop()
             return 2
         if self.cfg.metrics is not None:
-            from .metrics import serve
+            from agent.metrics import serve
             host, port = self.cfg.metrics
             try:
                 serve(self.status, host, port)

@@ -16,22 +16,22 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from .board_signals import BoardSignals
-from .config import AgentConfig, ConfigError, LinkConfig
-from .keys import read_key
-from .link import records
-from .link.pacer import TokenBucket
-from .link.seal import key_fingerprint
-from .link.sender import LinkSender, SenderParams
-from .link_interface import LinkSetupError, setup_interface
-from .runtime import EXIT_FATAL, Runtime, write_status
-from .sources.mqtt import MqttSource
-from .spool import Spool, SpoolError, load_spool_key
-from .transport.base import TxTransport
-from .tx_queue import Entry, MemoryQueue, SpoolQueue
+from agent.board.interface import LinkSetupError, setup_interface
+from agent.board.signals import BoardSignals
+from agent.config import AgentConfig, ConfigError, LinkConfig
+from agent.keys import read_key
+from agent.link import records
+from agent.link.pacer import TokenBucket
+from agent.link.seal import key_fingerprint
+from agent.link.sender import LinkSender, SenderParams
+from agent.mqtt.source import MqttSource
+from agent.queues import Entry, MemoryQueue, SpoolQueue
+from agent.runtime import EXIT_FATAL, Runtime, write_status
+from agent.spool import Spool, SpoolError, load_spool_key
+from agent.transport.base import TxTransport
 
 if TYPE_CHECKING:
-    from .sources.opcua import OpcuaSource
+    from agent.opcua.source import OpcuaSource
 
 log = logging.getLogger("diode.tx")
 
@@ -51,14 +51,14 @@ def open_transport(link: LinkConfig) -> tuple[TxTransport, float]:
     """The transport and the bit rate TX must keep under."""
     transport: TxTransport
     if link.transport == "serial":
-        from .transport.serial import SerialTx
+        from agent.transport.serial import SerialTx
         serial_tx = SerialTx(link.serial_port, link.baudrate)
         # 8N1: ten bits on the line per byte; the pacer counts bytes * 8.
         transport, rate = serial_tx, link.baudrate * 8 / serial_tx.bits_per_byte
     else:
         transport, rate = _open_udp(link), link.bitrate
     if link.loss > 0:
-        from .transport.lossy import LossyChannel, LossyTx
+        from agent.transport.lossy import LossyChannel, LossyTx
         log.warning("simulated loss of %.1f %% is ON ([link] simulated_loss)", link.loss * 100)
         transport = LossyTx(transport, LossyChannel(link.loss_seed, loss=link.loss))
     return transport, float(rate)
@@ -66,8 +66,8 @@ def open_transport(link: LinkConfig) -> tuple[TxTransport, float]:
 
 def _open_udp(link: LinkConfig) -> TxTransport:
     """A send-only raw socket when permitted, so TX holds no bound port at all."""
-    from .transport.udp import UdpTx
-    from .transport.udp_raw import RawUdpTx
+    from agent.transport.udp import UdpTx
+    from agent.transport.udp_raw import RawUdpTx
     if link.raw_socket is not False:
         try:
             return RawUdpTx(link.host, link.port, link.source, link.interface,
@@ -133,7 +133,7 @@ class TxAgent:
         self._by_channel = {src.ch.name: src for src in self.sources}
         self.opcua: list[OpcuaSource] = []
         if self.cfg.tx_opcua:
-            from .sources.opcua import OpcuaSource as Source  # asyncua only when used
+            from agent.opcua.source import OpcuaSource as Source  # asyncua only when used
             self.opcua = [Source(c, self._wake.set, rt.fail) for c in self.cfg.tx_opcua]
         log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
                  "%d MQTT channel(s), key %s", self.epoch, link.link_id,

@@ -69,7 +69,7 @@ mkdir -p "$WHEELS"
 # from a clean copy of what the wheel holds (not the whole checkout with its build folders)
 SRC="$WORK/src"
 mkdir -p "$SRC"
-cp -a "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/agent" "$REPO/board" "$SRC/"
+cp -a "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/agent" "$SRC/"
 find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
 "$PY" -m pip wheel -q --no-deps -w "$WHEELS" "$SRC" >&2
 "$PY" "$HERE/imagelib.py" pip-download "$REPO/pyproject.toml" "$WHEELS" --python "$PY" >&2

@@ -182,7 +182,7 @@ def rx_open_ports(cfg: dict) -> tuple[list[tuple[str, int, str | None]], list[st
         opened.append(("tcp", _port_of(metrics), None))  # type: ignore[arg-type]
         notes.append(f"metrics: tcp {_port_of(metrics)}")
     # The read-only OPC UA mirrors (IT clients browse and subscribe): [[opcua]] endpoint =
-    # "opc.tcp://HOST:PORT/path", default port 4840 (agent/sinks/opcua_mirror.py).
+    # "opc.tcp://HOST:PORT/path", default port 4840 (agent/opcua/mirror.py).
     tables = cfg.get("opcua", [])
     for t in tables if isinstance(tables, list) else [tables]:
         if isinstance(t, dict):

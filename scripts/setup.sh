@@ -34,9 +34,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.diode-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing the project and its dependencies into .venv" >&2
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing the project, its tools and their dependencies into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip >&2
-  .venv/bin/python -m pip install -q -e '.[dev]' >&2
+  # the product (what a board runs) and, beside it, the demo, benches and simulators
+  .venv/bin/python -m pip install -q -e '.[dev]' -e ./scripts >&2
   touch "$stamp"
 fi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .records import Record
+from agent.link.records import Record
 
 
 # Not frozen: RX makes one per message, and a frozen dataclass costs five times as

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .records import Heartbeat
+from agent.link.records import Heartbeat
 
 
 class LinkState(StrEnum):

@@ -27,8 +27,8 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import records, seal, wire
-from .events import EpochChanged, Event, FramesLost, RecordReceived
+from agent.link import records, seal, wire
+from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
 
 # How many lost seqs are remembered, to tell a late copy from a duplicate.
 _LOST_MEMORY = 4096

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import records, seal, wire
-from .interleave import Interleaver
+from agent.link import records, seal, wire
+from agent.link.interleave import Interleaver
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ Modules: `store` (the Spool), `segment` (file layout and sealing), `state`
 (load the key), `wipe` (decommissioning), `model` (records, damage, stats).
 """
 
-from .keyfile import load_spool_key, write_spool_key
-from .model import SpoolDamage, SpoolDamaged, SpoolError, SpoolRecord, SpoolStats
-from .store import FsyncMode, Spool
-from .wipe import wipe
+from agent.spool.keyfile import load_spool_key, write_spool_key
+from agent.spool.model import SpoolDamage, SpoolDamaged, SpoolError, SpoolRecord, SpoolStats
+from agent.spool.store import FsyncMode, Spool
+from agent.spool.wipe import wipe
 
 __all__ = ["FsyncMode", "Spool", "SpoolDamage", "SpoolDamaged", "SpoolError", "SpoolRecord",
            "SpoolStats", "load_spool_key", "wipe", "write_spool_key"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import ConfigError
-from ..keys import require_private, write_key
-from ..link.seal import KEY_SIZE
+from agent.errors import ConfigError
+from agent.keys import require_private, write_key
+from agent.link.seal import KEY_SIZE
 
 __all__ = ["load_spool_key", "spool_key_path", "write_spool_key"]
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from agent.errors import SpoolError  # re-exported: the spool's own error
+
 DamageKind = Literal["corrupt", "reordered", "truncated", "missing", "replayed", "foreign", "state"]
 DAMAGE_KINDS: tuple[DamageKind, ...] = ("corrupt", "reordered", "truncated", "missing", "replayed",
                                         "foreign", "state")
@@ -53,10 +55,6 @@ class SpoolStats:
     dropped_conflated: int
     torn_tail: int
     damaged: int
-
-
-class SpoolError(Exception):
-    """Ours: misuse, a wrong key, a locked or unusable spool directory."""
 
 
 class SpoolDamaged(SpoolError):

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model import DamageKind, SpoolDamage
-from .segment import (
+from agent.spool.model import DamageKind, SpoolDamage
+from agent.spool.segment import (
     HEADER_SIZE,
     Bad,
     Data,
@@ -46,7 +46,7 @@ from .segment import (
     walk,
     zero_run_start,
 )
-from .state import SpoolState, StateError, StateFile
+from agent.spool.state import SpoolState, StateError, StateFile
 
 DAMAGED_DIR = "damaged"
 

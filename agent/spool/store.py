@@ -38,9 +38,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from .model import DAMAGE_KINDS, SpoolDamage, SpoolDamaged, SpoolError, SpoolRecord, SpoolStats
-from .recover import DAMAGED_DIR, Recovery, SegmentInfo, recover
-from .segment import (
+from agent.spool.model import DAMAGE_KINDS, SpoolDamage, SpoolDamaged, SpoolError, SpoolRecord, SpoolStats
+from agent.spool.recover import DAMAGED_DIR, Recovery, SegmentInfo, recover
+from agent.spool.segment import (
     DATA,
     END,
     HEADER_SIZE,
@@ -57,7 +57,7 @@ from .segment import (
     segment_name,
     walk,
 )
-from .state import SpoolState, StateFile
+from agent.spool.state import SpoolState, StateFile
 
 FsyncMode = Literal["always", "interval", "never"]
 LOCK_NAME = "lock"

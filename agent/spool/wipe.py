@@ -17,11 +17,11 @@ import os
 import secrets
 from pathlib import Path
 
-from .model import SpoolError
-from .recover import DAMAGED_DIR
-from .segment import parse_segment_name
-from .state import STATE_NAME
-from .store import LOCK_NAME, _lock
+from agent.spool.model import SpoolError
+from agent.spool.recover import DAMAGED_DIR
+from agent.spool.segment import parse_segment_name
+from agent.spool.state import STATE_NAME
+from agent.spool.store import LOCK_NAME, _lock
 
 _CHUNK = 1 << 20
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 
-from .base import DatagramHandler
+from agent.transport.base import DatagramHandler
 
 # IPv4 + UDP headers, Ethernet header and FCS: what a datagram costs beyond itself.
 UDP_OVERHEAD = 20 + 8 + 14 + 4

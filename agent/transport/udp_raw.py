@@ -32,7 +32,7 @@ import errno
 import socket
 import struct
 
-from .udp import UDP_OVERHEAD, _bind_to_device
+from agent.transport.udp import UDP_OVERHEAD, _bind_to_device
 
 __all__ = ["RawUdpTx", "udp_checksum"]
 

@@ -40,7 +40,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.sim.mosquitto import Broker, BrokerOptions
+from diode_tools.sim.mosquitto import Broker, BrokerOptions
 
 REPO = Path(__file__).resolve().parents[2]
 STATUS_PREFIX = "diode/status/"
@@ -314,7 +314,7 @@ def publish_all(host: str, port: int, messages: Iterable[tuple[Any, ...]], *,
     QoS 1 messages count as sent when PUBACKed, QoS 0 when written to the socket.
     """
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
-    client.max_inflight_messages_set(1000)  # well below 65,535 unacknowledged (see DESIGN)
+    client.max_inflight_messages_set(1000)  # well below 65,535 unacknowledged (docs/ARCHITECTURE.md, traps)
     client.max_queued_messages_set(0)
     if tls_ca is not None:
         client.tls_set(ca_certs=str(tls_ca))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.bench_opcua import run_opcua_bench
+from diode_tools.bench.opcua import run_opcua_bench
 
 
 def test_bench_opcua_small() -> None:

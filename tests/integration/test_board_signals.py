@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.agents import AgentPair
-from agent.sim.mosquitto import Broker
+from diode_tools.sim.agents import AgentPair
+from diode_tools.sim.mosquitto import Broker
 
 
 def _notifications(sock: socket.socket, seconds: float) -> list[str]:

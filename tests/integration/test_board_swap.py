@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.sim.mosquitto import Broker
-
-from .conftest import Collector, Diode, publish_all
+from diode_tools.sim.mosquitto import Broker
+from tests.integration.conftest import Collector, Diode, publish_all
 
 MakeCollector = Callable[..., Collector]
 CAROUSEL = 3.0

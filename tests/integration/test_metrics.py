@@ -6,8 +6,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from agent.sim.agents import AgentPair
-from agent.sim.mosquitto import Broker, free_port
+from diode_tools.sim.agents import AgentPair
+from diode_tools.sim.mosquitto import Broker, free_port
 
 
 def _scrape(port: int) -> str:

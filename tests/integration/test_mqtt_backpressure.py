@@ -7,10 +7,9 @@ import os
 import signal
 from collections.abc import Callable
 
-from agent.mqtt_client import WRITE_BACKLOG
-from agent.sim.mosquitto import Broker
-
-from .conftest import Collector, Diode, publish_all
+from agent.mqtt.connection import WRITE_BACKLOG
+from diode_tools.sim.mosquitto import Broker
+from tests.integration.conftest import Collector, Diode, publish_all
 
 MakeCollector = Callable[..., Collector]
 

@@ -8,10 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.sim.certs import make_pki
-from agent.sim.mosquitto import Broker, BrokerOptions
-
-from .conftest import Collector, Diode, publish_all
+from diode_tools.sim.certs import make_pki
+from diode_tools.sim.mosquitto import Broker, BrokerOptions
+from tests.integration.conftest import Collector, Diode, publish_all
 
 MakeCollector = Callable[..., Collector]
 

@@ -12,8 +12,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import BrokerConfig
-from agent.mqtt_client import MqttConnection
-from agent.sim.mosquitto import Broker
+from agent.mqtt.connection import MqttConnection
+from diode_tools.sim.mosquitto import Broker
 
 
 async def _publish(broker: Broker, protocol: str, n: int) -> list[tuple[int, int]]:

@@ -23,10 +23,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.sim.certs import make_pki
-from agent.sim.mosquitto import Broker, BrokerOptions
-
-from .conftest import Collector, Diode, Received, free_udp_port, publish_all
+from diode_tools.sim.certs import make_pki
+from diode_tools.sim.mosquitto import Broker, BrokerOptions
+from tests.integration.conftest import Collector, Diode, Received, free_udp_port, publish_all
 
 pytestmark = pytest.mark.timeout(120)
 

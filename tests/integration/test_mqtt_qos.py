@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent.sim.mosquitto import Broker
-
-from .conftest import Collector, Diode, publish_all
+from diode_tools.sim.mosquitto import Broker
+from tests.integration.conftest import Collector, Diode, publish_all
 
 MakeCollector = Callable[..., Collector]
 

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 import pytest
 from asyncua import Client, Node, ua
 
-from agent.sim.mosquitto import free_port
-from agent.sim.plant_opcua import PlantProcess
-
-from .conftest import Agent, Diode, to_toml
+from diode_tools.sim.mosquitto import free_port
+from diode_tools.sim.plant_opcua import PlantProcess
+from tests.integration.conftest import Agent, Diode, to_toml
 
 
 @pytest.fixture

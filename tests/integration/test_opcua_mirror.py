@@ -25,10 +25,10 @@ from agent.link import records
 from agent.link.events import RecordReceived
 from agent.link.receiver import LinkReceiver, ReceiverParams
 from agent.link.sender import LinkSender, SenderParams
-from agent.sim.mosquitto import free_port
-from agent.sim.plant_opcua import PlantProcess
-from agent.sinks.opcua_mirror import OpcuaMirror, OpcuaMirrorConfig
-from agent.sources.opcua import OpcuaSource, OpcuaSourceConfig
+from agent.opcua.mirror import OpcuaMirror, OpcuaMirrorConfig
+from agent.opcua.source import OpcuaSource, OpcuaSourceConfig
+from diode_tools.sim.mosquitto import free_port
+from diode_tools.sim.plant_opcua import PlantProcess
 
 KEY = bytes(range(32))
 NS = 2  # the plant's namespace index, on both sides

@@ -11,9 +11,9 @@ from asyncua import Client, ua
 from asyncua.ua.ua_binary import variant_to_binary
 
 from agent.link import records
-from agent.opcua_model import ModelSnapshot, NodeRecord
-from agent.sim.mosquitto import free_port
-from agent.sinks.opcua_mirror import DIAG_NAMESPACE, OpcuaMirror, OpcuaMirrorConfig
+from agent.opcua.mirror import DIAG_NAMESPACE, OpcuaMirror, OpcuaMirrorConfig
+from agent.opcua.model import ModelSnapshot, NodeRecord
+from diode_tools.sim.mosquitto import free_port
 
 A = ua.AttributeIds
 NS = ("http://opcfoundation.org/UA/", "urn:source", "urn:plant")

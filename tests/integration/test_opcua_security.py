@@ -13,10 +13,10 @@ import shutil
 import time
 from pathlib import Path
 
-from agent.opcua_certs import make_certificate, thumbprint
-from agent.sim.mosquitto import free_port
-from agent.sinks.opcua_mirror import OpcuaMirror, OpcuaMirrorConfig
-from agent.sources.opcua import OpcuaSource, OpcuaSourceConfig
+from agent.opcua.certs import make_certificate, thumbprint
+from agent.opcua.mirror import OpcuaMirror, OpcuaMirrorConfig
+from agent.opcua.source import OpcuaSource, OpcuaSourceConfig
+from diode_tools.sim.mosquitto import free_port
 
 
 def test_trusted_client_connects_untrusted_is_refused(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent.sim.mosquitto import Broker
 from agent.transport.udp import UDP_OVERHEAD
+from diode_tools.sim.mosquitto import Broker
 
 
 def test_tx_paces_a_flood_to_the_configured_bitrate(tmp_path: Path) -> None:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.mosquitto import Broker
-
-from .conftest import Collector, Diode, publish_all, wait_until
+from diode_tools.sim.mosquitto import Broker
+from tests.integration.conftest import Collector, Diode, publish_all, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

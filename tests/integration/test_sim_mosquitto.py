@@ -1,6 +1,6 @@
 """The test brokers themselves, checked against Mosquitto's own clients and paho.
 
-Every other MQTT test trusts `agent.sim.mosquitto` to start what it claims
+Every other MQTT test trusts `diode_tools.sim.mosquitto` to start what it claims
 (users enforced, TLS verified, bridges carrying messages), so these tests
 check that with independent peers rather than with our own code.
 """
@@ -20,9 +20,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.sim import mosquitto
-from agent.sim.certs import Pki, TlsFiles, make_pki
-from agent.sim.mosquitto import BridgeTo, Broker, BrokerError, BrokerOptions, free_port
+from diode_tools.sim import mosquitto
+from diode_tools.sim.certs import Pki, TlsFiles, make_pki
+from diode_tools.sim.mosquitto import BridgeTo, Broker, BrokerError, BrokerOptions, free_port
 
 pytestmark = pytest.mark.timeout(60)
 

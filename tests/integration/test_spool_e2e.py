@@ -13,10 +13,9 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.sim.mosquitto import Broker, BrokerOptions
 from agent.spool import write_spool_key
-
-from .conftest import Diode, _env, diode_cmd
+from diode_tools.sim.mosquitto import Broker, BrokerOptions
+from tests.integration.conftest import Diode, _env, diode_cmd
 
 MARKER = b"PLAINTEXT-MARKER-7f3a"
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from agent.sim.testbed import TestbedError, check_prerequisites
+from diode_tools.sim.testbed import TestbedError, check_prerequisites
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""board.netlink inside a fresh network namespace (root only), the way an agent calls it."""
+"""agent.board.netlink inside a fresh network namespace (root only), the way an agent calls it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.testbed import Topology, destroy, in_ns, sh
+from diode_tools.sim.testbed import Topology, destroy, in_ns, sh
 
 SETUP = """
 import asyncio, sys
-from board.netlink import NetlinkSetupError, setup_rx_interface, setup_tx_interface
+from agent.board.netlink import NetlinkSetupError, setup_rx_interface, setup_tx_interface
 role, in_loop = sys.argv[1], sys.argv[2] == "loop"
 args = dict(a.split("=", 1) for a in sys.argv[3:])
 name = args.pop("name")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent.sim.testbed import NFT_RULES, Topology, destroy, in_ns, nft_counter, sh
+from diode_tools.sim.testbed import NFT_RULES, Topology, destroy, in_ns, nft_counter, sh
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "testbed.sh"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.bench_link import run_link_bench
+from diode_tools.bench.link import run_link_bench
 
 KEYS = {"loss", "repeat", "interleave", "frames_sent", "frames_delivered",
         "delivered_fraction", "theory", "datagrams", "seconds", "frames_per_s"}

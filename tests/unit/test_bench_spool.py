@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.bench_spool import run_spool_bench
+from diode_tools.bench.spool import run_spool_bench
 
 KEYS = {"records", "seconds", "records_per_s", "baseline_records_per_s", "ratio", "consumed",
         "durable_seq", "fsyncs", "plaintext_found"}

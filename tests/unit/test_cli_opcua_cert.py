@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.opcua_certs import thumbprint
+from agent.opcua.certs import thumbprint
 
 
 def test_opcua_cert_writes_a_private_key_and_prints_the_thumbprint(

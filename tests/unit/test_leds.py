@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from agent.link.health import LinkState
-from board import leds
-from board.leds import (
+from agent.board import leds
+from agent.board.leds import (
     BLINK_1HZ,
     BLINK_2HZ,
     FLASH,
@@ -39,7 +38,15 @@ from board.leds import (
     resolve_chip,
     show_fatal,
 )
-from board.profiles import HEADER_PIN, PROFILES, BoardProfile, detect_profile, get_profile, profile_for_model
+from agent.board.profiles import (
+    HEADER_PIN,
+    PROFILES,
+    BoardProfile,
+    detect_profile,
+    get_profile,
+    profile_for_model,
+)
+from agent.link.health import LinkState
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -350,7 +357,7 @@ def test_show_fatal_lights_the_fault_led_and_leaves_it() -> None:
 
 
 def test_show_fatal_off_a_pi_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("board.profiles.detect_profile", lambda: None)
+    monkeypatch.setattr("agent.board.profiles.detect_profile", lambda: None)
     assert not show_fatal("rx", 0.05)
 
 

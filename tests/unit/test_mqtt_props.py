@@ -1,7 +1,7 @@
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import mqtt_props
+from agent.mqtt import props as mqtt_props
 
 
 def test_round_trip_and_expiry_ageing() -> None:

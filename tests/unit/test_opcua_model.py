@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from agent.config import ConfigError
 from agent.link import records
-from agent.opcua_model import ModelAssembler, ModelError, ModelSnapshot, NodeRecord, split
-from agent.opcua_ua import node_id, status
-from agent.sinks.opcua_mirror import parse_opcua_mirror
-from agent.sources.opcua import entry_of, parse_opcua_source
-from agent.sources.opcua_crawl import Crawler, Limits
+from agent.opcua.crawl import Crawler, Limits
+from agent.opcua.mirror import parse_opcua_mirror
+from agent.opcua.model import ModelAssembler, ModelError, ModelSnapshot, NodeRecord, split
+from agent.opcua.source import entry_of, parse_opcua_source
+from agent.opcua.ua import node_id, status
 
 # -- records ---------------------------------------------------------------------------
 
@@ -56,7 +56,7 @@ def test_entry_of_keeps_status_and_timestamps() -> None:
     nid, variant, code, src, srv = entry_of("ns=2;s=X", dv)
     assert nid == "ns=2;s=X" and code == ua.StatusCodes.UncertainLastUsableValue
     assert ua.win_epoch_to_datetime(src) == t and srv is None
-    from agent.sinks.opcua_build import decode_variant
+    from agent.opcua.build import decode_variant
     assert decode_variant(variant) == dv.Value
 
 

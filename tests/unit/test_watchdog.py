@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from agent.link.health import LinkState
-from board import watchdog
-from board.watchdog import (
+from agent.board import watchdog
+from agent.board.watchdog import (
     BCM2835_MAX_TIMEOUT,
     HardwareWatchdog,
     LinkDownCheck,
@@ -37,6 +36,7 @@ from board.watchdog import (
     systemd_watchdog_timeout,
     tx_health,
 )
+from agent.link.health import LinkState
 
 
 class FakeClock:

@@ -27,11 +27,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from ..config import RxMqttChannel
-from ..link import records
-from ..link.records import MqttMessage
-from ..spool import Spool
-from .mqtt import MqttSink
+from agent.config import RxMqttChannel
+from agent.link import records
+from agent.link.records import MqttMessage
+from agent.mqtt.sink import MqttSink
+from agent.spool import Spool
 
 log = logging.getLogger("diode.sink.mqtt")
 

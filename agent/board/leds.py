@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
-from .profiles import LED_NAMES, BoardProfile
+from agent.board.profiles import LED_NAMES, BoardProfile
+from agent.errors import BoardError
 
 log = logging.getLogger("diode.leds")
 
@@ -61,7 +62,7 @@ class Led(StrEnum):
     FAULT = "fault"
 
 
-assert tuple(Led) == LED_NAMES, "board.profiles.LED_NAMES and Led must agree"
+assert tuple(Led) == LED_NAMES, "agent.board.profiles.LED_NAMES and Led must agree"
 
 
 class Fault(StrEnum):
@@ -74,7 +75,7 @@ class Fault(StrEnum):
     FATAL = "fatal"
 
 
-class LedError(Exception):
+class LedError(BoardError):
     """The LEDs cannot be driven as configured; the message names the fix."""
 
 
@@ -498,7 +499,7 @@ def show_fatal(role: Role, seconds: float, *, backend: LedBackend | None = None,
     exiting). Returns False, having done nothing, off a Pi or without gpiod.
     """
     if backend is None:
-        from .profiles import detect_profile
+        from agent.board.profiles import detect_profile
         profile = profile or detect_profile()
         if profile is None:
             return False
@@ -508,7 +509,7 @@ def show_fatal(role: Role, seconds: float, *, backend: LedBackend | None = None,
             log.debug("no LEDs for the fatal error: %s", exc)
             return False
     if profile is None:
-        from .profiles import PROFILES
+        from agent.board.profiles import PROFILES
         profile = PROFILES["pi4"]
     driver = LedDriver(backend, profile, role, lamp_test=0.0)
     driver.update(None, 0, 0, Fault.FATAL)

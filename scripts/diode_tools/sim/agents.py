@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .mosquitto import Broker, free_port, terminate
+from diode_tools.sim.mosquitto import Broker, free_port, terminate
 
 
 def _die_with_parent() -> None:

@@ -21,7 +21,8 @@ in its endpoints and certificate). When the source's namespace array changes,
 the mirror rebuilds its whole address space and the diagnostics move to the
 new last index.
 
-Quality (DESIGN.md, "Bad status nulls the value"): while the link or the
+Quality (a Bad status nulls the value: docs/ARCHITECTURE.md, "Traps in our
+dependencies"): while the link or the
 source is lost every value turns UncertainLastUsableValue with its value kept;
 after `bad_after` seconds BadNoCommunication with a null value, as OPC UA
 requires of Bad values. When the link returns, Bad values go back to
@@ -48,13 +49,13 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
-from ..config import _Table
-from ..link.records import OpcuaModel, OpcuaValue, OpcuaValues, Record
-from ..opcua_certs import cert_der, key_der
-from ..opcua_model import ModelAssembler, ModelSnapshot, NodeRecord
-from ..opcua_ua import data_value, node_id, status
-from .opcua_access import ReadOnlyRuleset, ReadOnlyUserManager
-from .opcua_build import YIELD_EVERY, A, Builder, decode_variant, nid, now_utc, set_value
+from agent.config import _Table
+from agent.link.records import OpcuaModel, OpcuaValue, OpcuaValues, Record
+from agent.opcua.access import ReadOnlyRuleset, ReadOnlyUserManager
+from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_utc, set_value
+from agent.opcua.certs import cert_der, key_der
+from agent.opcua.model import ModelAssembler, ModelSnapshot, NodeRecord
+from agent.opcua.ua import data_value, node_id, status
 
 log = logging.getLogger("diode.sink.opcua")
 

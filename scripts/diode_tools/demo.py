@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .sim.agents import AgentPair
-from .sim.mosquitto import Broker, free_port
-from .sim.plant_mqtt import DeliveryCounter, PlantPublisher
-from .sim.plant_opcua import PlantProcess
+from diode_tools.sim.agents import AgentPair
+from diode_tools.sim.mosquitto import Broker, free_port
+from diode_tools.sim.plant_mqtt import DeliveryCounter, PlantPublisher
+from diode_tools.sim.plant_opcua import PlantProcess
 
 
 def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:

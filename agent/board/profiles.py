@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-# The LED names (board.leds.Led is a StrEnum of exactly these, so either keys a pin map).
+# The LED names (agent.board.leds.Led is a StrEnum of exactly these, so either keys a pin map).
 LED_NAMES = ("power", "link", "conn", "fault")
 
 # BCM GPIO number -> physical header pin, for the technician's table.

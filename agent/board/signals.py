@@ -19,9 +19,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from board.leds import Fault, LedDriver, LedError, RecentIncrease, open_backend
-from board.profiles import get_profile
-from board.watchdog import (
+from agent.board.leds import Fault, LedDriver, LedError, RecentIncrease, open_backend
+from agent.board.profiles import get_profile
+from agent.board.watchdog import (
     HardwareWatchdog,
     Liveness,
     SystemdNotifier,
@@ -32,8 +32,7 @@ from board.watchdog import (
     rx_health,
     tx_health,
 )
-
-from .config import BoardConfig
+from agent.config import BoardConfig
 
 log = logging.getLogger("diode.board")
 

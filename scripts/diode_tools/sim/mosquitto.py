@@ -10,8 +10,8 @@ client and bring it back.
     with Broker(BrokerOptions(users={"tx": "secret"})) as broker:
         ...  # connect to broker.host, broker.port
 
-Defaults are chosen for load tests rather than Mosquitto's own (see "Known
-traps" in DESIGN.md): a large but finite `max_queued_messages` (the default
+Defaults are chosen for load tests rather than Mosquitto's own (see "Traps
+traps in our dependencies" in docs/ARCHITECTURE.md): a large but finite `max_queued_messages` (the default
 1000 silently drops under load, and 0 is broken in 2.0.x), more QoS 1/2
 messages in flight, and TCP_NODELAY (Nagle plus delayed ACKs cost 40 ms).
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from agent.sim.certs import TlsFiles
+from diode_tools.sim.certs import TlsFiles
 
 __all__ = [
     "Broker",
@@ -209,7 +209,7 @@ def render_config(
 ) -> str:
     """The mosquitto.conf text for `options` listening on `port` (no file I/O)."""
     lines = [
-        "# Written by agent.sim.mosquitto for tests; not for production.",
+        "# Written by diode_tools.sim.mosquitto for tests; not for production.",
         "log_dest stderr",
         "log_type error",
         "log_type warning",
@@ -456,7 +456,7 @@ class Broker:
         binary = find_mosquitto()
         with self.log_path.open("ab") as log:
             log_offset = log.tell()
-            log.write(f"--- agent.sim: starting {binary} on port {self._port}\n".encode())
+            log.write(f"--- diode_tools.sim: starting {binary} on port {self._port}\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 [binary, "-c", str(self.config_path)],

@@ -22,7 +22,7 @@ can compare them across the diode.
 Run it standalone (the tests run it as a separate process, so the custom
 structure classes it registers do not leak into the test process)::
 
-    python -m agent.sim.plant_opcua --port 4840 --variables 10000 --rate 10000
+    python -m diode_tools.sim.plant_opcua --port 4840 --variables 10000 --rate 10000
 
 It prints ``READY opc.tcp://...`` when listening. SIGUSR1 adds a variable
 under Plant/Added, SIGUSR2 removes the last added one, SIGHUP pauses or
@@ -49,7 +49,7 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
 
-from ..opcua_ua import data_value, node_id
+from agent.opcua.ua import data_value, node_id
 
 NAMESPACE = "urn:diode:plant"
 PER_FOLDER = 100
@@ -269,13 +269,13 @@ def _variable_item(nid: ua.NodeId, name: ua.QualifiedName, parent: ua.NodeId,
 
 
 class PlantProcess:
-    """The plant simulator as a child process (`python -m agent.sim.plant_opcua`)."""
+    """The plant simulator as a child process (`python -m diode_tools.sim.plant_opcua`)."""
 
     def __init__(self, port: int, variables: int = 1000, rate: float = 1000.0,
                  host: str = "127.0.0.1") -> None:
         self.endpoint = f"opc.tcp://{host}:{port}/plant/"
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.sim.plant_opcua", "--host", host, "--port", str(port),
+            [sys.executable, "-m", "diode_tools.sim.plant_opcua", "--host", host, "--port", str(port),
              "--variables", str(variables), "--rate", str(rate)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._lines: queue.Queue[str] = queue.Queue()

@@ -31,8 +31,8 @@ from typing import Any, Protocol
 from asyncua import ua
 from asyncua.ua.ua_binary import variant_to_binary
 
-from ..opcua_model import ModelSnapshot, NodeRecord
-from ..opcua_ua import node_id
+from agent.opcua.model import ModelSnapshot, NodeRecord
+from agent.opcua.ua import node_id
 
 log = logging.getLogger("diode.source.opcua")
 

@@ -1,6 +1,6 @@
 """Who may do what on the mirror: read, browse and subscribe; nothing else, ever.
 
-Three locks, each enough on its own (DESIGN.md, "admin backdoor"):
+Three locks, each enough on its own (docs/ARCHITECTURE.md, "Traps in our dependencies": the admin backdoor):
 
 1. `ReadOnlyRuleset` is checked by asyncua for every request on every secure
    channel, before the service runs: Write, Call, HistoryUpdate, AddNodes,
@@ -21,7 +21,7 @@ from typing import Any
 from asyncua import ua
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
 
-from ..opcua_ua import node_id
+from agent.opcua.ua import node_id
 
 _O = ua.ObjectIds
 READ_ONLY_REQUESTS = frozenset(node_id(i) for i in (

@@ -23,7 +23,7 @@ from typing import Any
 
 import cbor2
 
-from .spool import Spool
+from agent.spool import Spool
 
 # channel, topic, payload, qos, retain, properties, arrival (wall clock)
 Entry = tuple[str, str, bytes, int, bool, dict[str, Any] | None, float]

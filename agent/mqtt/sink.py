@@ -24,10 +24,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 
-from .. import mqtt_props
-from ..config import RxMqttChannel
-from ..link.records import MqttMessage
-from ..mqtt_client import MqttConnection
+from agent.config import RxMqttChannel
+from agent.link.records import MqttMessage
+from agent.mqtt import props as mqtt_props
+from agent.mqtt.connection import MqttConnection
 
 log = logging.getLogger("diode.sink.mqtt")
 

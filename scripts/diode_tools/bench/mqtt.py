@@ -27,8 +27,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .sim.agents import AgentPair
-from .sim.mosquitto import BridgeTo, Broker, BrokerOptions
+from diode_tools.sim.agents import AgentPair
+from diode_tools.sim.mosquitto import BridgeTo, Broker, BrokerOptions
 
 PAYLOAD = 100
 
@@ -117,7 +117,7 @@ def latency(src: Broker, dst: Broker, rate: float = 2000.0, seconds: float = 5.0
 def spool_e2e(messages: int, bitrate: int = 100_000_000) -> dict[str, Any]:
     """End-to-end msg/s through the agents without and with their spools, same run,
     at the default link rate (100 Mbit/s: a Fast Ethernet diode)."""
-    from .spool import write_spool_key
+    from agent.spool import write_spool_key
     result: dict[str, Any] = {"spool_e2e_bitrate": bitrate}
     for label, spooled in (("without", False), ("with", True)):
         with tempfile.TemporaryDirectory(prefix="diode-bench-") as tmp, Broker() as ot, \

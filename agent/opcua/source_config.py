@@ -33,7 +33,7 @@ from typing import Any
 from asyncua import ua
 from asyncua.crypto import security_policies
 
-from ..config import _Table
+from agent.config import _Table
 
 SECURITY_POLICIES: dict[str, Any] = {
     "None": None,
@@ -113,7 +113,7 @@ def parse_opcua_source(table: dict[str, Any], path: Path, where: str = "opcua") 
     if not app_uri:
         app_uri = f"urn:diode:tx:{name}"
         if cert is not None:
-            from ..opcua_certs import application_uri_of
+            from agent.opcua.certs import application_uri_of
             try:
                 app_uri = application_uri_of(cert) or app_uri
             except ValueError:

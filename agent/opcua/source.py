@@ -41,20 +41,21 @@ from asyncua import Client, ua
 from asyncua.common.subscription import Subscription
 from asyncua.ua.ua_binary import variant_to_binary
 
-from ..link import records
-from ..link.pacer import TokenBucket
-from ..link.records import OpcuaModel, OpcuaValue, OpcuaValues
-from ..opcua_certs import cert_der, key_der
-from ..opcua_model import ModelSnapshot
-from ..opcua_ua import status
-from .opcua_config import (
+from agent.errors import AdapterError
+from agent.link import records
+from agent.link.pacer import TokenBucket
+from agent.link.records import OpcuaModel, OpcuaValue, OpcuaValues
+from agent.opcua.certs import cert_der, key_der
+from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
+from agent.opcua.model import ModelSnapshot
+from agent.opcua.source_config import (
     SECURITY_MODES,
     SECURITY_POLICIES,
     TRIGGERS,
     OpcuaSourceConfig,
     parse_opcua_source,
 )
-from .opcua_crawl import Crawler, CrawlResult, Limits, read_limits
+from agent.opcua.ua import status
 
 __all__ = ["OpcuaSource", "OpcuaSourceConfig", "SourceRefused", "parse_opcua_source"]
 
@@ -134,7 +135,7 @@ class _BatchSubscription(Subscription):
                 self._on_status(notif.Status)
 
 
-class SourceRefused(Exception):
+class SourceRefused(AdapterError):
     """The server refused us; retrying will not help."""
 
 
@@ -377,7 +378,7 @@ class OpcuaSource:
         if code not in (ua.StatusCodes.BadCertificateUntrusted,
                         ua.StatusCodes.BadSecurityChecksFailed) or self.cfg.cert_file is None:
             return ""
-        from ..opcua_certs import thumbprint
+        from agent.opcua.certs import thumbprint
         try:
             return f" (client certificate {self.cfg.cert_file}, thumbprint " \
                    f"{thumbprint(self.cfg.cert_file)})"
@@ -467,7 +468,7 @@ class OpcuaSource:
             return
         old = self.version
         self.model, self.version = snap, version
-        from ..opcua_model import split
+        from agent.opcua.model import split
         self._model_chunks = split(self.cfg.name, version, data, self.cfg.model_chunk_size)
         self.counters["model_versions"] += 1
         # A new version goes out now, ahead of values for its new nodes.

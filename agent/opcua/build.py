@@ -32,8 +32,8 @@ from asyncua.server.address_space import AttributeValue, NodeData
 from asyncua.server.internal_server import InternalServer
 from asyncua.ua.ua_binary import variant_from_binary
 
-from ..opcua_model import NodeRecord
-from ..opcua_ua import node_id, status
+from agent.opcua.model import NodeRecord
+from agent.opcua.ua import node_id, status
 
 log = logging.getLogger("diode.sink.opcua")
 

@@ -28,11 +28,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .. import mqtt_props
-from ..config import TxMqttChannel
-from ..link.records import MqttMessage, encode_mqtt
-from ..mqtt_client import MqttConnection
-from ..tx_queue import Entry, MemoryQueue, SpoolQueue
+from agent.config import TxMqttChannel
+from agent.link.records import MqttMessage, encode_mqtt
+from agent.mqtt import props as mqtt_props
+from agent.mqtt.connection import MqttConnection
+from agent.queues import Entry, MemoryQueue, SpoolQueue
 
 log = logging.getLogger("diode.source.mqtt")
 

@@ -37,6 +37,8 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.errors import LinkSetupError
+
 __all__ = ["NetlinkSetupError", "setup_rx_interface", "setup_tx_interface"]
 
 log = logging.getLogger("diode.netlink")
@@ -47,7 +49,7 @@ _CAP_FIX = ("Fix: run the agent as root, or give it CAP_NET_ADMIN (systemd: "
             "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW)")
 
 
-class NetlinkSetupError(Exception):
+class NetlinkSetupError(LinkSetupError):
     """A link interface could not be set up; the message names the cause and the fix."""
 
 

@@ -49,9 +49,9 @@ from typing import Any
 
 from asyncua import Client, Node, ua
 
-from .sim.agents import AgentPair, _die_with_parent, free_udp_port
-from .sim.mosquitto import Broker, free_port, terminate
-from .sim.plant_opcua import NAMESPACE, PlantProcess, variable_id
+from diode_tools.sim.agents import AgentPair, _die_with_parent, free_udp_port
+from diode_tools.sim.mosquitto import Broker, free_port, terminate
+from diode_tools.sim.plant_opcua import NAMESPACE, PlantProcess, variable_id
 
 VAR_NAME = re.compile(r"V\d{5}$")
 SAMPLE = 2000

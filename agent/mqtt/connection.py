@@ -5,7 +5,7 @@ reach the agents without thread hand-offs (measured: the threaded client spent
 over half of RX's time waking its own network thread). Only the blocking
 connect (TCP and TLS handshake) runs in an executor.
 
-paho's traps, handled here once for both sides (see DESIGN.md):
+paho's traps, handled here once for both sides (docs/ARCHITECTURE.md, "Traps in our dependencies"):
 - A refused CONNACK only shows as a reason code in `on_connect`; with 3.1.1 a
   version refusal silently downgrades and reconnects forever. paho's own
   reconnects are off, ours back off exponentially, and any refusal is fatal:
@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .config import BrokerConfig
+from agent.config import BrokerConfig
 
 log = logging.getLogger("diode.mqtt")
 

@@ -11,8 +11,8 @@
 ```
 
 `run` builds the namespaces and the veth pair, sets up each end with
-`board.netlink` from inside its namespace (`ip netns exec NS python -m
-agent.sim.testbed setup-tx|setup-rx`), starts brokers, agents and MQTT
+`agent.board.netlink` from inside its namespace (`ip netns exec NS python -m
+diode_tools.sim.testbed setup-tx|setup-rx`), starts brokers, agents and MQTT
 clients with `ip netns exec`, carries traffic for `--duration` seconds, then
 reports. Everything it made is removed on exit, failure included (processes
 in the namespaces by pid, then the namespaces; deleting a namespace deletes
@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .agents import _die_with_parent
-from .mosquitto import BrokerOptions, find_mosquitto, render_config
+from diode_tools.sim.agents import _die_with_parent
+from diode_tools.sim.mosquitto import BrokerOptions, find_mosquitto, render_config
 
 MQTT_PORT = 1883
 LINK_PORT = 5600
@@ -177,9 +177,9 @@ def build(topo: Topology, *, loss: float, rate: int | None, mtu: int) -> str:
     link = json.loads(sh("ip", "-n", topo.rx_ns, "-j", "link", "show", topo.rx_if))
     rx_mac = str(link[0]["address"])
     py = sys.executable
-    sh(*in_ns(topo.rx_ns, py, "-m", "agent.sim.testbed", "setup-rx", "--interface", topo.rx_if,
+    sh(*in_ns(topo.rx_ns, py, "-m", "diode_tools.sim.testbed", "setup-rx", "--interface", topo.rx_if,
               "--mtu", str(mtu), "--address", f"{topo.rx_ip}/{PREFIX}"))
-    sh(*in_ns(topo.tx_ns, py, "-m", "agent.sim.testbed", "setup-tx", "--interface", topo.tx_if,
+    sh(*in_ns(topo.tx_ns, py, "-m", "diode_tools.sim.testbed", "setup-tx", "--interface", topo.tx_if,
               "--mtu", str(mtu), "--rx-ip", topo.rx_ip, "--rx-mac", rx_mac,
               "--address", f"{topo.tx_ip}/{PREFIX}"))
     if rate:
@@ -355,7 +355,7 @@ def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
         ot = _start_broker(start, "ot-broker", topo.tx_ns, work)
         it = _start_broker(start, "it-broker", topo.rx_ns, work)
         py = sys.executable
-        counter = start("counter", topo.rx_ns, py, "-m", "agent.sim.testbed", "count",
+        counter = start("counter", topo.rx_ns, py, "-m", "diode_tools.sim.testbed", "count",
                         "--port", str(MQTT_PORT), json_lines=True)
         _wait(lambda: counter.last.get("subscribed"), 15, "the IT counter's subscription", alive)
 
@@ -369,7 +369,7 @@ def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
                       _read_json(work / "tx.status.json").get("sources", {"-": "?"}).values()),
               20, "link UP and TX connected to the OT broker", alive)
 
-        publisher = start("publisher", topo.tx_ns, py, "-m", "agent.sim.testbed", "publish",
+        publisher = start("publisher", topo.tx_ns, py, "-m", "diode_tools.sim.testbed", "publish",
                           "--port", str(MQTT_PORT), "--rate", str(opts.msg_rate),
                           "--duration", str(opts.duration), json_lines=True)
         started = time.monotonic()
@@ -558,7 +558,7 @@ def count(port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m agent.sim.testbed",
+    p = argparse.ArgumentParser(prog="python -m diode_tools.sim.testbed",
                                 description="One-way Ethernet testbed in network namespaces.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="build the testbed, carry MQTT for a while, report")
@@ -570,13 +570,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--run-id", default=None, help="names the namespaces (default: random)")
     r.add_argument("--json", action="store_true", help="last line: one JSON summary")
     r.add_argument("--keep", action="store_true", help="keep the work dir with the logs")
-    s = sub.add_parser("setup-tx", help="(in TX's namespace) board.netlink.setup_tx_interface")
+    s = sub.add_parser("setup-tx", help="(in TX's namespace) agent.board.netlink.setup_tx_interface")
     s.add_argument("--interface", required=True)
     s.add_argument("--mtu", type=int, required=True)
     s.add_argument("--rx-ip", required=True)
     s.add_argument("--rx-mac", required=True)
     s.add_argument("--address")
-    s = sub.add_parser("setup-rx", help="(in RX's namespace) board.netlink.setup_rx_interface")
+    s = sub.add_parser("setup-rx", help="(in RX's namespace) agent.board.netlink.setup_rx_interface")
     s.add_argument("--interface", required=True)
     s.add_argument("--mtu", type=int, required=True)
     s.add_argument("--address")
@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.command in ("setup-tx", "setup-rx"):
-        from board.netlink import NetlinkSetupError, setup_rx_interface, setup_tx_interface
+        from agent.board.netlink import NetlinkSetupError, setup_rx_interface, setup_tx_interface
         try:
             if args.command == "setup-tx":
                 setup_tx_interface(args.interface, mtu=args.mtu, rx_ip=args.rx_ip,

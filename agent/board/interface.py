@@ -1,22 +1,21 @@
 """Set up the one-way link's network interface at agent start ([link] interface).
 
-The agent reaches board support only through this function: board.netlink
+The agent reaches board support only through this function: agent.board.netlink
 (pyroute2) is imported only when an interface is configured.
 """
 
 from __future__ import annotations
 
-from .config import LinkConfig
+from agent.config import LinkConfig
+from agent.errors import LinkSetupError
 
-
-class LinkSetupError(Exception):
-    """The interface could not be set up; the message names the fix."""
+__all__ = ["LinkSetupError", "setup_interface"]
 
 
 def setup_interface(link: LinkConfig, role: str) -> None:
     if link.transport != "udp" or not link.interface:
         return
-    from board.netlink import NetlinkSetupError, setup_rx_interface, setup_tx_interface
+    from agent.board.netlink import NetlinkSetupError, setup_rx_interface, setup_tx_interface
     mtu = link.interface_mtu or max(1500, link.mtu + 28)
     try:
         if role == "rx":

@@ -49,6 +49,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from agent.errors import BoardError
+
 log = logging.getLogger("diode.watchdog")
 
 Clock = Callable[[], float]
@@ -67,7 +69,7 @@ WDIOC_GETTIMEOUT = 0x80045707
 _WATCHDOG_INFO = struct.Struct("II32s")
 
 
-class WatchdogError(Exception):
+class WatchdogError(BoardError):
     """A watchdog cannot be used as configured; the message names the fix."""
 
 
