@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import sys
@@ -48,23 +47,30 @@ def _keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _tools_missing(command: str) -> int:
+def _tools_missing(command: str) -> bool:
+    """True (and told) when the development tools are not installed, as on a board."""
+    try:
+        import diode_tools  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return False
     print(f"diode {command}: the development tools are not installed here (a board runs the "
           "product only). Fix: on a development machine run ./scripts/setup.sh, which installs "
           "them from scripts/", file=sys.stderr)
-    return EXIT_FATAL
+    return True
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("diode_tools") is None:
-        return _tools_missing("demo")
+    if _tools_missing("demo"):
+        return EXIT_FATAL
     from diode_tools.demo import run_demo
     return run_demo(duration=args.duration, loss=args.loss, as_json=args.json, rate=args.rate)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("diode_tools") is None:
-        return _tools_missing("bench")
+    if _tools_missing("bench"):
+        return EXIT_FATAL
     if args.what == "link":
         from diode_tools.bench.link import run_link_bench
         result = run_link_bench(loss=args.loss, repeat=args.repeat, frames=args.frames,
@@ -103,8 +109,9 @@ def _wipe(args: argparse.Namespace) -> int:
         print(f"diode wipe: this destroys the spool key and every record in {cfg.spool.dir}; "
               "nothing can be recovered. Run again with --yes to do it", file=sys.stderr)
         return EXIT_FATAL
-    dirs = ([cfg.spool.dir] if args.role == "tx" else
-            [cfg.spool.dir / ch.name for ch in cfg.rx_mqtt])
+    # every channel spools into its own folder; folders of channels since removed too
+    dirs = sorted({*(d for d in cfg.spool.dir.glob("*") if d.is_dir()),
+                   *(cfg.spool.dir / ch.name for chs in cfg.channels.values() for ch in chs)})
     key = Path(cfg.spool.key) if "/" in cfg.spool.key else None
     try:
         files = sum(wipe(d, None) for d in dirs)

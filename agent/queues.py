@@ -1,17 +1,21 @@
-"""Where TX holds OT messages between the brokers and the link.
+"""Where a TX source holds its items between its OT peer and the link.
 
 ```
-MqttSource ─put─► MemoryQueue | SpoolQueue ─take─► pump ─► LinkSender
-                                     ▲                         │ frame sealed (tag = seq)
-                                     └──────── framed(tags) ◄──┘
+source ─put─► MemoryQueue | SpoolQueue ─take─► TxCore ─► LinkSender
+                                 ▲                           │ frame sealed (tag = spool seq)
+                                 └────── framed(tags) ◄──────┘
 ```
 
-- `MemoryQueue`: bounded, in memory; paho acknowledges QoS 1/2 on arrival, so
-  a crash loses what was queued (overflow is counted).
-- `SpoolQueue`: the encrypted durable spool. A QoS 1/2 message is acknowledged
-  to the OT broker only once it is durable on disk, and leaves the spool once
-  its frame went out. Entries appended in this run are also kept in a bounded
-  cache, so the pump reads disk only after a restart or a long backlog.
+Each source owns one queue, so a limit is the channel's own and a noisy
+channel fills only its own queue.
+
+- `MemoryQueue`: bounded, in memory; QoS 1/2 is acknowledged to the OT peer on
+  arrival, so a crash loses what was queued (overflow is counted by the source).
+- `SpoolQueue`: the channel's encrypted durable spool. An item is acknowledged
+  to the OT peer only once it is durable on disk, and leaves the spool once its
+  frame went out. Items appended in this run are also kept in a bounded cache,
+  so reading the spool back touches the disk only after a restart or a long
+  backlog.
 """
 
 from __future__ import annotations
@@ -19,34 +23,31 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
-
-import cbor2
+from typing import Any, Generic, TypeVar
 
 from agent.spool import Spool
 
-# channel, topic, payload, qos, retain, properties, arrival (wall clock)
-Entry = tuple[str, str, bytes, int, bool, dict[str, Any] | None, float]
+T = TypeVar("T")
 Ack = Callable[[], object]
 
 _CACHE = 50_000
 
 
-class MemoryQueue:
+class MemoryQueue(Generic[T]):
     manual_ack = False
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._q: deque[Entry] = deque()
+        self._q: deque[T] = deque()
 
-    def put(self, entry: Entry, ack: Ack | None) -> bool:
-        """False when full: the caller counts the drop per channel."""
+    def put(self, item: T, ack: Ack | None) -> bool:
+        """False when full: the caller counts the drop."""
         if len(self._q) >= self.limit:
             return False
-        self._q.append(entry)
+        self._q.append(item)
         return True
 
-    def take(self, limit: int) -> list[tuple[int | None, Entry]]:
+    def take(self, limit: int) -> list[tuple[int | None, T]]:
         q = self._q
         return [(None, q.popleft()) for _ in range(min(limit, len(q)))]
 
@@ -69,41 +70,42 @@ class MemoryQueue:
         return {"queued": len(self._q)}
 
 
-class SpoolQueue:
+class SpoolQueue(Generic[T]):
     manual_ack = True
 
-    def __init__(self, spool: Spool, conflate: Callable[[Entry], str | None]) -> None:
+    def __init__(self, spool: Spool, encode: Callable[[T], bytes],
+                 decode: Callable[[bytes], T], conflate: Callable[[T], str | None]) -> None:
         self.spool = spool
-        self._conflate = conflate
-        self._cache: dict[int, Entry] = {}
+        self._encode, self._decode, self._conflate = encode, decode, conflate
+        self._cache: dict[int, T] = {}
         self._cursor = spool.acked_seq
         self._acks: deque[tuple[int, Ack]] = deque()
 
-    def put(self, entry: Entry, ack: Ack | None) -> bool:
-        seq = self.spool.append(cbor2.dumps(list(entry)), self._conflate(entry))
+    def put(self, item: T, ack: Ack | None) -> bool:
+        seq = self.spool.append(self._encode(item), self._conflate(item))
         if len(self._cache) < _CACHE:
-            self._cache[seq] = entry
+            self._cache[seq] = item
         if ack is not None:
             self._acks.append((seq, ack))
         self._release()
         return True
 
-    def take(self, limit: int) -> list[tuple[int | None, Entry]]:
-        out: list[tuple[int | None, Entry]] = []
+    def take(self, limit: int) -> list[tuple[int | None, T]]:
+        out: list[tuple[int | None, T]] = []
         cache = self._cache
         while len(out) < limit:
-            entry = cache.pop(self._cursor + 1, None)
-            if entry is not None:
+            item = cache.pop(self._cursor + 1, None)
+            if item is not None:
                 self._cursor += 1
-                out.append((self._cursor, entry))
+                out.append((self._cursor, item))
                 continue
-            records = self.spool.peek(min(limit - len(out), 1000), after=self._cursor)
-            if not records:
+            found = self.spool.peek(min(limit - len(out), 1000), after=self._cursor)
+            if not found:
                 break
-            for rec in records:
+            for rec in found:
                 cache.pop(rec.seq, None)
                 self._cursor = rec.seq
-                out.append((rec.seq, _decode(rec.payload)))
+                out.append((rec.seq, self._decode(rec.payload)))
         return out
 
     def framed(self, tags: list[object]) -> None:
@@ -117,7 +119,7 @@ class SpoolQueue:
         self._release()
 
     def _release(self) -> None:
-        """Acknowledge to the OT broker what is now durable."""
+        """Acknowledge to the OT peer what is now durable."""
         acks, durable = self._acks, self.spool.durable_seq
         while acks and acks[0][0] <= durable:
             acks.popleft()[1]()
@@ -134,8 +136,3 @@ class SpoolQueue:
 
     def stats(self) -> dict[str, Any]:
         return {"queued": len(self), "spool": asdict(self.spool.stats())}
-
-
-def _decode(payload: bytes) -> Entry:
-    channel, topic, body, qos, retain, props, arrived = cbor2.loads(payload)
-    return channel, topic, body, qos, retain, props, arrived

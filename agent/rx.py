@@ -1,9 +1,11 @@
 """The RX agent (IT side): wiring only.
 
 ```
-transport ──► LinkReceiver ──► RecordReceived(MqttMessage) ──► MqttSink[channel] ──► IT brokers
- (udp|serial)  (verify, dedupe,  RecordReceived(Heartbeat) ──┐
-               reorder, gaps)    FramesLost, EpochChanged ───┴► LinkHealth ──► status topic, status file, log
+transport ──► RxCore: LinkReceiver ─► records ─► Sink per channel (agent/protocols.py) ──► IT peers
+ (udp|serial)        (verify, dedupe, Heartbeat, FramesLost, EpochChanged ─► LinkHealth
+                      reorder, gaps)                                            │
+ LinkView (link state, TX's sources) ◄──────────────────────────────────────────┘
+   ──► every sink (its own health signals), status file, metrics, LEDs
 ```
 """
 
@@ -13,25 +15,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agent.adapter import HEALTHY_SINK, LinkView, RxContext, Sink
 from agent.board.interface import LinkSetupError, setup_interface
 from agent.board.signals import BoardSignals
-from agent.config import AgentConfig, ConfigError, LinkConfig, RxMqttChannel
+from agent.config import AgentConfig, LinkConfig
+from agent.errors import EXIT_FATAL, ConfigError, SpoolError
 from agent.keys import read_key
-from agent.link import records
-from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
 from agent.link.health import HealthParams, LinkHealth, LinkState
 from agent.link.receiver import REJECT_REASONS, LinkReceiver, ReceiverParams
 from agent.link.seal import key_fingerprint
-from agent.mqtt.sink import MqttSink
-from agent.mqtt.sink_spooled import SpooledMqttSink
+from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
-from agent.spool import Spool, SpoolError, load_spool_key
+from agent.rxcore import RxCore
+from agent.spool import Spool, load_spool_key
 from agent.transport.base import RxTransport
-
-if TYPE_CHECKING:
-    from agent.opcua.mirror import OpcuaMirror
 
 log = logging.getLogger("diode.rx")
 
@@ -42,6 +41,19 @@ def open_transport(link: LinkConfig) -> RxTransport:
         return SerialRx(link.serial_port, link.baudrate)
     from agent.transport.udp import UdpRx
     return UdpRx(link.host, link.port, interface=link.interface)
+
+
+def spool_opener(cfg: AgentConfig) -> Callable[[str], Spool | None]:
+    """Each channel spools into its own folder, so a peer that is down holds back
+    only its own channel."""
+    def open_spool(channel: str) -> Spool | None:
+        s, directory = cfg.spool, cfg.spool_dir(channel)
+        if s is None or directory is None:
+            return None
+        return Spool(directory, load_spool_key(s.key), max_bytes=s.max_bytes,
+                     fsync=s.fsync,  # type: ignore[arg-type]
+                     fsync_interval_ms=s.fsync_interval_ms)
+    return open_spool
 
 
 class RxAgent:
@@ -55,46 +67,46 @@ class RxAgent:
                                     self.key)
         self.health = LinkHealth(HealthParams(timeout=link.timeout,
                                               degraded_loss=link.degraded_loss))
-        self.counters = {"unrouted": 0}
         self.board = BoardSignals("rx", cfg.board, {"timers": 5.0})
-        self._epoch_datagrams = 0
-        self._unrouted_logged: set[str] = set()
-        self._lost_unlogged = 0
-        self._lost_logged_at = -1.0
+        self.sinks: dict[tuple[str, str], Sink] = {}
+        self.core = RxCore(self.receiver, self.health, self.sinks, cfg.path)
+
+    def _open_sinks(self, rt: Runtime) -> None:
+        ctx = RxContext(fail=rt.fail, open_spool=spool_opener(self.cfg))
+        for adapter in ADAPTERS:
+            for ch in self.cfg.channels.get(adapter.name, ()):
+                self.sinks[(adapter.name, ch.name)] = adapter.sink(ch, ctx)
+
+    async def _stop_sinks(self) -> None:
+        for sink in self.sinks.values():
+            await sink.stop()
 
     async def run(self) -> int:
         rt = Runtime()
         try:
-            self.sinks = {ch.name: self._sink(ch, rt.fail) for ch in self.cfg.rx_mqtt}
+            self._open_sinks(rt)
         except (ConfigError, SpoolError) as exc:
             log.critical("cannot open the spool: %s", exc)
-            return 2
-        for sink in self.sinks.values():
-            sink.start()
-        self.mirrors: dict[str, OpcuaMirror] = {}
-        if self.cfg.rx_opcua:
-            from agent.opcua.mirror import OpcuaMirror as Mirror  # asyncua only when used
-            self.mirrors = {c.name: Mirror(c) for c in self.cfg.rx_opcua}
+            await self._stop_sinks()
+            return EXIT_FATAL
         transport = open_transport(self.cfg.link)
         try:
-            # The link first: a mirror takes a second or more to start, and frames
-            # sent meanwhile (a TX starting with us, its first model) must not be
-            # lost; the mirrors queue what comes before they serve.
+            # The link first: a sink may take a second or more to start (a server to
+            # bring up), and frames sent meanwhile (a TX starting with us) must not be
+            # lost; sinks queue what comes before they serve.
             setup_interface(self.cfg.link, "rx")
-            await transport.start(self._on_datagram)
-            log.info("RX listening: link id %d, %s, %d MQTT channel(s), key %s",
-                     self.cfg.link.link_id, self._where(), len(self.sinks),
+            await transport.start(lambda d: self.core.datagram(d, time.monotonic()))
+            log.info("RX listening: link id %d, %s, channels %s, key %s",
+                     self.cfg.link.link_id, self._where(),
+                     ", ".join(s.key for s in self.sinks.values()) or "none",
                      key_fingerprint(self.key))
-            for mirror in self.mirrors.values():
-                await mirror.start()
-        except (OSError, LinkSetupError) as exc:
-            log.critical("cannot open the link or an OPC UA mirror endpoint: %s", exc)
-            transport.close()
-            for mirror in self.mirrors.values():
-                await mirror.stop()
             for sink in self.sinks.values():
-                await sink.stop()
-            return 2
+                await sink.start()
+        except (OSError, LinkSetupError) as exc:
+            log.critical("cannot open the link or a sink's endpoint: %s", exc)
+            transport.close()
+            await self._stop_sinks()
+            return EXIT_FATAL
         if self.cfg.metrics is not None:
             from agent.metrics import serve
             host, port = self.cfg.metrics
@@ -104,9 +116,8 @@ class RxAgent:
                 log.critical("cannot serve metrics on %s:%d: %s. Fix: check [metrics] listen",
                              host, port, exc)
                 transport.close()
-                for sink in self.sinks.values():
-                    await sink.stop()
-                return 2
+                await self._stop_sinks()
+                return EXIT_FATAL
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.board.start(link_state=lambda: self.health.state.value)
         self.board.ready(f"RX listening on {self._where()}")
@@ -116,11 +127,8 @@ class RxAgent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         transport.close()
-        self._report()
-        for sink in self.sinks.values():
-            await sink.stop()
-        for mirror in self.mirrors.values():
-            await mirror.stop()
+        await self._report()
+        await self._stop_sinks()
         await self.board.close(fatal=rt.fatal is not None)
         if rt.fatal:
             log.critical("RX stopped: %s", rt.fatal)
@@ -128,74 +136,11 @@ class RxAgent:
             log.info("RX stopped cleanly")
         return rt.exit_code
 
-    def _sink(self, ch: RxMqttChannel, fail: Callable[[str], None]) -> MqttSink:
-        """With [spool], each channel spools into its own folder, so a broker that is
-        down holds back only its own channel."""
-        s = self.cfg.spool
-        if s is None:
-            return MqttSink(ch, fail)
-        spool = Spool(s.dir / ch.name, load_spool_key(s.key), max_bytes=s.max_bytes,
-                      fsync=s.fsync,  # type: ignore[arg-type]
-                      fsync_interval_ms=s.fsync_interval_ms)
-        return SpooledMqttSink(ch, fail, spool)
-
     def _where(self) -> str:
         link = self.cfg.link
         if link.transport == "serial":
             return f"serial {link.serial_port} @ {link.baudrate}"
         return f"udp {link.host}:{link.port}"
-
-    # -- link input ----------------------------------------------------------------
-
-    def _on_datagram(self, datagram: bytes) -> None:
-        now = time.monotonic()
-        self._handle(self.receiver.receive(datagram, now), now)
-
-    def _handle(self, events: list[Event], now: float) -> None:
-        sinks = self.sinks
-        for ev in events:
-            if isinstance(ev, RecordReceived):
-                rec = ev.record
-                if isinstance(rec, records.MqttMessage):
-                    sink = sinks.get(rec.channel)
-                    if sink is not None:
-                        sink.publish(rec, now)
-                    else:
-                        self._unrouted(rec.channel)
-                elif isinstance(rec, records.OpcuaModel | records.OpcuaValues):
-                    mirror = self.mirrors.get(rec.source)
-                    if mirror is not None:
-                        mirror.submit(rec)
-                    else:
-                        self._unrouted(rec.source)
-                elif isinstance(rec, records.Heartbeat):
-                    valid = self.receiver.counters["valid"] + self.receiver.counters["duplicates"]
-                    self.health.on_heartbeat(rec, valid - self._epoch_datagrams, now)
-            elif isinstance(ev, FramesLost):
-                self.health.on_lost(now)
-                self._lost_unlogged += ev.count
-                if now - self._lost_logged_at >= 1.0:
-                    log.warning("link: %d frame(s) lost since the last report (epoch %016x, "
-                                "latest from seq %d); %d lost in all", self._lost_unlogged,
-                                ev.epoch, ev.first_seq, self.receiver.counters["lost"])
-                    self._lost_unlogged, self._lost_logged_at = 0, now
-            elif isinstance(ev, EpochChanged):
-                c = self.receiver.counters
-                self._epoch_datagrams = c["valid"] + c["duplicates"] - 1
-                self.health.on_epoch()
-                if ev.old is None:
-                    log.info("link: receiving epoch %016x", ev.new)
-                else:
-                    log.warning("link: TX restarted (epoch %016x -> %016x); following it",
-                                ev.old, ev.new)
-
-    def _unrouted(self, channel: str) -> None:
-        self.counters["unrouted"] += 1
-        if channel not in self._unrouted_logged:
-            self._unrouted_logged.add(channel)
-            log.error("link: records for channel '%s' have no [[mqtt]] channel of that name "
-                      "here; they are dropped and counted. Fix: add [[mqtt]] name = \"%s\" to "
-                      "%s", channel, channel, self.cfg.path)
 
     # -- timers --------------------------------------------------------------------
 
@@ -210,40 +155,27 @@ class RxAgent:
             passes += 1
             if passes % 5 == 0:
                 self._show(now)
-            deadline = self.receiver.next_deadline()
-            if deadline is not None and deadline <= now:
-                self._handle(self.receiver.handle_timer(now), now)
+            self.core.timer(now)
             state = self.health.evaluate(now, self.receiver.last_valid_at)
             if state != prev:
                 level = logging.INFO if state == LinkState.UP else logging.WARNING
                 log.log(level, "link state %s -> %s", prev.value, state.value)
                 prev = state
-                self._report()
-                await self._tell_mirrors(now)
+                await self._report()
             await asyncio.sleep(0.02)
 
     def _show(self, now: float) -> None:
         c = self.receiver.counters
-        dropped = sum(s.counters["queue_dropped"] for s in self.sinks.values())
+        dropped = sum(s.dropped() for s in self.sinks.values())
         fault = self.board.fault({"auth_failed": c["auth_failed"],
-                                  "unrouted": self.counters["unrouted"], "dropped": dropped}, now)
-        connected = sum(s.state == "connected" for s in self.sinks.values())
+                                  "unrouted": self.core.counters["unrouted"],
+                                  "dropped": dropped}, now)
+        connected = sum(s.state in HEALTHY_SINK for s in self.sinks.values())
         self.board.show(self.health.state.value, connected, len(self.sinks), fault)
-
-    async def _tell_mirrors(self, now: float) -> None:
-        """Link and source health into the mirrors' status codes and diagnostics."""
-        hb = self.health.last_heartbeat
-        for name, mirror in self.mirrors.items():
-            await mirror.set_link_state(
-                self.health.state.value,
-                source_state=hb.sources.get(f"opcua:{name}") if hb else None,
-                heartbeat_age=self.health.heartbeat_age(now),
-                counters=hb.counters if hb else None)
 
     async def _status(self) -> None:
         while True:
-            await self._tell_mirrors(time.monotonic())
-            self._report()
+            await self._report()
             await asyncio.sleep(self.cfg.status_interval)
 
     def status(self) -> dict[str, Any]:
@@ -251,7 +183,7 @@ class RxAgent:
         c = self.receiver.counters
         hb = self.health.last_heartbeat
         age = self.health.heartbeat_age(now)
-        return {
+        out: dict[str, Any] = {
             "role": "rx", "time": time.time(), "config": str(self.cfg.path),
             "key_fingerprint": key_fingerprint(self.key),
             "link_state": self.health.state.value,
@@ -262,18 +194,25 @@ class RxAgent:
                          "duplicates": c["duplicates"], "late": c["late"],
                          "auth_failures": c["auth_failed"],
                          "rejected": sum(c[r] for r in REJECT_REASONS),
-                         "unrouted": self.counters["unrouted"]},
+                         "unrouted": self.core.counters["unrouted"]},
             "link": dict(c),
             "tx": None if hb is None else {"sources": hb.sources, "counters": hb.counters},
-            "sinks": {name: {"state": s.state, **s.counters, **s.conn.counters,
-                             "spool": s.stats()} for name, s in self.sinks.items()},
-            "opcua": {name: {"state": m.state, **m.all_counters()}
-                      for name, m in getattr(self, "mirrors", {}).items()},
             "board": self.board.describe(),
         }
+        for adapter in ADAPTERS:
+            out.setdefault(adapter.status_section, {}).update(
+                {channel: sink.status() for (proto, channel), sink in self.sinks.items()
+                 if proto == adapter.name})
+        return out
 
-    def _report(self) -> None:
+    async def _report(self) -> None:
+        """Link and TX source health to every sink, and the status file."""
         status = self.status()
-        for name, sink in self.sinks.items():
-            sink.publish_status({**status, "channel": name})
+        hb = self.health.last_heartbeat
+        view = LinkView(state=self.health.state.value,
+                        heartbeat_age=self.health.heartbeat_age(time.monotonic()),
+                        tx_sources=hb.sources if hb else {},
+                        tx_counters=hb.counters if hb else None, status=status)
+        for sink in self.sinks.values():
+            await sink.on_link(view)
         write_status(self.cfg.status_file, status)

@@ -60,9 +60,9 @@ def render(st: dict[str, Any], now: float) -> str:
         lines.append(f"epoch           {st.get('epoch')}")
         for name, state in (st.get("sources") or {}).items():
             lines.append(f"source          {name}: {state}")
-        queue = st.get("queue") or {}
-        lines.append(f"queued          {queue.get('queued')}")
-        lines.extend(_spool_lines(queue.get("spool")))
+        for name, queue in (st.get("queues") or {}).items():
+            lines.append(f"queued          {name}: {queue.get('queued')}")
+            lines.extend(_spool_lines(queue.get("spool")))
         c = st.get("counters", {})
         lines.append("counters        " + "  ".join(f"{k} {v}" for k, v in c.items()))
     board = st.get("board") or {}

@@ -1,10 +1,10 @@
 """The TX agent (OT side): wiring only. It opens no listening socket.
 
 ```
-OT brokers ──► MqttSource (paho in the loop, bounded queue) ┐
-heartbeat timer ──► Heartbeat (counters, source states) ─┼─► LinkSender ─► TokenBucket ─► transport ══►
-carousel timers ──► retained snapshot (share of rate) ───┘   (pack, seal,  (bit rate)    (udp | serial)
-                                                               repeat)
+plant peers ─► Source per channel ─┐ (agent/protocols.py; each with its own queue)
+heartbeat timer ─► Heartbeat ──────┼─► TxCore ─► TokenBucket ─► transport ══► one-way link
+CarouselScheduler ─► re-sends ─────┘   (LinkSender:  (bit rate)   (udp | serial)
+ (each within its share of the link)    pack, seal, repeat)
 ```
 """
 
@@ -14,24 +14,25 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from agent.adapter import Source, SourceState, TxContext
 from agent.board.interface import LinkSetupError, setup_interface
 from agent.board.signals import BoardSignals
-from agent.config import AgentConfig, ConfigError, LinkConfig
+from agent.carousel import CarouselScheduler
+from agent.config import AgentConfig, LinkConfig
+from agent.errors import EXIT_FATAL, ConfigError, SpoolError
 from agent.keys import read_key
 from agent.link import records
 from agent.link.pacer import TokenBucket
 from agent.link.seal import key_fingerprint
 from agent.link.sender import LinkSender, SenderParams
-from agent.mqtt.source import MqttSource
-from agent.queues import Entry, MemoryQueue, SpoolQueue
-from agent.runtime import EXIT_FATAL, Runtime, write_status
-from agent.spool import Spool, SpoolError, load_spool_key
+from agent.protocols import ADAPTERS
+from agent.runtime import Runtime, write_status
+from agent.spool import Spool, load_spool_key
 from agent.transport.base import TxTransport
-
-if TYPE_CHECKING:
-    from agent.opcua.source import OpcuaSource
+from agent.txcore import TxCore
 
 log = logging.getLogger("diode.tx")
 
@@ -82,20 +83,27 @@ def _open_udp(link: LinkConfig) -> TxTransport:
                  broadcast=link.broadcast)
 
 
-def open_queue(cfg: AgentConfig) -> MemoryQueue | SpoolQueue:
-    """The encrypted spool when [spool] is configured, else a bounded memory queue."""
-    if cfg.spool is None:
-        return MemoryQueue(sum(ch.queue_limit for ch in cfg.tx_mqtt) or 1)
-    s = cfg.spool
-    spool = Spool(s.dir, load_spool_key(s.key), max_bytes=s.max_bytes,
-                  fsync=s.fsync,  # type: ignore[arg-type]
-                  fsync_interval_ms=s.fsync_interval_ms)
-    conflating = {ch.name for ch in cfg.tx_mqtt if ch.overflow == "conflate"}
+def spool_opener(cfg: AgentConfig) -> Callable[[str], Spool | None]:
+    """Opens a channel's own spool folder under [spool] dir (None without [spool])."""
+    def open_spool(channel: str) -> Spool | None:
+        s, directory = cfg.spool, cfg.spool_dir(channel)
+        if s is None or directory is None:
+            return None
+        return Spool(directory, load_spool_key(s.key), max_bytes=s.max_bytes,
+                     fsync=s.fsync,  # type: ignore[arg-type]
+                     fsync_interval_ms=s.fsync_interval_ms)
+    return open_spool
 
-    def conflate(e: Entry) -> str | None:
-        # retained topics are state: when the spool is full, keep only their latest
-        return f"{e[0]}\0{e[1]}" if e[4] or e[0] in conflating else None
-    return SpoolQueue(spool, conflate)
+
+def warn_orphaned_spools(cfg: AgentConfig) -> None:
+    """Spool folders of channels no longer configured: their messages will not be sent."""
+    if cfg.spool is None or not cfg.spool.dir.is_dir():
+        return
+    names = {ch.name for chs in cfg.channels.values() for ch in chs}
+    for d in sorted(cfg.spool.dir.iterdir()):
+        if d.is_dir() and d.name not in names and any(d.glob("*.seg")):
+            log.warning("spool folder %s belongs to no channel in %s; what it holds is not "
+                        "sent. Fix: restore the channel, or remove the folder", d, cfg.path)
 
 
 class TxAgent:
@@ -111,6 +119,13 @@ class TxAgent:
         self.board = BoardSignals("tx", cfg.board,
                                   {"send": max(5.0, 3 * link.heartbeat_interval)})
         self._wake = asyncio.Event()
+        self.sources: list[Source] = []
+
+    def _open_sources(self, rt: Runtime) -> None:
+        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=spool_opener(self.cfg))
+        for adapter in ADAPTERS:
+            for ch in self.cfg.channels.get(adapter.name, ()):
+                self.sources.append(adapter.source(ch, ctx))
 
     async def run(self) -> int:
         rt = Runtime()
@@ -123,27 +138,23 @@ class TxAgent:
             return EXIT_FATAL
         self.bucket = TokenBucket(rate, max(link.mtu * 8, int(rate / 8 * 0.01)), time.monotonic())
         try:
-            self.queue = open_queue(self.cfg)
+            self._open_sources(rt)
         except (ConfigError, SpoolError) as exc:
             log.critical("cannot open the spool: %s", exc)
+            for src in self.sources:
+                src.close()
             transport.close()
             return EXIT_FATAL
-        self.sources = [MqttSource(ch, self.queue, self._wake.set, rt.fail)
-                        for ch in self.cfg.tx_mqtt]
-        self._by_channel = {src.ch.name: src for src in self.sources}
-        self.opcua: list[OpcuaSource] = []
-        if self.cfg.tx_opcua:
-            from agent.opcua.source import OpcuaSource as Source  # asyncua only when used
-            self.opcua = [Source(c, self._wake.set, rt.fail) for c in self.cfg.tx_opcua]
+        warn_orphaned_spools(self.cfg)
+        self.core = TxCore(self.sender, self.sources,
+                           CarouselScheduler(rate, link.mtu * 4), time.monotonic())
         log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
-                 "%d MQTT channel(s), key %s", self.epoch, link.link_id,
+                 "channels %s, key %s", self.epoch, link.link_id,
                  f"udp {link.host}:{link.port}" if link.transport == "udp" else
                  f"serial {link.serial_port} @ {link.baudrate}", link.repeat, link.interleave,
-                 len(self.sources), key_fingerprint(self.key))
+                 ", ".join(s.key for s in self.sources) or "none", key_fingerprint(self.key))
         for src in self.sources:
-            src.start()
-        for ua_src in self.opcua:
-            await ua_src.start()
+            await src.start()
         self.board.start()
         tasks = [asyncio.create_task(self._pump(transport)),
                  asyncio.create_task(self._heartbeats()),
@@ -151,24 +162,20 @@ class TxAgent:
                  asyncio.create_task(self._leds()),
                  asyncio.create_task(self._sync())]
         self.board.ready(f"TX epoch {self.epoch:016x}")
-        tasks += [asyncio.create_task(self._carousel(src, rate)) for src in self.sources]
-        tasks += [asyncio.create_task(s.run_carousel(self._push_now, rate * 0.1))
-                  for s in self.opcua]
         await rt.stop.wait()
         for src in self.sources:
             await src.stop()
-        for ua_src in self.opcua:
-            await ua_src.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         now = time.monotonic()
         self._push_heartbeat(now)
-        for d in self.sender.drain(now):
+        for d in self.core.drain(now):
             self._send(transport, d)
-        self.queue.framed(self.sender.pop_framed())
+        self.core.sent()
         self._write_status()
-        self.queue.close()
+        for src in self.sources:
+            src.close()
         transport.close()
         await self.board.close(fatal=rt.fatal is not None)
         if rt.fatal:
@@ -180,54 +187,38 @@ class TxAgent:
     # -- tasks -------------------------------------------------------------------
 
     async def _pump(self, transport: TxTransport) -> None:
-        sender = self.sender
+        core = self.core
         overhead = transport.overhead_bytes
         while True:
             self._wake.clear()
-            now, wall = time.monotonic(), time.time()
-            taken = self.queue.take(5000)
-            for tag, entry in taken:
-                src = self._by_channel.get(entry[0])
-                data = src.taken(entry, wall) if src is not None else None
-                if src is None:
-                    self._orphan(entry[0])
-                if data is not None:
-                    sender.push(data, now, tag=tag)
-                elif tag is not None:
-                    sender.tag(tag)
-            opcua_waiting = False
-            for ua_src in self.opcua:
-                for ua_rec in ua_src.take(now, 5000):
-                    sender.push(records.encode(ua_rec), now)
-                opcua_waiting |= ua_src.queue > 0
-            deadline = sender.next_deadline()
-            while deadline is not None and deadline <= now:
-                sender.handle_timer(now)
-                deadline = sender.next_deadline()
-            for d in sender.pop_datagrams():
+            more = core.poll(time.monotonic(), time.time())
+            for d in core.datagrams():
                 cost = len(d) + overhead
                 delay = self.bucket.delay(cost, time.monotonic())
                 if delay > 0:
                     await asyncio.sleep(delay)
                 self.bucket.take(cost, time.monotonic())
                 self._send(transport, d)
-            self.queue.framed(sender.pop_framed())
-            if len(taken) == 5000 or opcua_waiting:
+            core.sent()
+            self._log_overruns()
+            if more:
                 await asyncio.sleep(0)
                 continue
-            deadline = sender.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            now = time.monotonic()
+            deadline = core.next_deadline(now)
+            timeout = None if deadline is None else max(0.0, deadline - now)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
 
-    def _orphan(self, channel: str) -> None:
-        """A spooled message of a channel no longer configured: dropped, counted, told once."""
-        self.counters["orphaned"] = self.counters.get("orphaned", 0) + 1
-        if self.counters["orphaned"] == 1:
-            log.warning("the spool holds messages of channel '%s', which %s no longer has; "
-                        "they are dropped", channel, self.cfg.path)
+    def _log_overruns(self) -> None:
+        overruns = self.core.carousels.overruns
+        while overruns:
+            o = overruns.pop()
+            log.warning("%s: carousel '%s' of %d records took %.1f s, longer than its period; "
+                        "raise its carousel_share or its period", o.owner, o.carousel,
+                        o.records, o.took)
 
     def _send(self, transport: TxTransport, datagram: bytes) -> None:
         try:
@@ -238,18 +229,12 @@ class TxAgent:
             if n in (1, 10, 100) or n % 10000 == 0:
                 log.error("link send failed (%d so far): %s", n, exc)
 
-    def _push_now(self, record: bytes) -> None:
-        self.sender.push(record, time.monotonic())
-        self._wake.set()
-
     def _source_states(self) -> dict[str, str]:
-        states = {f"mqtt:{s.ch.name}": s.state for s in self.sources}
-        states.update({f"opcua:{s.cfg.name}": s.state for s in self.opcua})
-        return states
+        return {s.key: str(s.state) for s in self.sources}
 
     def _push_heartbeat(self, now: float) -> None:
         link = self.cfg.link
-        self.sender.push_heartbeat(lambda: records.encode(records.Heartbeat(
+        self.core.heartbeat(lambda: records.encode(records.Heartbeat(
             time.time(), link.heartbeat_interval, link.repeat, self._counters(),
             self._source_states())), now)
 
@@ -259,54 +244,28 @@ class TxAgent:
             self._wake.set()
             await asyncio.sleep(self.cfg.link.heartbeat_interval)
 
-    async def _carousel(self, src: MqttSource, rate: float) -> None:
-        """Re-send retained state every period, within its share of the link."""
-        ch = src.ch
-        bucket = TokenBucket(rate * ch.carousel_share, self.cfg.link.mtu * 4, time.monotonic())
-        while True:
-            await asyncio.sleep(ch.carousel_period)
-            started = time.monotonic()
-            # Each record is read from the retained state just before it is pushed,
-            # with no await between: the pacing wait comes after the push, since
-            # live messages pushed during a wait would make a copy read before it
-            # stale (RX would then publish an old value after a newer one).
-            for rec in src.carousel():
-                data = records.encode(rec)
-                now = time.monotonic()
-                self.sender.push(data, now)
-                bucket.take(len(data), now)
-                self._wake.set()
-                delay = bucket.delay(1, now)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            took = time.monotonic() - started
-            if took > ch.carousel_period:
-                log.warning("channel '%s': carousel of %d retained topics took %.1f s, longer "
-                            "than carousel_period; raise carousel_share or the period",
-                            ch.name, len(src.retained), took)
-
     async def _status(self) -> None:
         while True:
             self._write_status()
             await asyncio.sleep(self.cfg.status_interval)
 
     async def _sync(self) -> None:
-        """Batched fsync of the spool, and the OT acknowledgements it releases."""
+        """Batched fsync of the spools, and the OT acknowledgements it releases."""
         interval = (self.cfg.spool.fsync_interval_ms / 1000 if self.cfg.spool else 1.0) or 0.01
         while True:
-            self.queue.tick()
+            for src in self.sources:
+                src.tick()
             await asyncio.sleep(interval)
 
     async def _leds(self) -> None:
         sent = -1
         while True:
             now = time.monotonic()
-            dropped = sum(s.counters["queue_dropped"] for s in self.sources) + \
-                self.queue.dropped()
+            dropped = sum(s.dropped() for s in self.sources)
             fault = self.board.fault({"send_errors": self.counters["send_errors"],
                                       "dropped": dropped}, now)
             states = self._source_states().values()
-            connected = sum(s == "connected" for s in states)
+            connected = sum(s == SourceState.CONNECTED for s in states)
             datagrams = self.sender.counters["datagrams"]
             self.board.show(None, connected, len(states), fault, sending=datagrams != sent)
             sent = datagrams
@@ -318,20 +277,19 @@ class TxAgent:
         out = dict(self.sender.counters)
         out.update(self.counters)
         for src in self.sources:
-            for k, v in {**src.counters, **src.conn.counters}.items():
-                out[f"mqtt:{src.ch.name}.{k}"] = v
-        for ua_src in self.opcua:
-            for k, v in ua_src.counters.items():
-                out[f"opcua:{ua_src.cfg.name}.{k}"] = v
+            for k, v in src.counters.items():
+                out[f"{src.key}.{k}"] = v
         return out
 
     def _write_status(self) -> None:
+        queues = {s.key: s.stats() for s in self.sources}
         status: dict[str, Any] = {
             "role": "tx", "time": time.time(), "config": str(self.cfg.path),
             "epoch": f"{self.epoch:016x}", "key_fingerprint": key_fingerprint(self.key),
             "counters": self._counters(),
             "sources": self._source_states(),
-            "queue": self.queue.stats(),
+            "queue": {"queued": sum(q.get("queued", 0) for q in queues.values())},
+            "queues": queues,
             "board": self.board.describe(),
         }
         write_status(self.cfg.status_file, status)

@@ -230,14 +230,15 @@ class LinkReceiver:
 
     def _record(self, item: Any) -> records.Record | None:
         try:
-            if item.__class__ is list and len(item) == 8 and item[0] == records.MqttMessage.TAG:
-                record: records.Record = records.MqttMessage.from_list(item)  # the common case
-            else:
-                record = records.decode_item(item)
+            # the common case without decode_item's checks: a tagged list of a known tag
+            cls = (records.decoder(item[0])
+                   if item.__class__ is list and item and item[0].__class__ is int else None)
+            record: records.Record = (records.decode_item(item) if cls is None
+                                      else cls.from_list(item))
         except records.UnknownRecord:
             self.counters["unknown_record"] += 1
             return None
-        except records.RecordError:
+        except (records.RecordError, ValueError, TypeError, OverflowError):
             self.counters["bad_record"] += 1
             return None
         if isinstance(record, records.Fragment):

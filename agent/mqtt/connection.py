@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import BrokerConfig
+from agent.mqtt.config import BrokerConfig
 
 log = logging.getLogger("diode.mqtt")
 

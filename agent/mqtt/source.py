@@ -1,7 +1,7 @@
 """TX side: one OT broker connection subscribed to a channel's topic filters.
 
 paho delivers messages in the agent's loop; they wait in TX's queue (memory
-or the encrypted spool, see tx_queue.py) until the pump frames them, so a link
+or the channel's encrypted spool, see agent/queues.py) until the pump frames them, so a link
 slower than the plant backs up there. With the spool, QoS 1/2 messages are
 acknowledged to the broker only once durable, and a lasting session makes the
 broker keep unacknowledged ones while TX is away.
@@ -21,47 +21,94 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.config import TxMqttChannel
-from agent.link.records import MqttMessage, encode_mqtt
+from agent.adapter import Carousel, SourceState, TxContext
 from agent.mqtt import props as mqtt_props
+from agent.mqtt.codec import encode_mqtt
+from agent.mqtt.config import TxMqttChannel
 from agent.mqtt.connection import MqttConnection
-from agent.queues import Entry, MemoryQueue, SpoolQueue
+from agent.queues import MemoryQueue, SpoolQueue
 
 log = logging.getLogger("diode.source.mqtt")
 
+# topic, payload, qos, retain, properties, arrival (wall clock)
+Entry = tuple[str, bytes, int, bool, dict[str, Any] | None, float]
+
+
+def _encode_entry(e: Entry) -> bytes:
+    return cbor2.dumps(list(e))
+
+
+def _decode_entry(data: bytes) -> Entry:
+    topic, payload, qos, retain, props, arrived = cbor2.loads(data)
+    return topic, payload, qos, retain, props, arrived
+
+
 class MqttSource:
-    def __init__(self, ch: TxMqttChannel, queue: MemoryQueue | SpoolQueue,
-                 wake: Callable[[], None], on_fatal: Callable[[str], None]) -> None:
+    def __init__(self, ch: TxMqttChannel, ctx: TxContext) -> None:
         self.ch = ch
-        self.queue = queue
-        self._wake = wake
+        self.key = f"mqtt:{ch.name}"
+        self._wake = ctx.wake
         self._v5 = ch.broker.protocol == "5"
+        spool = ctx.open_spool(ch.name)
+        self.queue: MemoryQueue[Entry] | SpoolQueue[Entry]
+        if spool is None:
+            self.queue = MemoryQueue(ch.queue_limit)
+        else:
+            conflating = ch.overflow == "conflate"
+            # retained topics are state: when the spool is full, keep only their latest
+            self.queue = SpoolQueue(spool, _encode_entry, _decode_entry,
+                                    lambda e: e[0] if e[3] or conflating else None)
         # What the link has been given: topic -> (payload, qos, properties).
         self.retained: dict[str, tuple[bytes, int, dict[str, Any] | None]] = {}
         self._retained_topics: set[str] = set()  # as seen on arrival (3.1.1 guess)
-        self.counters = {"received": 0, "queue_dropped": 0, "expired": 0}
+        self._counters = {"received": 0, "queue_dropped": 0, "expired": 0}
         self._drop_logged = 0.0
+        self.carousels = (Carousel("retained", ch.carousel_period, ch.carousel_share,
+                                   self._carousel_round),)
         self.conn = MqttConnection(
             ch.broker, f"OT broker '{ch.name}' ({ch.broker.label})",
-            on_connected=self._subscribe, on_message=self._on_message, on_fatal=on_fatal,
-            manual_ack=queue.manual_ack, session_expiry=ch.session_expiry)
+            on_connected=self._subscribe, on_message=self._on_message, on_fatal=ctx.fail,
+            manual_ack=self.queue.manual_ack, session_expiry=ch.session_expiry)
 
     @property
-    def state(self) -> str:
-        return self.conn.state
+    def state(self) -> SourceState:
+        return SourceState(self.conn.state)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.conn.start()
 
     async def stop(self) -> None:
         await self.conn.stop()
+
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    def dropped(self) -> int:
+        return self._counters["queue_dropped"] + self.queue.dropped()
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        return {**self._counters, **self.conn.counters}
+
+    def stats(self) -> dict[str, Any]:
+        return self.queue.stats()
+
+    def tick(self) -> None:
+        self.queue.tick()
+
+    def framed(self, tags: list[object]) -> None:
+        self.queue.framed(tags)
+
+    def close(self) -> None:
+        self.queue.close()
 
     def _subscribe(self, client: paho.Client) -> None:
         if self._v5:
@@ -72,7 +119,7 @@ class MqttSource:
 
     def _on_message(self, topic: str, payload: bytes, qos: int, retain: bool,
                     properties: Properties | None, mid: int) -> None:
-        self.counters["received"] += 1
+        self._counters["received"] += 1
         props = None if properties is None else mqtt_props.from_paho(properties)
         retain = retain or (not self._v5 and topic in self._retained_topics)
         if retain and not self._v5:
@@ -84,43 +131,47 @@ class MqttSource:
         if qos and self.queue.manual_ack:
             client = self.conn.client
             ack = lambda: client.ack(mid, qos)  # noqa: E731 (a closure is the point)
-        if not self.queue.put((self.ch.name, topic, payload, qos, retain, props, time.time()),
-                              ack):
-            self.counters["queue_dropped"] += 1
+        if not self.queue.put((topic, payload, qos, retain, props, time.time()), ack):
+            self._counters["queue_dropped"] += 1
             now = time.monotonic()
             if now - self._drop_logged > 5:
                 self._drop_logged = now
                 log.error("channel '%s': queue full (%d); dropping messages (%d so far). The "
                           "link is slower than the OT traffic: raise [link] bitrate, narrow "
                           "topics, or give TX a [spool]", self.ch.name, self.ch.queue_limit,
-                          self.counters["queue_dropped"])
+                          self._counters["queue_dropped"])
             return
         self._wake()
 
-    def taken(self, entry: Entry, now: float) -> bytes | None:
-        """The encoded record for an entry the pump took (None: expired while queued),
-        with the expiry aged by the wait. Updates the retained copy the carousel re-sends."""
-        _, topic, payload, qos, retain, props, arrived = entry
-        if props is not None and "expiry" in props:
-            props = mqtt_props.age(props, now - arrived)
-            if mqtt_props.expired(props):
-                self.counters["expired"] += 1
-                if retain:  # the broker has dropped it too
-                    self.retained.pop(topic, None)
-                return None
-        if retain:
-            if payload:
-                self.retained[topic] = (payload, qos, props)
-            else:
-                self.retained.pop(topic, None)
-        return encode_mqtt(self.ch.name, topic, payload, qos, retain, props)
+    def take(self, wall: float, limit: int) -> list[tuple[bytes | None, object]]:
+        """Encoded records with the expiry aged by the wait (None: expired while queued).
+        Updates the retained copy the carousel re-sends."""
+        out: list[tuple[bytes | None, object]] = []
+        name, retained = self.ch.name, self.retained
+        for tag, (topic, payload, qos, retain, props, arrived) in self.queue.take(limit):
+            if props is not None and "expiry" in props:
+                props = mqtt_props.age(props, wall - arrived)
+                if mqtt_props.expired(props):
+                    self._counters["expired"] += 1
+                    if retain:  # the broker has dropped it too
+                        retained.pop(topic, None)
+                    out.append((None, tag))
+                    continue
+            if retain:
+                if payload:
+                    retained[topic] = (payload, qos, props)
+                else:
+                    retained.pop(topic, None)
+            out.append((encode_mqtt(name, topic, payload, qos, retain, props), tag))
+        return out
 
-    def carousel(self) -> Iterator[MqttMessage]:
-        """Re-sends of the retained state, each read when the caller takes it: the
-        carousel paces itself across many loop turns, and a topic updated
-        meanwhile must go out with its new value, never the old one."""
+    def _carousel_round(self) -> Iterator[bytes]:
+        """Re-sends of the retained state, each read when the scheduler takes it: a
+        round spans many loop turns, and a topic updated meanwhile must go out with
+        its new value, never the old one."""
+        name = self.ch.name
         for topic in list(self.retained):
             item = self.retained.get(topic)
             if item is not None:
                 payload, qos, props = item
-                yield MqttMessage(self.ch.name, topic, payload, qos, True, props, carousel=True)
+                yield encode_mqtt(name, topic, payload, qos, True, props, carousel=True)

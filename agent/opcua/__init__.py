@@ -1,0 +1,38 @@
+"""OPC UA through the diode: a plant server's address space and values on TX,
+a read-only mirror server on RX. asyncua is imported only when a channel is
+configured (it costs an MQTT-only agent about 18 MB).
+
+config.py  [[opcua]] tables        codec.py   OpcuaModel and OpcuaValues records
+source.py  TX: client, crawl.py    mirror.py  RX: server, build.py, access.py
+model.py   the address-space snapshot on the link; ua.py, certs.py: helpers
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.adapter import Adapter, RxContext, Sink, Source, TxContext
+from agent.link.records import Record
+from agent.opcua import config
+from agent.opcua.codec import OpcuaModel, OpcuaValues
+
+
+def _source(cfg: Any, ctx: TxContext) -> Source:
+    from agent.opcua.source import OpcuaSource
+    return OpcuaSource(cfg, ctx.wake, ctx.fail)
+
+
+def _sink(cfg: Any, ctx: RxContext) -> Sink:
+    from agent.opcua.mirror import OpcuaMirror
+    return OpcuaMirror(cfg)
+
+
+def _channel_of(record: Record) -> str | None:
+    if record.__class__ is OpcuaValues or record.__class__ is OpcuaModel:
+        return record.source
+    return None
+
+
+ADAPTER = Adapter(name="opcua", parse=config.parse, check=config.check, source=_source,
+                  sink=_sink, channel_of=_channel_of, record_types=(OpcuaModel, OpcuaValues),
+                  status_section="opcua")

@@ -40,7 +40,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +49,15 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
-from agent.config import _Table
-from agent.link.records import OpcuaModel, OpcuaValue, OpcuaValues, Record
+from agent.adapter import LinkView, SinkState
+from agent.link.records import Record
 from agent.opcua.access import ReadOnlyRuleset, ReadOnlyUserManager
 from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_utc, set_value
 from agent.opcua.certs import cert_der, key_der
+from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
+from agent.opcua.config import OpcuaMirrorConfig
 from agent.opcua.model import ModelAssembler, ModelSnapshot, NodeRecord
+from agent.opcua.quality import Action, Quality, QualityState
 from agent.opcua.ua import data_value, node_id, status
 
 log = logging.getLogger("diode.sink.opcua")
@@ -75,94 +78,6 @@ BAD = status(ua.StatusCodes.BadNoCommunication)
 WAITING = status(ua.StatusCodes.BadWaitingForInitialData)
 MAX_EARLY_VALUES = 1_000_000
 MAX_INBOX = 100_000  # records queued by submit()
-
-
-# -- configuration ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OpcuaMirrorConfig:
-    """One `[[opcua]]` table of rx.toml.
-
-    | key | default | meaning |
-    |---|---|---|
-    | `name` | required | the TX source of the same name is mirrored here |
-    | `endpoint` | `opc.tcp://0.0.0.0:4840/diode/` | where IT clients connect |
-    | `application_uri` | `urn:diode:rx:<name>` | the mirror's URI (in its certificate) |
-    | `server_name` | `diode mirror <name>` | |
-    | `security_policies` | `["None"]` | names in POLICY_TYPES, e.g. `Basic256Sha256_SignAndEncrypt` |
-    | `cert_file`, `key_file` | unset | server certificate and key, needed by secure policies |
-    | `trusted_clients_dir` | unset | only client certificates in this folder may connect securely |
-    | `allow_anonymous`, `users` | `true`, `{}` | logins; every user is read-only |
-    | `bad_after` | `30` | seconds of lost link/source before Uncertain values turn Bad |
-    | `diagnostics` | `true` | the Objects/DiodeDiagnostics object |
-    """
-
-    name: str
-    endpoint: str = "opc.tcp://0.0.0.0:4840/diode/"
-    application_uri: str = ""
-    server_name: str = ""
-    security_policies: tuple[str, ...] = ("None",)
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    # Only client application certificates in this folder (PEM/DER) may open a
-    # secure channel; None accepts any well-formed certificate.
-    trusted_clients_dir: Path | None = None
-    allow_anonymous: bool = True
-    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    bad_after: float = 30.0
-    diagnostics: bool = True
-
-
-def parse_opcua_mirror(table: dict[str, Any], path: Path, where: str = "opcua") -> OpcuaMirrorConfig:
-    """One `[[opcua]]` table of rx.toml; ConfigError names file, key and fix."""
-    t = _Table(Path(path), where, table)
-    name = t.get("name", str, example='"plant"')
-    endpoint = t.get("endpoint", str, "opc.tcp://0.0.0.0:4840/diode/",
-                     example='"opc.tcp://0.0.0.0:4840/diode/"')
-    if not endpoint.startswith("opc.tcp://"):
-        t.fail("endpoint", f"expected an opc.tcp:// URL, got {endpoint!r}",
-               'endpoint = "opc.tcp://0.0.0.0:4840/diode/"')
-    policies = t.get("security_policies", list, ["None"], example='["None"]')
-    if not policies or not all(isinstance(p, str) and p in POLICY_TYPES for p in policies):
-        t.fail("security_policies", f"expected a non-empty list of {', '.join(POLICY_TYPES)}",
-               'security_policies = ["Basic256Sha256_SignAndEncrypt"]')
-    cert = t.path_of("cert_file", None, example='"rx-opcua.der"')
-    key = t.path_of("key_file", None, example='"rx-opcua.key"')
-    if (cert is None) != (key is None):
-        t.fail("cert_file", "cert_file and key_file go together", "set both or neither")
-    if any(p != "None" for p in policies) and cert is None:
-        t.fail("cert_file", "secure security_policies need a server certificate",
-               "make one with `diode opcua-cert --server`, then set cert_file and key_file")
-    for key_name, p in (("cert_file", cert), ("key_file", key)):
-        if p is not None and not p.is_file():
-            t.fail(key_name, f"file not found: {p}", "point it at an existing file")
-    trusted = t.path_of("trusted_clients_dir", None, example='"opcua-trusted"')
-    if trusted is not None and not trusted.is_dir():
-        t.fail("trusted_clients_dir", f"not a folder: {trusted}",
-               "point it at a folder holding the client certificates to trust")
-    users = t.get("users", dict, {}, example='{ operator = "secret" }')
-    if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in users.items()):
-        t.fail("users", "expected a table of user name = password (non-empty strings)",
-               'users = { operator = "secret" }')
-    allow_anonymous = t.get("allow_anonymous", bool, True, example="true")
-    if not allow_anonymous and not users:
-        t.fail("allow_anonymous", "no anonymous access and no users: nobody could log in",
-               'add users = { operator = "secret" }, or allow_anonymous = true')
-    cfg = OpcuaMirrorConfig(
-        name=name, endpoint=endpoint,
-        application_uri=t.get("application_uri", str, f"urn:diode:rx:{name}",
-                              example=f'"urn:diode:rx:{name}"'),
-        server_name=t.get("server_name", str, f"diode mirror {name}",
-                          example=f'"diode mirror {name}"'),
-        security_policies=tuple(policies), cert_file=cert, key_file=key,
-        trusted_clients_dir=trusted,
-        allow_anonymous=allow_anonymous, users=tuple(sorted(users.items())),
-        bad_after=t.get("bad_after", float, 30.0, example="30.0", lo=0.0, hi=86400),
-        diagnostics=t.get("diagnostics", bool, True, example="true"),
-    )
-    t.done()
-    return cfg
 
 
 # -- the mirror -------------------------------------------------------------------------
@@ -191,8 +106,9 @@ class OpcuaMirror:
     def __init__(self, cfg: OpcuaMirrorConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        self.key = f"opcua:{cfg.name}"
         self.server: Server | None = None
-        self.state = "stopped"
+        self.state = SinkState.STOPPED
         self.assembler = ModelAssembler()
         self.version: str | None = None
         self.namespaces: tuple[str, ...] = ()
@@ -204,9 +120,7 @@ class OpcuaMirror:
         self._source_state: str | None = None
         self._heartbeat_age: float | None = None
         self._tx_counters: dict[str, int] = {}
-        self._unhealthy_since: float | None = None
-        self._ever_healthy = False
-        self._level = 0
+        self._quality = QualityState(cfg.bad_after)
         self._diag: dict[str, Any] = {}
         self._diag_ns = 0
         self._task: asyncio.Task[None] | None = None
@@ -256,7 +170,7 @@ class OpcuaMirror:
         self._builder = Builder(server.iserver)
         await self._create_diagnostics(list(await server.get_namespace_array()))
         await server.start()
-        self.state = "waiting_model"
+        self.state = SinkState.WAITING_MODEL
         self._task = asyncio.create_task(self._quality_loop(), name=f"opcua-mirror-{cfg.name}")
         self._apply_task = asyncio.create_task(self._apply_loop(), name=f"opcua-apply-{cfg.name}")
         log.info("OPC UA mirror '%s' listening on %s (%s)", cfg.name, cfg.endpoint,
@@ -271,11 +185,11 @@ class OpcuaMirror:
         if self.server is not None:
             await self.server.stop()
             self.server = None
-        self.state = "stopped"
+        self.state = SinkState.STOPPED
 
     # -- records -----------------------------------------------------------------------
 
-    def submit(self, record: Record) -> bool:
+    def submit(self, record: Record, now: float = 0.0) -> bool:
         """Queue a record from synchronous code (the link receiver's callback); the
         mirror's own task applies it. False (counted, logged) when the queue is full."""
         if len(self._inbox) >= MAX_INBOX:
@@ -339,7 +253,7 @@ class OpcuaMirror:
                 self.counters["values_bad_variant"] += 1
                 continue
             v.fresh = dv
-            if self._level:
+            if self._quality.arriving() != Quality.GOOD:
                 # Late records while the link or source counts as lost: the value is
                 # new, but nothing says it is current.
                 await self._degrade(v, 1, now_utc())
@@ -411,7 +325,7 @@ class OpcuaMirror:
         self._records = {r.node_id: old[r.node_id] for r in snap.nodes if r.node_id in old}
         await self._bind_variables([r for r in done])
         self.version = version
-        self.state = "serving"
+        self.state = SinkState.SERVING
         self.counters["models_installed"] += 1
         await self._diag_write("ModelVersion", version)
         await self._diag_write("Nodes", len(self._records))
@@ -444,8 +358,8 @@ class OpcuaMirror:
             if v.fresh is not None:
                 v.level = 0
                 await set_value(v.node, v.fresh)
-                if self._level:
-                    await self._degrade(v, self._level, stamp)
+                if self._quality.level:
+                    await self._degrade(v, self._quality.level, stamp)
             else:
                 await set_value(v.node, data_value(ua.Variant(), WAITING, None, stamp))
         self._early.clear()
@@ -481,32 +395,27 @@ class OpcuaMirror:
                 log.exception("mirror '%s': quality update failed", self.name)
 
     async def _update_quality(self, now: float) -> None:
-        if self.healthy:
-            self._ever_healthy = True
-            if self._unhealthy_since is not None:
-                self._unhealthy_since = None
-                if self._level:
-                    log.info("mirror '%s': link and source back; values turn Good as fresh "
-                             "values arrive", self.name)
-                    await self._set_level(0, recovering=True)
-            return
-        if not self._ever_healthy:
-            return  # RX just started: whatever arrives is as fresh as it gets
-        if self._unhealthy_since is None:
-            self._unhealthy_since = now
-            log.warning("mirror '%s': link %s, source %s: values turn Uncertain", self.name,
-                        self._link_state, self._source_state)
-        target = 2 if now - self._unhealthy_since >= self.cfg.bad_after else 1
-        if target > self._level:
-            if target == 2:
+        """One step of the quality table (agent/opcua/quality.py), applied to the values."""
+        q = self._quality
+        newly_lost = q.unhealthy_since is None
+        action = q.step(self.healthy, now)
+        if action == Action.RECOVER:
+            log.info("mirror '%s': link and source back; values turn Good as fresh "
+                     "values arrive", self.name)
+            await self._set_level(Quality.GOOD, recovering=True)
+        elif action == Action.DEGRADE:
+            assert q.unhealthy_since is not None
+            if newly_lost:
+                log.warning("mirror '%s': link %s, source %s: values turn Uncertain",
+                            self.name, self._link_state, self._source_state)
+            if q.level == Quality.BAD:
                 log.warning("mirror '%s': no data for %.0f s: values turn BadNoCommunication",
-                            self.name, now - self._unhealthy_since)
-            await self._set_level(target)
+                            self.name, now - q.unhealthy_since)
+            await self._set_level(q.level)
 
     async def _set_level(self, level: int, recovering: bool = False) -> None:
         """Degrade every value to `level`; or, `recovering`, lift Bad ones to Uncertain
         (each turns Good with its next fresh value)."""
-        self._level = level
         stamp = now_utc()
         async with self._lock:
             for i, v in enumerate(list(self._vars.values())):
@@ -578,13 +487,28 @@ class OpcuaMirror:
             return
         await self._diag_write("LinkState", self._link_state)
         await self._diag_write("SourceState", self._source_state or "unknown")
-        await self._diag_write("Quality", ("Good", "Uncertain", "Bad")[self._level])
+        await self._diag_write("Quality", ("Good", "Uncertain", "Bad")[self._quality.level])
         await self._diag_write("HeartbeatAge", float(self._heartbeat_age)
                                if self._heartbeat_age is not None else -1.0)
         await self._diag_write("ValuesApplied", self.counters["values_applied"])
         counters = {**{f"mirror.{k}": v for k, v in self.all_counters().items()},
                     **{f"tx.{k}": v for k, v in self._tx_counters.items()}}
         await self._diag_write("Counters", json.dumps(counters, sort_keys=True))
+
+    # -- the sink contract (agent/adapter.py) ---------------------------------------------
+
+    def tick(self) -> None:
+        pass  # the mirror's own tasks apply records and keep the quality
+
+    def dropped(self) -> int:
+        return self.counters["records_dropped"]
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, **self.all_counters()}
+
+    async def on_link(self, link: LinkView) -> None:
+        await self.set_link_state(link.state, source_state=link.tx_sources.get(self.key),
+                                  heartbeat_age=link.heartbeat_age, counters=link.tx_counters)
 
     def all_counters(self) -> dict[str, int]:
         out = dict(self.counters)

@@ -47,7 +47,7 @@ from typing import Any
 
 import cbor2
 
-from agent.link.records import OpcuaModel
+from agent.opcua.codec import OpcuaModel
 
 FORMAT = 1
 MAX_MODEL_BYTES = 512 << 20  # uncompressed; a bigger snapshot is refused

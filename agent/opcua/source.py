@@ -39,25 +39,33 @@ from typing import Any
 
 from asyncua import Client, ua
 from asyncua.common.subscription import Subscription
+from asyncua.crypto import security_policies
 from asyncua.ua.ua_binary import variant_to_binary
 
+from agent.adapter import Carousel, SourceState
 from agent.errors import AdapterError
 from agent.link import records
-from agent.link.pacer import TokenBucket
-from agent.link.records import OpcuaModel, OpcuaValue, OpcuaValues
 from agent.opcua.certs import cert_der, key_der
+from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
+from agent.opcua.config import OpcuaSourceConfig
 from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
 from agent.opcua.model import ModelSnapshot
-from agent.opcua.source_config import (
-    SECURITY_MODES,
-    SECURITY_POLICIES,
-    TRIGGERS,
-    OpcuaSourceConfig,
-    parse_opcua_source,
-)
 from agent.opcua.ua import status
 
-__all__ = ["OpcuaSource", "OpcuaSourceConfig", "SourceRefused", "parse_opcua_source"]
+__all__ = ["OpcuaSource", "OpcuaSourceConfig", "SourceRefused"]
+
+# The config's names (agent/opcua/config.py) -> asyncua
+SECURITY_POLICIES: dict[str, Any] = {
+    "None": None,
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+SECURITY_MODES = {"Sign": ua.MessageSecurityMode.Sign,
+                  "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
+
+TRIGGERS = {"StatusValue": ua.DataChangeTrigger.StatusValue,
+            "StatusValueTimestamp": ua.DataChangeTrigger.StatusValueTimestamp}
 
 log = logging.getLogger("diode.source.opcua")
 
@@ -153,9 +161,15 @@ class OpcuaSource:
     def __init__(self, cfg: OpcuaSourceConfig, wake: Callable[[], None] = lambda: None,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
+        self.key = f"opcua:{cfg.name}"
         self._wake = wake
         self._on_fatal = on_fatal
-        self.state = "stopped"
+        self.state = SourceState.STOPPED
+        self.carousels = (
+            Carousel("model", cfg.model_carousel_period, cfg.carousel_share,
+                     lambda: self._counted(self.model_carousel(), "model_records")),
+            Carousel("values", cfg.value_keyframe_period, cfg.carousel_share,
+                     lambda: self._counted(self.value_keyframe(), "keyframe_records")))
         self.fatal: str | None = None
         self.counters: dict[str, int] = dict.fromkeys((
             "connects", "outages", "crawls", "model_versions", "nodes", "variables",
@@ -192,15 +206,33 @@ class OpcuaSource:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self._disconnect()
-        if self.state != "refused":
-            self.state = "stopped"
+        if self.state != SourceState.REFUSED:
+            self.state = SourceState.STOPPED
 
-    @property
-    def queue(self) -> int:
+    def waiting(self) -> int:
         return len(self._pending) + len(self._live)
 
-    def take(self, now: float, limit: int) -> list[records.Record]:
-        """Up to `limit` records: model chunks of a new version first, then value batches."""
+    def dropped(self) -> int:
+        return self.counters["queue_dropped"]
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued": self.waiting()}
+
+    def tick(self) -> None:
+        pass
+
+    def framed(self, tags: list[object]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self, wall: float, limit: int) -> list[tuple[bytes | None, object]]:
+        """Up to `limit` encoded records: model chunks of a new version first, then
+        value batches. Values are state, held in memory: nothing to release."""
+        return [(records.encode(rec), None) for rec in self._take(limit)]
+
+    def _take(self, limit: int) -> list[records.Record]:
         out: list[records.Record] = []
         live = self._live
         while live and len(out) < limit:
@@ -233,13 +265,13 @@ class OpcuaSource:
         older than one already handed to the link. Nothing while disconnected from the
         server: the values would be stale, and RX shows that by their status.
         """
-        if self.state != "connected":
+        if self.state != SourceState.CONNECTED:
             return
         keys = list(self._last)
         budget = self.cfg.batch_bytes
         i = 0
         while i < len(keys):
-            if self.state != "connected":
+            if self.state != SourceState.CONNECTED:
                 return
             batch: list[OpcuaValue] = []
             size = 0
@@ -252,35 +284,11 @@ class OpcuaSource:
             if batch:
                 yield OpcuaValues(self.cfg.name, True, tuple(batch))
 
-    async def run_carousel(self, push: Callable[[bytes], None], rate_bps: float,
-                           burst_bytes: int = 16384) -> None:
-        """Forever: model chunks every model_carousel_period and value keyframes every
-        value_keyframe_period, encoded and given to `push`, within `rate_bps`."""
-        cfg = self.cfg
-        now = time.monotonic()
-        bucket = TokenBucket(rate_bps, burst_bytes, now)
-        next_model, next_values = now + cfg.model_carousel_period, now + cfg.value_keyframe_period
-        while True:
-            await asyncio.sleep(max(0.0, min(next_model, next_values) - time.monotonic()))
-            now = time.monotonic()
-            jobs: list[tuple[str, Iterator[Any]]] = []
-            if now >= next_model:
-                next_model = now + cfg.model_carousel_period
-                jobs.append(("model", self.model_carousel()))
-            if now >= next_values:
-                next_values = now + cfg.value_keyframe_period
-                jobs.append(("values", self.value_keyframe()))
-            for kind, it in jobs:
-                for rec in it:
-                    data = records.encode(rec)
-                    push(data)
-                    self.counters["carousel_records"] += 1
-                    self.counters["keyframe_records" if kind == "values" else "model_records"] += 1
-                    t = time.monotonic()
-                    bucket.take(len(data), t)
-                    delay = bucket.delay(1, t)
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+    def _counted(self, records_: Iterator[Any], counter: str) -> Iterator[bytes]:
+        for rec in records_:
+            self.counters["carousel_records"] += 1
+            self.counters[counter] += 1
+            yield records.encode(rec)
 
     # -- connection loop ---------------------------------------------------------------
 
@@ -288,7 +296,7 @@ class OpcuaSource:
         cfg = self.cfg
         delay = cfg.reconnect_min
         while not self._stopping:
-            self.state = "connecting"
+            self.state = SourceState.CONNECTING
             try:
                 await self._connect()
             except SourceRefused as exc:
@@ -296,7 +304,7 @@ class OpcuaSource:
                 return
             except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
                 self.counters["outages"] += 1
-                self.state = "disconnected"
+                self.state = SourceState.DISCONNECTED
                 log.warning("%s: cannot connect: %s; retrying in %.1f s", cfg.label,
                             _describe(exc), delay)
                 await asyncio.sleep(delay)
@@ -315,15 +323,15 @@ class OpcuaSource:
             except Exception:
                 log.exception("%s: unexpected error; reconnecting", cfg.label)
             self.counters["outages"] += 1
-            reached = self.state == "connected"
-            self.state = "disconnected"
+            reached = self.state == SourceState.CONNECTED
+            self.state = SourceState.DISCONNECTED
             await self._disconnect()
             # Back off also when connecting works but the session keeps failing.
             delay = cfg.reconnect_min if reached else min(delay * 2, cfg.reconnect_max)
             await asyncio.sleep(delay)
 
     def _refused(self, message: str) -> None:
-        self.state = "refused"
+        self.state = SourceState.REFUSED
         self.fatal = message
         log.error("%s", message)
         if self._on_fatal is not None:
@@ -401,7 +409,7 @@ class OpcuaSource:
         assert client is not None
         cfg = self.cfg
         limits = await read_limits(client.uaclient)
-        self.state = "crawling"
+        self.state = SourceState.CRAWLING
         result = await self._crawl(client, limits)
         self._install(result)
         self._handles.clear()
@@ -412,7 +420,7 @@ class OpcuaSource:
         # these values, which is harmless).
         await self._read_values(client, limits, result.variables)
         sub = await self._subscribe(client, limits, result.variables)
-        self.state = "connected"
+        self.state = SourceState.CONNECTED
         log.info("%s: connected; %d nodes, %d variables subscribed, model %s", cfg.label,
                  len(result.snapshot.nodes), len(self._handles), self.version)
         next_browse = time.monotonic() + cfg.rebrowse_period

@@ -394,20 +394,25 @@ def test_download_aarch64_wheels_for_every_dependency(tmp_path: Path) -> None:
     assert not [w.file for w in wheels if "x86_64" in w.file]
 
 
-def test_project_wheel_holds_agent_and_board(tmp_path: Path) -> None:
-    """As build.sh makes it: from a clean copy of what the wheel holds."""
+def test_project_wheel_holds_the_product_and_not_the_tools(tmp_path: Path) -> None:
+    """As build.sh makes it: from a clean copy of what the wheel holds. The demo, the
+    benches and the simulators (scripts/diode_tools) never reach a board, and no
+    top-level `board` module collides with Adafruit Blinka's."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src)
-    for name in ("agent", "board"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "agent", src / "agent", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path),
                     str(src)], check=True, capture_output=True)
     (whl,) = tmp_path.glob("diode_agents-*-py3-none-any.whl")
     import zipfile
     names = zipfile.ZipFile(whl).namelist()
-    assert "agent/cli.py" in names and "board/watchdog.py" in names
+    assert "agent/cli.py" in names and "agent/board/watchdog.py" in names
+    assert "agent/mqtt/source.py" in names and "agent/opcua/mirror.py" in names
+    tops = {n.split("/")[0] for n in names if not n.startswith("diode_agents-")}
+    assert tops == {"agent"}, tops
+    assert not any("diode_tools" in n or "/sim/" in n or "bench" in n for n in names)
     ep = next(n for n in names if n.endswith("entry_points.txt"))
     assert "diode = agent.cli:main" in zipfile.ZipFile(whl).read(ep).decode()
 

@@ -49,3 +49,13 @@ def test_bench_mqtt_json() -> None:
     assert out["msgs_per_s"] == sorted(out["msgs_per_s_rounds"])[1] > 0
     assert out["bridge_msgs_per_s"] == sorted(out["bridge_msgs_per_s_rounds"])[1] > 0
     assert out["ratio"] == round(out["msgs_per_s"] / out["bridge_msgs_per_s"], 3)
+
+
+def test_demo_and_bench_on_a_board_without_the_tools_say_how_to_get_them() -> None:
+    hide = ("import sys; sys.modules['diode_tools'] = None; from agent.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    for args in (["demo"], ["bench", "link"]):
+        proc = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2
+        assert "not installed" in proc.stderr and "scripts/setup.sh" in proc.stderr

@@ -68,3 +68,37 @@ def test_mutual_tls_to_the_ot_broker(diode: Diode, make_broker: Callable[..., Br
     subprocess.run([*pub, "-t", "m/x", "-m", "over mutual TLS"], check=True, timeout=10)
     got = out.wait_count(1, "m/x", 10)
     assert got[0].payload == b"over mutual TLS"
+
+
+def test_a_flooded_channel_does_not_starve_a_quiet_one(
+        diode: Diode, make_broker: Callable[..., Broker], it_broker: Broker,
+        collector: MakeCollector) -> None:
+    """Each channel owns its queue: a flood past one channel's queue_limit on a slow
+    link drops (and counts) only that channel's messages."""
+    ot_flood, ot_quiet = make_broker(name="OT flood"), make_broker(name="OT quiet")
+    tx = diode.tx_doc(broker=ot_flood, link={"bitrate": 2_000_000})
+    base = {**tx["mqtt"][0], "qos": 0, "queue_limit": 1000}
+    tx["mqtt"] = [{**base, "name": "flood", "topics": ["flood/#"]},
+                  {**base, "name": "quiet", "port": ot_quiet.port, "topics": ["quiet/#"]}]
+    rx = diode.rx_doc(broker=it_broker)
+    rx["mqtt"] = [{**rx["mqtt"][0], "name": "flood"}, {**rx["mqtt"][0], "name": "quiet"}]
+    rx_agent = diode.start("rx", rx)
+    tx_agent = diode.start("tx", tx)
+    out = collector(it_broker, ["quiet/#", "flood/#"])
+    diode.wait_up(rx_agent)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not out.data("quiet/probe"):
+        publish_all(ot_quiet.host, ot_quiet.port, [("quiet/probe", b"p", 0, False)])
+        time.sleep(0.3)
+    start = len(out.data("quiet/m"))
+    flood = [(f"flood/{i % 50}", bytes(1000), 0, False) for i in range(20_000)]
+    quiet = [(f"quiet/m/{i}", str(i).encode(), 0, False) for i in range(200)]
+    publish_all(ot_flood.host, ot_flood.port, flood)
+    publish_all(ot_quiet.host, ot_quiet.port, quiet)
+    got = out.wait_count(start + 200, "quiet/m/", 60)
+    assert [m.payload for m in got[start:]] == [str(i).encode() for i in range(200)]
+    st = diode.wait_status(tx_agent, lambda s: s["counters"]["mqtt:flood.queue_dropped"] > 0,
+                           10, "the flood counted as dropped")
+    assert st["counters"]["mqtt:quiet.queue_dropped"] == 0
+    assert st["counters"]["mqtt:flood.received"] == 20_000
+    assert len(out.data("flood/")) < 20_000

@@ -11,7 +11,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config import BrokerConfig
+from agent.mqtt.config import BrokerConfig
 from agent.mqtt.connection import MqttConnection
 from diode_tools.sim.mosquitto import Broker
 

@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 from asyncua import Client, Node, Server, ua
 
-from agent.link import records
-from agent.link.events import RecordReceived
+from agent.carousel import CarouselScheduler
+from agent.link.health import HealthParams, LinkHealth
 from agent.link.receiver import LinkReceiver, ReceiverParams
 from agent.link.sender import LinkSender, SenderParams
 from agent.opcua.mirror import OpcuaMirror, OpcuaMirrorConfig
 from agent.opcua.source import OpcuaSource, OpcuaSourceConfig
+from agent.rxcore import RxCore
+from agent.txcore import TxCore
 from diode_tools.sim.mosquitto import free_port
 from diode_tools.sim.plant_opcua import PlantProcess
 
@@ -45,38 +47,32 @@ def plant() -> Iterator[PlantProcess]:
 
 
 class Pipe:
-    """The source's records through the real sans-IO link into the mirror."""
+    """The source's records through the TX core, the real sans-IO link and the RX core
+    into the mirror, as the agents wire them."""
 
     def __init__(self, src: OpcuaSource, mirror: OpcuaMirror) -> None:
         self.src, self.mirror = src, mirror
-        params = SenderParams(repeat=1, interleave=1)
-        self.sender = LinkSender(params, KEY, epoch=1 << 30)
-        self.receiver = LinkReceiver(ReceiverParams(), KEY)
+        now = time.monotonic()
+        sender = LinkSender(SenderParams(repeat=1, interleave=1), KEY, epoch=1 << 30)
+        self.tx = TxCore(sender, [src], CarouselScheduler(50e6, 16384), now)
+        self.rx = RxCore(LinkReceiver(ReceiverParams(), KEY), LinkHealth(HealthParams()),
+                         {("opcua", "plant"): mirror})
         self.cut = False
-        self.delivered = 0
 
-    def push(self, data: bytes) -> None:
-        self.sender.push(data, time.monotonic())
+    @property
+    def delivered(self) -> int:
+        return self.rx.receiver.counters["records"]
 
     async def run(self) -> None:
-        sender, receiver = self.sender, self.receiver
         while True:
             now = time.monotonic()
-            for rec in self.src.take(now, 2000):
-                sender.push(records.encode(rec), now)
-            sender.flush(now)
-            deadline = sender.next_deadline()
-            while deadline is not None and deadline <= now:
-                sender.handle_timer(now)
-                deadline = sender.next_deadline()
-            events = receiver.handle_timer(now)
-            for d in sender.pop_datagrams():
+            self.tx.poll(now, time.time(), 2000)
+            self.tx.sender.flush(now)
+            self.rx.timer(now)
+            for d in self.tx.datagrams():
                 if not self.cut:
-                    events += receiver.receive(d, now)
-            for ev in events:
-                if isinstance(ev, RecordReceived):  # as RX's synchronous receive path does
-                    self.delivered += 1
-                    self.mirror.submit(ev.record)
+                    self.rx.datagram(d, now)
+            self.tx.sent()
             await asyncio.sleep(0.005)
 
 
@@ -93,8 +89,7 @@ async def gateway(plant: PlantProcess, **src_kw: Any) -> AsyncIterator[tuple[Pip
     await mirror.set_link_state("UP", source_state="connected")
     pipe = Pipe(src, mirror)
     await src.start()
-    tasks = [asyncio.create_task(pipe.run()),
-             asyncio.create_task(src.run_carousel(pipe.push, 50e6))]
+    tasks = [asyncio.create_task(pipe.run())]
     try:
         await until(lambda: mirror.state == "serving" and src.state == "connected", 30,
                     "the mirror serving the model")

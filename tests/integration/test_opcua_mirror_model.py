@@ -11,6 +11,7 @@ from asyncua import Client, ua
 from asyncua.ua.ua_binary import variant_to_binary
 
 from agent.link import records
+from agent.opcua import codec as opcua_codec
 from agent.opcua.mirror import DIAG_NAMESPACE, OpcuaMirror, OpcuaMirrorConfig
 from agent.opcua.model import ModelSnapshot, NodeRecord
 from diode_tools.sim.mosquitto import free_port
@@ -61,7 +62,7 @@ def test_model_versions_apply_in_place_and_namespace_change_rebuilds() -> None:
             assert await x.read_attribute(A.UserAccessLevel) is not None
             assert (await x.read_data_value(raise_on_bad_status=False)).StatusCode.value == \
                 ua.StatusCodes.BadWaitingForInitialData
-            await mirror.apply(records.OpcuaValues("m", False, (
+            await mirror.apply(opcua_codec.OpcuaValues("m", False, (
                 ("ns=2;s=F.X", v(4.5, ua.VariantType.Double), 0, None, None),)))
             assert await x.read_value() == 4.5
             # An IT client subscribed to X keeps its subscription across the rename.
@@ -90,7 +91,7 @@ def test_model_versions_apply_in_place_and_namespace_change_rebuilds() -> None:
             assert await f.get_children() == []
             y = (await client.read_attributes([client.get_node("ns=2;s=F.Y")], A.BrowseName))[0]
             assert y.StatusCode.value == ua.StatusCodes.BadNodeIdUnknown
-            await mirror.apply(records.OpcuaValues("m", False, (
+            await mirror.apply(opcua_codec.OpcuaValues("m", False, (
                 ("ns=2;s=F.X", v(7.0, ua.VariantType.Double), 0, None, None),)))
             for _ in range(100):
                 if 7.0 in seen:

@@ -25,9 +25,9 @@ def test_shipped_examples_load(tmp_path: Path) -> None:
     (tmp_path / "it-ca.crt").write_text("dummy")
     tx = config.load(tmp_path / "tx.toml", "tx")
     rx = config.load(tmp_path / "rx.toml", "rx")
-    assert tx.tx_mqtt[0].name == rx.rx_mqtt[0].name == "plant"
+    assert tx.channels["mqtt"][0].name == rx.channels["mqtt"][0].name == "plant"
     assert tx.link.key_file == tmp_path / "link.key"
-    assert rx.rx_mqtt[0].broker.tls is not None and rx.rx_mqtt[0].broker.tls.verify_hostname
+    assert rx.channels["mqtt"][0].broker.tls is not None and rx.channels["mqtt"][0].broker.tls.verify_hostname
 
 
 def test_unknown_key_names_file_key_and_suggestion(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_password_file_read_and_hidden_from_repr(tmp_path: Path) -> None:
     p = _write(tmp_path, '[link]\nkey_file = "k"\n[[mqtt]]\nname = "a"\nusername = "u"\n'
                          'password_file = "pw"\n')
     cfg = config.load(p, "tx")
-    broker = cfg.tx_mqtt[0].broker
+    broker = cfg.channels["mqtt"][0].broker
     assert broker.password == "s3cret"
     assert "s3cret" not in repr(cfg)
 

@@ -23,6 +23,7 @@ from agent.link.health import HealthParams, LinkHealth, LinkState
 from agent.link.pacer import TokenBucket
 from agent.link.receiver import REJECT_REASONS, LinkReceiver, ReceiverParams
 from agent.link.sender import LinkSender, SenderParams
+from agent.mqtt import codec as mqtt_codec
 from agent.transport.lossy import LossyChannel
 
 KEY = bytes(range(32))
@@ -45,10 +46,10 @@ def receiver(**params: Any) -> LinkReceiver:
     return LinkReceiver(ReceiverParams(link_id=LINK_ID, **params), KEY)
 
 
-def msg(index: int, size: int = 16) -> records.MqttMessage:
+def msg(index: int, size: int = 16) -> mqtt_codec.MqttMessage:
     body = index.to_bytes(4, "big")
     payload = (body * (size // 4 + 1))[:size]
-    return records.MqttMessage("ch", f"t/{index}", payload, qos=1, retain=index % 2 == 0)
+    return mqtt_codec.MqttMessage("ch", f"t/{index}", payload, qos=1, retain=index % 2 == 0)
 
 
 def frames_of(tx: LinkSender, recs: Iterable[records.Record], now: float = 0.0,
@@ -361,7 +362,7 @@ def test_authenticated_garbage_records_never_raise(items: list[bytes]) -> None:
     assert rx.counters["valid"] == len(datagrams)
     for event in events:
         if isinstance(event, RecordReceived):
-            assert isinstance(event.record, records.Heartbeat | records.MqttMessage)
+            assert isinstance(event.record, records.Heartbeat | mqtt_codec.MqttMessage)
 
 
 def test_authenticated_overflowing_numbers_are_bad_records() -> None:
@@ -502,7 +503,7 @@ def test_delivered_fraction_matches_theory(loss: float, repeat: int) -> None:
     # Whatever is delivered is in order and intact; what is not is counted.
     got = delivered(pump.events)
     assert len(got) == rx.counters["frames"]
-    indices = [int(r.topic[2:]) for r in got if isinstance(r, records.MqttMessage)]
+    indices = [int(r.topic[2:]) for r in got if isinstance(r, mqtt_codec.MqttMessage)]
     assert indices == sorted(indices)
     assert all(r == recs[i] for r, i in zip(got, indices, strict=True))
     assert lost_total(pump.events) == rx.counters["lost"]

@@ -14,20 +14,22 @@ from asyncua import ua
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import ConfigError
+from agent.config_reader import Table
+from agent.errors import ConfigError
 from agent.link import records
+from agent.opcua import codec as opcua_codec
+from agent.opcua import config as opcua_config
 from agent.opcua.crawl import Crawler, Limits
-from agent.opcua.mirror import parse_opcua_mirror
 from agent.opcua.model import ModelAssembler, ModelError, ModelSnapshot, NodeRecord, split
-from agent.opcua.source import entry_of, parse_opcua_source
+from agent.opcua.source import entry_of
 from agent.opcua.ua import node_id, status
 
 # -- records ---------------------------------------------------------------------------
 
 
 def test_opcua_records_round_trip() -> None:
-    model = records.OpcuaModel("plant", "0123456789abcdef", 2, 5, b"\x00chunk")
-    values = records.OpcuaValues("plant", True, (
+    model = opcua_codec.OpcuaModel("plant", "0123456789abcdef", 2, 5, b"\x00chunk")
+    values = opcua_codec.OpcuaValues("plant", True, (
         ("ns=2;s=A", b"\x0b" + bytes(8), 0, 133_000_000_000_000_000, None),
         ("i=2258", b"\x00", 0x80310000, None, 5)))
     for rec in (model, values):
@@ -269,6 +271,31 @@ def test_limits_from_server_values() -> None:
 
 
 # -- configuration -------------------------------------------------------------------------
+
+
+def parse_opcua_source(table: dict[str, Any], path: Path,
+                       where: str = "opcua") -> opcua_config.OpcuaSourceConfig:
+    t = Table(path, where, table)
+    cfg = opcua_config.parse_source(t)
+    t.done()
+    return cfg
+
+
+def parse_opcua_mirror(table: dict[str, Any], path: Path,
+                       where: str = "opcua") -> opcua_config.OpcuaMirrorConfig:
+    t = Table(path, where, table)
+    cfg = opcua_config.parse_mirror(t)
+    t.done()
+    return cfg
+
+
+def test_mirror_policy_names_map_to_asyncua() -> None:
+    from agent.opcua.mirror import POLICY_TYPES
+    from agent.opcua.source import SECURITY_MODES, SECURITY_POLICIES, TRIGGERS
+    assert tuple(POLICY_TYPES) == opcua_config.MIRROR_POLICIES
+    assert tuple(SECURITY_POLICIES) == opcua_config.SECURITY_POLICIES
+    assert tuple(SECURITY_MODES) == opcua_config.SECURITY_MODES
+    assert tuple(TRIGGERS) == opcua_config.TRIGGERS
 
 
 def test_source_config_defaults_and_errors(tmp_path: Path) -> None:

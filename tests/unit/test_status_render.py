@@ -30,9 +30,13 @@ def test_rx_screen_shows_link_sinks_spool_and_leds() -> None:
 
 def test_tx_screen_and_stale_file(tmp_path: Path) -> None:
     st = {"role": "tx", "time": time.time() - 60, "epoch": "01", "counters": {"frames": 5},
-          "sources": {"mqtt:plant": "connecting"}, "queue": {"queued": 7, "spool": SPOOL}}
+          "sources": {"mqtt:plant": "connecting", "mqtt:lab": "connected"},
+          "queue": {"queued": 9},
+          "queues": {"mqtt:plant": {"queued": 7, "spool": SPOOL}, "mqtt:lab": {"queued": 2}}}
     text = render(st, time.time())
-    assert "STALE" in text and "queued          7" in text and "mqtt:plant: connecting" in text
+    assert "STALE" in text and "mqtt:plant: connecting" in text
+    assert "queued          mqtt:plant: 7" in text and "queued          mqtt:lab: 2" in text
+    assert "1200 records" in text
     path = tmp_path / "tx.json"
     path.write_text(json.dumps(st))
     assert show_status(path, as_json=True) == 0

@@ -28,6 +28,7 @@ from typing import Any
 from agent.link import records
 from agent.link.receiver import LinkReceiver, ReceiverParams
 from agent.link.sender import LinkSender, SenderParams
+from agent.mqtt import codec as mqtt_codec
 from agent.transport.lossy import LossyChannel
 
 _PAYLOAD = 72  # bytes of MQTT payload; with channel, topic and fields the record is ~100 B
@@ -35,7 +36,7 @@ _PAYLOAD = 72  # bytes of MQTT payload; with channel, topic and fields the recor
 
 def _record(index: int) -> bytes:
     payload = index.to_bytes(8, "big") * (_PAYLOAD // 8)
-    return records.encode(records.MqttMessage("bench", f"bench/{index % 1000:03d}", payload))
+    return records.encode(mqtt_codec.MqttMessage("bench", f"bench/{index % 1000:03d}", payload))
 
 
 def run_link_bench(loss: float, repeat: int, frames: int = 100_000, interleave: int = 8,

@@ -1,0 +1,177 @@
+"""The contracts between the agents and the protocol adapters.
+
+```
+TX:  Source.take() ─► encoded records + tags ─► TxCore ─► LinkSender ─► framed tags ─► Source.framed()
+     Source.carousels ─► CarouselScheduler (each within its share of the link) ─┘
+RX:  LinkReceiver ─► record ─► registry: (record class, channel) ─► Sink.submit()
+```
+
+A protocol is one package under agent/ that exposes one `Adapter`, listed in
+agent/protocols.py. docs/ARCHITECTURE.md has the checklist for adding one.
+
+A source owns its queue (memory, or its own spool folder), so queue limits are
+per channel and one noisy channel cannot starve another; it hands the TX core
+encoded records, each with a tag when it wants to know that the record's frame
+went out (to release a spool entry or an OT acknowledgement), and offers its
+state as carousels that one scheduler paces. A sink takes decoded records of
+its channel and owns everything from there to its IT peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from agent.link.records import Record
+
+
+class SourceState(StrEnum):
+    """What a TX source is doing; crosses the diode in every heartbeat."""
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CRAWLING = "crawling"          # connected, reading the address space
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"  # lost; retrying with backoff
+    REFUSED = "refused"            # the peer refused us: fatal, the log says the fix
+
+
+class SinkState(StrEnum):
+    """What an RX sink is doing; in the status and the metrics."""
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    REFUSED = "refused"
+    WAITING_MODEL = "waiting_model"  # a mirror started, no address space yet
+    SERVING = "serving"
+
+
+HEALTHY_SINK = (SinkState.CONNECTED, SinkState.SERVING)
+
+
+@dataclass(frozen=True)
+class Carousel:
+    """State re-sent periodically so RX converges without asking.
+
+    `records()` starts one round; each record is read when the scheduler takes it,
+    so a round never re-sends a value older than one already given to the link.
+    """
+    name: str
+    period: float                 # seconds between the starts of two rounds
+    share: float                  # of the link's bit rate
+    records: Callable[[], Iterator[bytes]]
+    first_delay: float | None = None  # before the first round (default: one period)
+
+
+class Source(Protocol):
+    """One TX channel of one protocol."""
+
+    @property
+    def key(self) -> str:
+        """"<protocol>:<channel>": the heartbeat's sources key and the counter prefix."""
+
+    @property
+    def state(self) -> SourceState: ...
+
+    @property
+    def carousels(self) -> Sequence[Carousel]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def take(self, wall: float, limit: int) -> list[tuple[bytes | None, object]]:
+        """Up to `limit` encoded records, each with a tag (None: nothing to release).
+        A record of None (dropped here, e.g. expired) still releases its tag in order."""
+
+    def framed(self, tags: list[object]) -> None:
+        """Tags of records whose frames went out; in the order they were taken."""
+
+    def waiting(self) -> int:
+        """Records queued here, not yet taken."""
+
+    def dropped(self) -> int:
+        """Records lost here so far (queue or spool overflow): the FAULT LED."""
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+    def stats(self) -> dict[str, Any]:
+        """The queue's state for the status file."""
+
+    def tick(self) -> None:
+        """Every spool fsync interval: batched fsync and the acknowledgements it releases."""
+
+    def close(self) -> None:
+        """After the last frame went out: close the queue."""
+
+
+class Sink(Protocol):
+    """One RX channel of one protocol."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def state(self) -> SinkState: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, record: Record, now: float) -> object:
+        """One record of this channel from the link; never raises on its content."""
+
+    def tick(self) -> None:
+        """Every timer pass (20 ms)."""
+
+    def dropped(self) -> int: ...
+
+    def status(self) -> dict[str, Any]:
+        """State and counters for the status file, the metrics and `diode status`."""
+
+    async def on_link(self, link: LinkView) -> None:
+        """Link and TX source health changed, or the periodic status tick."""
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """What a sink may know of the link, at one moment."""
+    state: str                         # UP | DEGRADED | DOWN | UNKNOWN
+    heartbeat_age: float | None
+    tx_sources: Mapping[str, str]      # from TX's last heartbeat
+    tx_counters: Mapping[str, int] | None
+    status: Mapping[str, Any]          # RX's whole status, for status topics
+
+
+@dataclass(frozen=True)
+class TxContext:
+    """What a TX source gets from the agent."""
+    wake: Callable[[], None]           # new records are waiting
+    fail: Callable[[str], None]        # a fatal error (thread-safe); the agent stops
+    open_spool: Callable[[str], Any]   # the channel's own Spool, or None without [spool]
+
+
+@dataclass(frozen=True)
+class RxContext:
+    fail: Callable[[str], None]
+    open_spool: Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One protocol: its config table, record classes and factories.
+
+    Factories import the protocol's heavy libraries only when called, so an agent
+    that does not configure a protocol never imports its library.
+    """
+    name: str                                      # the TOML array of tables: [[name]]
+    parse: Callable[[Any, str, bool], Any]         # (Table, role, spooled) -> channel config
+    check: Callable[[list[Any], list[Any]], None]  # (tables, configs): cross-channel rules
+    source: Callable[[Any, TxContext], Source]
+    sink: Callable[[Any, RxContext], Sink]
+    channel_of: Callable[[Record], str | None]     # None: not one of this protocol's records
+    record_types: tuple[type, ...]
+    status_section: str                            # where RX's status lists its sinks

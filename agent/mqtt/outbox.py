@@ -1,0 +1,216 @@
+"""What an RX MQTT sink does with a message until the IT broker has it.
+
+```
+MemoryOutbox: submit ─► send now ─────────────────────────────► paho ─► IT broker
+                  └─► (away or lagging) bounded queue ─► on reconnect / room, in order
+SpoolOutbox:  submit ─► Spool (append) ─► drain ─► PUBLISH QoS 1 ─► IT broker
+                             ▲                                          │ PUBACK
+                             └──────────── ack (in order) ◄─────────────┘
+```
+
+MemoryOutbox: while the broker is away, or connected but lagging (it has not
+taken WRITE_BACKLOG bytes), messages wait in a bounded queue (drop-oldest,
+counted and logged) and go out in order once it takes them again.
+
+SpoolOutbox: everything is published at QoS 1, since only an acknowledgement
+says what may be deleted. While the broker is away the spool fills (bounded;
+drops counted by the spool); on reconnect everything not yet acknowledged is
+sent again, in order, so IT may see a message twice but never misses one of
+those that reached the spool. Messages appended in this run are cached in
+memory as received, so the drain reads (and decodes) from disk only after a
+restart or a long outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from paho.mqtt.enums import MQTTErrorCode
+
+from agent.link import records
+from agent.mqtt.codec import MqttMessage, encode_message
+from agent.spool import Spool
+
+if TYPE_CHECKING:
+    from agent.mqtt.sink import MqttSink
+
+log = logging.getLogger("diode.sink.mqtt")
+
+_CACHE = 50_000
+
+
+class MemoryOutbox:
+    def __init__(self, sink: MqttSink) -> None:
+        self.sink = sink
+        self._pending: deque[tuple[MqttMessage, float]] = deque()
+
+    def submit(self, msg: MqttMessage, now: float) -> None:
+        conn = self.sink.conn
+        if self._pending or not conn.connected or conn.client.backlogged():
+            self._enqueue(msg, now)
+            return
+        self._send(msg, now)
+
+    def connected(self) -> None:
+        self.writable()
+
+    def writable(self) -> None:
+        """What waited (broker away or lagging), in order, while the broker takes it."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        conn = self.sink.conn
+        while self._pending and conn.connected and not conn.client.backlogged():
+            msg, at = self._pending.popleft()
+            if not self._send(msg, now, held=now - at):
+                break
+
+    def tick(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def _enqueue(self, msg: MqttMessage, now: float) -> None:
+        if len(self._pending) >= self.sink.ch.queue_limit:
+            self._pending.popleft()
+            self.sink.count_dropped(now)
+        self._pending.append((msg, now))
+
+    def _send(self, msg: MqttMessage, now: float, held: float = 0.0) -> bool:
+        sink = self.sink
+        prepared = sink.prepare(msg, held)
+        if prepared is None:
+            return True
+        topic, props = prepared
+        client = sink.conn.client
+        if msg.qos == 0 and client.publish_qos0(topic, msg.payload, msg.retain, props):
+            sink.counters["published"] += 1
+            return True
+        info = client.publish(topic, msg.payload, msg.qos, msg.retain, props)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            sink.counters["published"] += 1
+            return True
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            sink.count_dropped(now)
+            return True
+        # Not connected after all: keep it for the reconnect.
+        self._pending.appendleft((msg, now - held))
+        return False
+
+
+class SpoolOutbox:
+    def __init__(self, sink: MqttSink, spool: Spool) -> None:
+        self.sink = sink
+        self.spool = spool
+        self._cache: dict[int, tuple[MqttMessage, float]] = {}
+        self._cursor = spool.acked_seq
+        self._inflight: deque[int] = deque()
+        self._done: set[int] = set()
+        self._scheduled = False
+        self._refused_logged = 0.0
+        sink.counters["refused"] = 0
+
+    def submit(self, msg: MqttMessage, now: float) -> None:
+        # retained topics are state: when the spool is full, keep only their latest
+        seq = self.spool.append(encode_message(msg), msg.topic if msg.retain else None)
+        if len(self._cache) < _CACHE:
+            self._cache[seq] = (msg, time.time())
+        self._kick()
+
+    def connected(self) -> None:
+        self._cursor = self.spool.acked_seq  # resend whatever was not acknowledged
+        self._inflight.clear()
+        self._done.clear()
+        self._kick()
+
+    def writable(self) -> None:
+        pass  # the drain is driven by acknowledgements and the tick
+
+    def tick(self) -> None:
+        """From the agent's timer: batched fsync, and a nudge for a stalled drain."""
+        self.spool.maybe_sync()
+        self._kick()
+
+    def stats(self) -> dict[str, Any]:
+        return asdict(self.spool.stats())
+
+    def close(self) -> None:
+        self.spool.close()
+
+    def _kick(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        conn = self.sink.conn
+        if not conn.connected:
+            return
+        client = conn.client
+        room = conn.receive_maximum - len(self._inflight)
+        while room > 0:
+            seq = self._cursor + 1
+            cached = self._cache.pop(seq, None)
+            batch: list[tuple[int, Any, float]]
+            if cached is not None:
+                batch = [(seq, *cached)]
+            else:
+                batch = [(r.seq, records.decode(r.payload), r.time)
+                         for r in self.spool.peek(min(room, 500), after=self._cursor)]
+                if not batch:
+                    return
+            for seq, msg, appended in batch:
+                self._cache.pop(seq, None)
+                assert isinstance(msg, MqttMessage)
+                prepared = self.sink.prepare(msg, time.time() - appended)
+                if prepared is not None:
+                    topic, props = prepared
+                    if not client.publish_qos1(topic, msg.payload, msg.retain, props,
+                                               self._on_ack(seq)):
+                        return  # paho's own queue is busy or we are disconnected: next tick
+                self._cursor = seq
+                self._inflight.append(seq)
+                room -= 1
+                if prepared is None:
+                    self._done.add(seq)
+        self._advance()
+
+    def _on_ack(self, seq: int) -> Callable[[int], None]:
+        return lambda reason: self._acked(seq, reason)
+
+    def _acked(self, seq: int, reason: int) -> None:
+        counters = self.sink.counters
+        if reason >= 0x80:
+            counters["refused"] += 1
+            now = time.monotonic()
+            if now - self._refused_logged > 5:
+                self._refused_logged = now
+                log.error("%s refused a PUBLISH (reason 0x%02x); %d refused so far. Fix: check "
+                          "the broker's ACL for this client", self.sink.conn.what, reason,
+                          counters["refused"])
+        else:
+            counters["published"] += 1
+        self._done.add(seq)
+        self._advance()
+        self._kick()
+
+    def _advance(self) -> None:
+        """Acknowledge to the spool the longest prefix the broker has acknowledged."""
+        inflight, done = self._inflight, self._done
+        last = 0
+        while inflight and inflight[0] in done:
+            last = inflight.popleft()
+            done.discard(last)
+        if last:
+            self.spool.ack(last)

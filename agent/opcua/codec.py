@@ -1,0 +1,80 @@
+"""The OPC UA records on the link. Pure CBOR: no asyncua here.
+
+| tag | record      | fields                                                                    |
+|-----|-------------|---------------------------------------------------------------------------|
+| 3   | OpcuaModel  | source, version, index, count, data                                       |
+| 4   | OpcuaValues | source, keyframe, [[node_id, variant, status, source_ts, server_ts], ...] |
+
+OpcuaModel carries one chunk of an OPC UA address-space snapshot (layout in
+agent/opcua/model.py): `version` is 16 hex digits of the snapshot's hash,
+`data` a slice of its zlib-compressed CBOR. OpcuaValues carries value changes
+(`keyframe` false) or a periodic re-send of the last values (`keyframe` true):
+`node_id` is an OPC UA node id string, `variant` the value's Variant in OPC UA
+binary encoding, `status` the StatusCode as an integer, and the timestamps are
+OPC UA DateTime ticks (100 ns since 1601-01-01 UTC) or null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agent.link.records import RecordError, register
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OpcuaModel:
+    TAG = 3
+    source: str
+    version: str
+    index: int
+    count: int
+    data: bytes
+
+    def to_list(self) -> list[Any]:
+        return [self.TAG, self.source, self.version, self.index, self.count, self.data]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> OpcuaModel:
+        _, source, version, index, count, data = f
+        if not (isinstance(source, str) and isinstance(version, str) and isinstance(data, bytes)
+                and isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+            raise RecordError("opcua model chunk malformed")
+        return cls(source, version, index, count, data)
+
+
+# node_id, variant (OPC UA binary), status code, source ticks, server ticks
+OpcuaValue = tuple[str, bytes, int, int | None, int | None]
+
+
+def _is_ticks(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OpcuaValues:
+    TAG = 4
+    source: str
+    keyframe: bool
+    values: tuple[OpcuaValue, ...]
+
+    def to_list(self) -> list[Any]:
+        return [self.TAG, self.source, self.keyframe, [list(v) for v in self.values]]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> OpcuaValues:
+        _, source, keyframe, values = f
+        if not (isinstance(source, str) and isinstance(values, list)):
+            raise RecordError("opcua values malformed")
+        out: list[OpcuaValue] = []
+        for v in values:
+            if not (isinstance(v, list) and len(v) == 5 and isinstance(v[0], str)
+                    and isinstance(v[1], bytes) and isinstance(v[2], int)
+                    and _is_ticks(v[3]) and _is_ticks(v[4])):
+                raise RecordError("opcua value entry malformed")
+            out.append((v[0], v[1], v[2], v[3], v[4]))
+        return cls(source, bool(keyframe), tuple(out))
+
+

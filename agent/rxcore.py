@@ -1,0 +1,92 @@
+"""The RX side's routing, without I/O: datagrams in, records to sinks. `now` comes in.
+
+```
+datagram ─► LinkReceiver ─► RecordReceived ─► registry (record class ─► protocol, channel) ─► Sink.submit
+                           │                  Heartbeat ─► LinkHealth (datagram loss from TX's counts)
+                           ├► FramesLost ─────────────────► LinkHealth, a rate-limited log line
+                           └► EpochChanged ───────────────► LinkHealth, a log line
+```
+
+A record for a channel this RX does not have is counted as `unrouted` and
+logged once per channel with the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from agent.adapter import Sink
+from agent.link import records
+from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
+from agent.link.health import LinkHealth
+from agent.link.receiver import LinkReceiver
+from agent.protocols import BY_RECORD
+
+log = logging.getLogger("diode.rx")
+
+
+class RxCore:
+    def __init__(self, receiver: LinkReceiver, health: LinkHealth,
+                 sinks: Mapping[tuple[str, str], Sink], config_path: object = "rx.toml") -> None:
+        self.receiver = receiver
+        self.health = health
+        self.sinks = sinks           # (protocol, channel) -> sink
+        self.config_path = config_path
+        self.counters = {"unrouted": 0}
+        self._epoch_datagrams = 0
+        self._unrouted_logged: set[tuple[str, str]] = set()
+        self._lost_unlogged = 0
+        self._lost_logged_at = -1.0
+
+    def datagram(self, datagram: bytes, now: float) -> None:
+        self.handle(self.receiver.receive(datagram, now), now)
+
+    def timer(self, now: float) -> None:
+        """The receiver's reorder deadline, when due."""
+        deadline = self.receiver.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.handle(self.receiver.handle_timer(now), now)
+
+    def handle(self, events: list[Event], now: float) -> None:
+        sinks = self.sinks
+        for ev in events:
+            if isinstance(ev, RecordReceived):
+                rec = ev.record
+                adapter = BY_RECORD.get(rec.__class__)
+                if adapter is not None:
+                    channel = adapter.channel_of(rec) or ""
+                    sink = sinks.get((adapter.name, channel))
+                    if sink is not None:
+                        sink.submit(rec, now)
+                    else:
+                        self._unrouted(adapter.name, channel)
+                elif isinstance(rec, records.Heartbeat):
+                    c = self.receiver.counters
+                    self.health.on_heartbeat(rec, c["valid"] + c["duplicates"]
+                                             - self._epoch_datagrams, now)
+            elif isinstance(ev, FramesLost):
+                self.health.on_lost(now)
+                self._lost_unlogged += ev.count
+                if now - self._lost_logged_at >= 1.0:
+                    log.warning("link: %d frame(s) lost since the last report (epoch %016x, "
+                                "latest from seq %d); %d lost in all", self._lost_unlogged,
+                                ev.epoch, ev.first_seq, self.receiver.counters["lost"])
+                    self._lost_unlogged, self._lost_logged_at = 0, now
+            elif isinstance(ev, EpochChanged):
+                c = self.receiver.counters
+                self._epoch_datagrams = c["valid"] + c["duplicates"] - 1
+                self.health.on_epoch()
+                if ev.old is None:
+                    log.info("link: receiving epoch %016x", ev.new)
+                else:
+                    log.warning("link: TX restarted (epoch %016x -> %016x); following it",
+                                ev.old, ev.new)
+
+    def _unrouted(self, protocol: str, channel: str) -> None:
+        self.counters["unrouted"] += 1
+        if (protocol, channel) not in self._unrouted_logged:
+            self._unrouted_logged.add((protocol, channel))
+            log.error("link: records for %s channel '%s' have no [[%s]] channel of that name "
+                      "here; they are dropped and counted. Fix: add [[%s]] name = \"%s\" to %s",
+                      protocol, channel, protocol, protocol, channel, self.config_path)

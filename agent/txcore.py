@@ -1,0 +1,82 @@
+"""The TX pump without I/O: sources in, datagrams out. `now` comes in.
+
+```
+Source[0..n].take() ─► encoded records (+ tags) ─┐
+CarouselScheduler.poll() ─► state re-sends ──────┼─► LinkSender ─► datagrams ─► (driver paces and sends)
+heartbeat() ─────────────────────────────────────┘        │
+Source[i].framed(tags) ◄──────── sent() ◄─────────────────┘ (frames whose first copy went out)
+```
+
+Each pass takes at most `batch` records from every source in turn, so a source
+with a deep backlog never holds back the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from agent.adapter import Source
+from agent.carousel import CarouselScheduler
+from agent.link.sender import LinkSender
+
+BATCH = 5000
+
+
+class TxCore:
+    def __init__(self, sender: LinkSender, sources: Sequence[Source],
+                 carousels: CarouselScheduler, now: float) -> None:
+        self.sender = sender
+        self.sources = list(sources)
+        self.carousels = carousels
+        for src in self.sources:
+            for c in src.carousels:
+                carousels.add(src.key, c, now)
+
+    def poll(self, now: float, wall: float, batch: int = BATCH) -> bool:
+        """Move what is waiting into the sender; True when more waits (poll again soon)."""
+        sender = self.sender
+        more = False
+        for i, src in enumerate(self.sources):
+            for data, tag in src.take(wall, batch):
+                wrapped = None if tag is None else (i, tag)
+                if data is None:
+                    if wrapped is not None:
+                        sender.tag(wrapped)
+                else:
+                    sender.push(data, now, tag=wrapped)
+            more = more or src.waiting() > 0
+        for data in self.carousels.poll(now, batch):
+            sender.push(data, now)
+        deadline = sender.next_deadline()
+        while deadline is not None and deadline <= now:
+            sender.handle_timer(now)
+            deadline = sender.next_deadline()
+        return more
+
+    def datagrams(self) -> list[bytes]:
+        return self.sender.pop_datagrams()
+
+    def sent(self) -> None:
+        """The datagrams popped so far went out: release what their frames carried."""
+        framed = self.sender.pop_framed()
+        if not framed:
+            return
+        by_source: dict[int, list[object]] = {}
+        for tag in framed:
+            i, inner = cast(tuple[int, object], tag)
+            by_source.setdefault(i, []).append(inner)
+        for i, tags in by_source.items():
+            self.sources[i].framed(tags)
+
+    def heartbeat(self, build: Callable[[], bytes], now: float) -> None:
+        self.sender.push_heartbeat(build, now)
+
+    def next_deadline(self, now: float) -> float | None:
+        times = [t for t in (self.sender.next_deadline(), self.carousels.next_deadline(now))
+                 if t is not None]
+        return min(times, default=None)
+
+    def drain(self, now: float) -> list[bytes]:
+        """Everything still owed, at shutdown."""
+        return self.sender.drain(now)
