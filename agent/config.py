@@ -16,66 +16,115 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config_reader import Table
+from agent.config_reader import Table, read, setting
 from agent.errors import ConfigError
 
-__all__ = ["AgentConfig", "BoardConfig", "ConfigError", "LinkConfig", "SpoolConfig", "load"]
+__all__ = ["AgentConfig", "BoardConfig", "ConfigError", "LinkConfig", "MetricsConfig",
+           "SpoolConfig", "StatusConfig", "load"]
 
 
 # -- records ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LinkConfig:
-    """Both ends of the link; each role reads the keys it needs."""
-    transport: str            # "udp" | "serial"
-    key_file: Path
-    link_id: int = 1
-    host: str = "127.0.0.1"   # TX: destination; RX: listen address
-    port: int = 5600
-    source: str | None = None       # TX: source address to bind
-    interface: str | None = None    # bind to this network interface
-    broadcast: bool = False
-    raw_socket: bool | None = None  # TX: send without any bound port (None: when permitted)
-    rx_mac: str | None = None       # TX: RX's MAC on `interface` (permanent neighbour)
-    interface_address: str | None = None  # "A.B.C.D/P" to put on `interface`
-    interface_mtu: int | None = None      # MTU of `interface` (default: mtu + 28, >= 1500)
-    serial_port: str = "/dev/ttyAMA0"
-    baudrate: int = 115_200
-    bitrate: int = 100_000_000      # TX pacing budget, bits per second (UDP)
-    mtu: int = 1400
-    repeat: int = 3
-    interleave: int = 8
-    linger: float = 0.002
-    heartbeat_interval: float = 1.0
-    timeout: float | None = None    # RX: DOWN after this long without a valid frame
-                                    # (None: three of TX's heartbeat intervals)
-    degraded_loss: float = 0.10
-    reorder_timeout: float = 0.5
-    loss: float = 0.0               # TX: simulated loss (demo and tests only)
-    loss_seed: int = 1
+    """`[link]`, both sides; each role reads the keys it needs."""
+    transport: str = setting("udp", doc='`"udp"` or `"serial"`', example='"udp"',
+                             choices=("udp", "serial"))
+    key_file: Path = setting(doc="the link key, `diode keygen -o FILE` (mode 0600; refused "
+                             "if others can read it)", example='"link.key"')
+    link_id: int = setting(1, doc="must match on both sides", example="1", lo=0, hi=65535)
+    host: str = setting("127.0.0.1", doc="TX: destination; RX: listen address",
+                        example='"192.0.2.2"', default_doc="TX `127.0.0.1`, RX `0.0.0.0`")
+    port: int = setting(5600, doc="UDP port", example="5600", lo=1, hi=65535)
+    source: str | None = setting(None, doc="TX: source address to bind", example='"192.0.2.1"')
+    interface: str | None = setting(None, doc="bind to this network interface (and set it up: "
+                                    "README, One-way Ethernet)", example='"eth1"')
+    broadcast: bool = setting(False, doc="TX: send to a broadcast address", example="false")
+    raw_socket: bool | None = setting(None, doc="TX: send from a raw socket with no bound port "
+                                      "(unset: when permitted)", example="true")
+    rx_mac: str | None = setting(None, doc="TX: RX's MAC on `interface` (a permanent "
+                                 "neighbour; a one-way link cannot ARP)",
+                                 example='"dc:a6:32:00:00:02"')
+    interface_address: str | None = setting(None, doc="`A.B.C.D/P` to put on `interface`",
+                                            example='"192.0.2.1/24"')
+    interface_mtu: int | None = setting(None, doc="MTU of `interface` (unset: `mtu` + 28, at "
+                                        "least 1500)", example="1500", lo=576, hi=65535)
+    serial_port: str = setting("/dev/ttyAMA0", doc="serial transport (8N1; frames are "
+                               "COBS-stuffed with a CRC-32)", example='"/dev/ttyAMA0"')
+    baudrate: int = setting(115_200, doc="serial line rate", example="115200", lo=1200,
+                            hi=16_000_000)
+    bitrate: int = setting(100_000_000, doc="TX pacing budget in bit/s (UDP; serial paces to "
+                           "the baud rate)", example="100000000", lo=9600)
+    mtu: int = setting(1400, doc="datagram size", example="1400", lo=256, hi=65000)
+    repeat: int = setting(3, doc="copies of each frame", example="3", lo=1, hi=5)
+    interleave: int = setting(8, doc="spacing of the copies, in datagrams", example="8", lo=1,
+                              hi=1024)
+    linger: float = setting(0.002, doc="TX: seconds a half-full frame waits for more records",
+                            example="0.002", lo=0.0, hi=1.0)
+    heartbeat_interval: float = setting(1.0, doc="TX heartbeat period, seconds", example="1.0",
+                                        lo=0.05, hi=60)
+    timeout: float | None = setting(None, doc="RX watchdog: DOWN after this many seconds "
+                                    "without a valid frame", example="3.0", lo=0.1, hi=600,
+                                    default_doc="3 of TX's heartbeat intervals")
+    degraded_loss: float = setting(0.10, doc="RX: DEGRADED above this datagram loss",
+                                   example="0.10", lo=0.0, hi=1.0)
+    reorder_timeout: float = setting(0.5, doc="RX: seconds a gap is waited for",
+                                     example="0.5", lo=0.001, hi=30)
+    loss: float = setting(0.0, doc="TX: simulated datagram loss (demo and tests only)",
+                          example="0.0", lo=0.0, hi=1.0, toml="simulated_loss")
+    loss_seed: int = setting(1, doc="TX: seed of the simulated loss", example="1",
+                             toml="simulated_loss_seed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SpoolConfig:
-    """The encrypted store-and-forward buffer ([spool])."""
-    dir: Path
-    key: str                  # a key file path, or a systemd credential name
-    max_bytes: int = 64 << 20
-    fsync: str = "interval"   # "always" | "interval" | "never"
-    fsync_interval_ms: float = 50.0  # batched fsync: QoS 1 acks wait up to this long
+    """`[spool]`: the encrypted store-and-forward buffers, one folder per channel."""
+    dir: Path = setting(doc="on the board's writable data partition; a folder per channel",
+                        example='"/var/lib/diode/spool"')
+    key: str = setting(doc="`diode keygen -o spool.key` (not the link key), or a systemd "
+                       "credential name", example='"spool.key"', toml="key_file", manual=True)
+    max_bytes: int = setting(64 << 20, doc="bound of each channel's spool", example="67108864",
+                             lo=1 << 20)
+    fsync: str = setting("interval", doc='`"always"`, `"interval"` or `"never"` (tests only)',
+                         example='"interval"', choices=("always", "interval", "never"))
+    fsync_interval_ms: float = setting(50.0, doc="batched fsync: QoS 1 acknowledgements wait "
+                                       "up to this long", example="50", lo=0, hi=10_000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BoardConfig:
-    """Status LEDs and watchdogs ([board]); all off by default (a laptop, a test)."""
-    leds: str = "none"              # "none" | "gpiod" | "sim"
-    profile: str = "auto"           # "auto" | "pi3" | "pi4" | "pi5"
-    gpiochip: str | None = None     # override: path, gpiochipN or label
-    active_low: bool | None = None
-    hardware_watchdog: str | None = None  # e.g. "/dev/watchdog" (systemd's is used when set)
-    hardware_watchdog_timeout: int = 15
-    watchdog_down_limit: float | None = 300.0  # RX: restart after the link is DOWN this long
+    """`[board]`: status LEDs and watchdogs; all off by default (a laptop, a test)."""
+    leds: str = setting("none", doc='`"none"`, `"gpiod"` or `"sim"`', example='"gpiod"',
+                        choices=("none", "gpiod", "sim"))
+    profile: str = setting("auto", doc="pin map: `auto`, `pi3`, `pi4`, `pi5`", example='"pi4"',
+                           choices=("auto", "pi3", "pi4", "pi5"))
+    gpiochip: str | None = setting(None, doc="override the chip: path, gpiochipN or label",
+                                   example='"pinctrl-bcm2711"')
+    active_low: bool | None = setting(None, doc="override the profile's LED polarity",
+                                      example="false")
+    hardware_watchdog: str | None = setting(None, doc="e.g. `/dev/watchdog` (systemd's is used "
+                                            "when set)", example='"/dev/watchdog"')
+    hardware_watchdog_timeout: int = setting(15, doc="seconds (at most 15 on a BCM2835)",
+                                             example="15", lo=1, hi=600)
+    watchdog_down_limit: float | None = setting(300.0, doc="RX: stop petting after the link is "
+                                                "DOWN this long (0: never)", example="300.0",
+                                                lo=0, manual=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusConfig:
+    """`[status]`: the state file `diode status` reads."""
+    file: Path | None = setting(None, doc="where the agent writes its state", example='"/run/'
+                                'diode/rx.json"')
+    interval: float = setting(1.0, doc="seconds between writes", example="1.0", lo=0.1, hi=60)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """`[metrics]`, RX only: Prometheus metrics for IT monitoring."""
+    listen: str | None = setting(None, doc="`HOST:PORT` to serve `/metrics` on",
+                                 example='"0.0.0.0:9108"')
 
 
 @dataclass(frozen=True)
@@ -100,48 +149,13 @@ class AgentConfig:
 
 
 def _link(t: Table, role: str) -> LinkConfig:
-    transport = t.get("transport", str, "udp", example='"udp"', choices=("udp", "serial"))
-    key_file = t.path_of("key_file", example='"link.key"')
-    assert key_file is not None
-    link = _link_values(t, transport, key_file, role)
+    link = read(t, LinkConfig, {"host": "127.0.0.1" if role == "tx" else "0.0.0.0"})
     if (role == "tx" and link.transport == "udp" and link.interface and not link.broadcast
             and link.rx_mac is None):
         t.fail("rx_mac", "TX sets up [link] interface but does not know RX's MAC (a one-way "
                "link cannot ask for it with ARP)", 'rx_mac = "dc:a6:32:00:00:02" (on RX: '
                "ip link show <interface>)")
     return link
-
-
-def _link_values(t: Table, transport: str, key_file: Path, role: str) -> LinkConfig:
-    return LinkConfig(
-        transport=transport,
-        key_file=key_file,
-        link_id=t.get("link_id", int, 1, example="1", lo=0, hi=65535),
-        host=t.get("host", str, "127.0.0.1" if role == "tx" else "0.0.0.0",
-                   example='"192.0.2.2"'),
-        port=t.get("port", int, 5600, example="5600", lo=1, hi=65535),
-        source=t.get("source", str, None, example='"192.0.2.1"'),
-        interface=t.get("interface", str, None, example='"eth1"'),
-        broadcast=t.get("broadcast", bool, False, example="false"),
-        raw_socket=t.get("raw_socket", bool, None, example="true"),
-        rx_mac=t.get("rx_mac", str, None, example='"dc:a6:32:00:00:02"'),
-        interface_address=t.get("interface_address", str, None, example='"192.0.2.1/24"'),
-        interface_mtu=t.get("interface_mtu", int, None, example="1500", lo=576, hi=65535),
-        serial_port=t.get("serial_port", str, "/dev/ttyAMA0", example='"/dev/ttyAMA0"'),
-        baudrate=t.get("baudrate", int, 115_200, example="115200", lo=1200, hi=16_000_000),
-        bitrate=t.get("bitrate", int, 100_000_000, example="100000000", lo=9600),
-        mtu=t.get("mtu", int, 1400, example="1400", lo=256, hi=65000),
-        repeat=t.get("repeat", int, 3, example="3", lo=1, hi=5),
-        interleave=t.get("interleave", int, 8, example="8", lo=1, hi=1024),
-        linger=t.get("linger", float, 0.002, example="0.002", lo=0.0, hi=1.0),
-        heartbeat_interval=t.get("heartbeat_interval", float, 1.0, example="1.0",
-                                 lo=0.05, hi=60),
-        timeout=t.get("timeout", float, None, example="3.0", lo=0.1, hi=600),
-        degraded_loss=t.get("degraded_loss", float, 0.10, example="0.10", lo=0.0, hi=1.0),
-        reorder_timeout=t.get("reorder_timeout", float, 0.5, example="0.5", lo=0.001, hi=30),
-        loss=t.get("simulated_loss", float, 0.0, example="0.0", lo=0.0, hi=1.0),
-        loss_seed=t.get("simulated_loss_seed", int, 1, example="1"),
-    )
 
 
 def _spool(t: Table) -> SpoolConfig | None:
@@ -151,35 +165,22 @@ def _spool(t: Table) -> SpoolConfig | None:
     if "/" in key or key.endswith(".key"):
         kp = Path(key)
         key = str(kp if kp.is_absolute() else t.path.parent / kp)
-    directory = t.path_of("dir", example='"/var/lib/diode/spool"')
-    assert directory is not None
-    s = SpoolConfig(
-        dir=directory, key=key,
-        max_bytes=t.get("max_bytes", int, 64 << 20, example="67108864", lo=1 << 20),
-        fsync=t.get("fsync", str, "interval", example='"interval"',
-                    choices=("always", "interval", "never")),
-        fsync_interval_ms=t.get("fsync_interval_ms", float, 50.0, example="50", lo=0,
-                                hi=10_000),
-    )
-    t.done()
-    return s
+    return read(t, SpoolConfig, key=key)
 
 
 def _board(t: Table) -> BoardConfig:
     limit = t.get("watchdog_down_limit", float, 300.0, example="300.0", lo=0)
-    b = BoardConfig(
-        leds=t.get("leds", str, "none", example='"gpiod"', choices=("none", "gpiod", "sim")),
-        profile=t.get("profile", str, "auto", example='"pi4"',
-                      choices=("auto", "pi3", "pi4", "pi5")),
-        gpiochip=t.get("gpiochip", str, None, example='"pinctrl-bcm2711"'),
-        active_low=t.get("active_low", bool, None, example="false"),
-        hardware_watchdog=t.get("hardware_watchdog", str, None, example='"/dev/watchdog"'),
-        hardware_watchdog_timeout=t.get("hardware_watchdog_timeout", int, 15, example="15",
-                                        lo=1, hi=600),
-        watchdog_down_limit=limit or None,
-    )
-    t.done()
-    return b
+    return read(t, BoardConfig, watchdog_down_limit=limit or None)
+
+
+def _metrics(t: Table) -> tuple[str, int] | None:
+    listen = read(t, MetricsConfig).listen
+    if listen is None:
+        return None
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        t.fail("listen", f"expected HOST:PORT, got {listen!r}", 'listen = "0.0.0.0:9108"')
+    return host, int(port)
 
 
 def _channels(root: Table, role: str, spooled: bool) -> dict[str, tuple[Any, ...]]:
@@ -219,24 +220,22 @@ def load(path: str | Path, role: str) -> AgentConfig:
     lt = root.table("link", required=True)
     link = _link(lt, role)
     lt.done()
-    status = root.table("status")
-    status_file = status.path_of("file", None, example=f'"/run/diode/{role}.json"')
-    status_interval = status.get("interval", float, 1.0, example="1.0", lo=0.1, hi=60)
-    status.done()
-    board = _board(root.table("board"))
-    spool = _spool(root.table("spool"))
+    st = root.table("status")
+    status = read(st, StatusConfig)
+    st.done()
+    bt = root.table("board")
+    board = _board(bt)
+    bt.done()
+    sp = root.table("spool")
+    spool = _spool(sp)
+    sp.done()
     metrics = None
     if role == "rx":
         mt = root.table("metrics")
-        listen = mt.get("listen", str, None, example='"0.0.0.0:9108"')
-        if listen is not None:
-            host, _, port = listen.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                mt.fail("listen", f"expected HOST:PORT, got {listen!r}", 'listen = "0.0.0.0:9108"')
-            metrics = (host, int(port))
+        metrics = _metrics(mt)
         mt.done()
     channels = _channels(root, role, spool is not None)
     root.done()
-    return AgentConfig(path, role, link, channels, status_file=status_file,
-                       status_interval=status_interval, board=board, spool=spool,
+    return AgentConfig(path, role, link, channels, status_file=status.file,
+                       status_interval=status.interval, board=board, spool=spool,
                        metrics=metrics)

@@ -3,7 +3,7 @@
 # namespaces (root only): OT broker and `diode tx` in one, `diode rx` and the IT
 # broker in the other, joined by a veth pair; nftables drops (and counts)
 # everything RX would send; --loss adds random loss, --rate a tc tbf limit.
-# Arguments go to `python -m agent.sim.testbed run`, e.g.
+# Arguments go to `python -m diode_tools.sim.testbed run`, e.g.
 #   sudo ./scripts/testbed.sh --duration 5 --loss 0.05 --rate 20000000 --json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ trap cleanup EXIT
 
 # In the background so that a signal reaches the trap at once (bash defers traps
 # until a foreground child exits); the driver cleans up on SIGTERM.
-.venv/bin/python -m agent.sim.testbed run --run-id "$run_id" "$@" &
+.venv/bin/python -m diode_tools.sim.testbed run --run-id "$run_id" "$@" &
 driver=$!
 stop_driver() {
   kill -TERM "$driver" 2>/dev/null || true

@@ -9,29 +9,40 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config_reader import Table
+from agent.config_reader import Table, read, setting
 
 
 @dataclass(frozen=True)
 class TlsConfig:
-    ca_file: Path | None
-    cert_file: Path | None
-    key_file: Path | None
-    verify_hostname: bool = True
+    ca_file: Path | None = setting(None, doc="TLS: the CA to verify the broker with (unset: the "
+                                   "system CAs)", example='"ca.crt"')
+    cert_file: Path | None = setting(None, doc="mutual TLS: this client's certificate (with "
+                                     "`key_file`)", example='"client.crt"')
+    key_file: Path | None = setting(None, doc="mutual TLS: this client's key",
+                                    example='"client.key"')
+    verify_hostname: bool = setting(True, doc="turning it off logs a warning at every start",
+                                    example="true", toml="tls_verify_hostname")
 
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    host: str
-    port: int
-    protocol: str  # "5" or "3.1.1"
-    client_id: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: TlsConfig | None = None
-    keepalive: int = 30
-    reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
+    host: str = setting("127.0.0.1", doc="the broker", example='"127.0.0.1"')
+    port: int = setting(1883, doc="the broker's port", example="1883", lo=1, hi=65535,
+                        default_doc="`1883` (`8883` with TLS)")
+    protocol: str = setting("5", doc='`"5"` or `"3.1.1"`', example='"5"', choices=("5", "3.1.1"))
+    client_id: str = setting("", doc="unique per broker", example='"diode-tx-plant"',
+                             default_doc="`diode-<role>-<name>`")
+    username: str | None = setting(None, doc="user name", example='"diode"', manual=True)
+    password: str | None = setting(None, doc="its password, or a file holding it (not both)",
+                                   example='"..."', manual=True, secret=True,
+                                   label="`password` or `password_file`")
+    tls: TlsConfig | None = setting(None, doc="TLS to the broker (verification on)",
+                                    example="true", manual=True, default_doc="`false`")
+    keepalive: int = setting(30, doc="seconds", example="30", lo=5, hi=3600)
+    reconnect_min: float = setting(1.0, doc="first reconnect delay; it doubles up to "
+                                   "`reconnect_max`", example="1.0", lo=0.05, hi=3600)
+    reconnect_max: float = setting(60.0, doc="longest reconnect delay", example="60.0",
+                                   lo_field="reconnect_min", hi=86400)
 
     @property
     def label(self) -> str:
@@ -40,35 +51,49 @@ class BrokerConfig:
 
 @dataclass(frozen=True)
 class TxMqttChannel:
-    name: str
-    broker: BrokerConfig
-    topics: tuple[str, ...]
-    qos: int = 1
-    queue_limit: int = 100_000
-    carousel_period: float = 60.0
-    carousel_share: float = 0.1
-    overflow: str = "drop-oldest"   # spool full: "drop-oldest" (events) | "conflate"
-    session_expiry: int = 0         # >0: a lasting broker session (set with a spool)
+    name: str = setting(doc="channel name: a TX channel goes to the RX channel of the same name",
+                        example='"plant"')
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    topics: tuple[str, ...] = setting(("#",), doc="topic filters to subscribe",
+                                      example='["plant/#"]')
+    qos: int = setting(1, doc="subscription QoS", example="1", choices=(0, 1, 2))
+    queue_limit: int = setting(100_000, doc="messages held while the link (TX) or the IT "
+                               "broker (RX) is slower; overflow is counted", example="100000",
+                               lo=1)
+    carousel_period: float = setting(60.0, doc="seconds between re-sends of the retained state",
+                                     example="60.0", lo=0.1)
+    carousel_share: float = setting(0.1, doc="share of the link the re-sends may use",
+                                    example="0.1", lo=0.001, hi=1.0)
+    overflow: str = setting("drop-oldest", doc='spool full: `"drop-oldest"` (events) or '
+                            '`"conflate"` (keep each topic\'s latest first)', example='"conflate"',
+                            choices=("drop-oldest", "conflate"))
+    session_expiry: int = setting(0, doc="seconds the OT broker keeps TX's session (and what "
+                                  "TX has not acknowledged)", example="3600", lo=0,
+                                  default_doc="`3600` with a `[spool]`, else `0`")
 
 
 @dataclass(frozen=True)
 class RxMqttChannel:
-    name: str
-    broker: BrokerConfig
-    topic_prefix: str = ""
-    topic_rewrite: tuple[tuple[str, str], ...] = ()
-    status_topic: str = ""
-    queue_limit: int = 100_000
+    name: str = setting(doc="channel name: a TX channel goes to the RX channel of the same name",
+                        example='"plant"')
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    topic_prefix: str = setting("", doc="put before every topic", example='"ot/"')
+    topic_rewrite: tuple[tuple[str, str], ...] = setting(
+        (), doc="`[from, to]` topic prefix pairs, the first match applies",
+        example='[["plant/", "site1/"]]', manual=True, default_doc="`[]`")
+    status_topic: str = setting("", doc='retained JSON status; `""` for none',
+                                example='"diode/status/plant"',
+                                default_doc="`diode/status/<name>`")
+    queue_limit: int = setting(100_000, doc="messages held while the link (TX) or the IT "
+                               "broker (RX) is slower; overflow is counted", example="100000",
+                               lo=1)
 
 
 def _broker(t: Table, role: str, name: str) -> BrokerConfig:
-    protocol = t.get("protocol", str, "5", example='"5"', choices=("5", "3.1.1"))
     username, password = t.credentials('"mqtt.pass"')
     tls = None
     if t.get("tls", bool, False, example="true"):
-        verify = t.get("tls_verify_hostname", bool, True, example="true")
-        tls = TlsConfig(t.path_of("ca_file", None, '"ca.crt"'), t.path_of("cert_file", None,
-                        '"client.crt"'), t.path_of("key_file", None, '"client.key"'), verify)
+        tls = read(t, TlsConfig)
         if (tls.cert_file is None) != (tls.key_file is None):
             t.fail("cert_file", "cert_file and key_file go together", "set both or neither")
         for key, p in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file),
@@ -79,36 +104,15 @@ def _broker(t: Table, role: str, name: str) -> BrokerConfig:
         for key in ("ca_file", "cert_file", "key_file", "tls_verify_hostname"):
             if key in t.data:
                 t.fail(key, "set but tls is off", "add tls = true, or remove the key")
-    lo = t.get("reconnect_min", float, 1.0, example="1.0", lo=0.05, hi=3600)
-    return BrokerConfig(
-        host=t.get("host", str, "127.0.0.1", example='"127.0.0.1"'),
-        port=t.get("port", int, 8883 if tls else 1883, example="1883", lo=1, hi=65535),
-        protocol=protocol,
-        client_id=t.get("client_id", str, f"diode-{role}-{name}", example=f'"diode-{role}"'),
-        username=username, password=password, tls=tls,
-        keepalive=t.get("keepalive", int, 30, example="30", lo=5, hi=3600),
-        reconnect_min=lo,
-        reconnect_max=t.get("reconnect_max", float, 60.0, example="60.0", lo=lo, hi=86400),
-    )
+    return read(t, BrokerConfig, {"port": 8883 if tls else 1883,
+                                  "client_id": f"diode-{role}-{name}"},
+                username=username, password=password, tls=tls)
 
 
 def _tx_channel(t: Table, spooled: bool) -> TxMqttChannel:
     name = t.get("name", str, example='"plant"')
-    topics = t.get("topics", list, ["#"], example='["plant/#"]')
-    if not topics or not all(isinstance(x, str) and x for x in topics):
-        t.fail("topics", "expected a non-empty list of topic filters", 'topics = ["#"]')
-    ch = TxMqttChannel(
-        name=name, broker=_broker(t, "tx", name), topics=tuple(topics),
-        qos=t.get("qos", int, 1, example="1", choices=(0, 1, 2)),
-        queue_limit=t.get("queue_limit", int, 100_000, example="100000", lo=1),
-        carousel_period=t.get("carousel_period", float, 60.0, example="60.0", lo=0.1),
-        carousel_share=t.get("carousel_share", float, 0.1, example="0.1", lo=0.001, hi=1.0),
-        overflow=t.get("overflow", str, "drop-oldest", example='"conflate"',
-                       choices=("drop-oldest", "conflate")),
-        session_expiry=t.get("session_expiry", int, 3600 if spooled else 0, example="3600",
-                             lo=0),
-    )
-    return ch
+    return read(t, TxMqttChannel, {"session_expiry": 3600 if spooled else 0},
+                broker=_broker(t, "tx", name))
 
 
 def _rx_channel(t: Table) -> RxMqttChannel:
@@ -118,15 +122,8 @@ def _rx_channel(t: Table) -> RxMqttChannel:
                for r in rewrite):
         t.fail("topic_rewrite", "expected a list of [from, to] prefix pairs",
                'topic_rewrite = [["plant/", "site1/"]]')
-    ch = RxMqttChannel(
-        name=name, broker=_broker(t, "rx", name),
-        topic_prefix=t.get("topic_prefix", str, "", example='"ot/"'),
-        topic_rewrite=tuple((a, b) for a, b in rewrite),
-        status_topic=t.get("status_topic", str, f"diode/status/{name}",
-                           example=f'"diode/status/{name}"'),
-        queue_limit=t.get("queue_limit", int, 100_000, example="100000", lo=1),
-    )
-    return ch
+    return read(t, RxMqttChannel, {"status_topic": f"diode/status/{name}"},
+                broker=_broker(t, "rx", name), topic_rewrite=tuple((a, b) for a, b in rewrite))
 
 
 def parse(t: Table, role: str, spooled: bool) -> TxMqttChannel | RxMqttChannel:
