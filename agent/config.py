@@ -11,6 +11,7 @@ relative to the config file's folder.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ class LinkConfig:
     baudrate: int = setting(115_200, doc="serial line rate", example="115200", lo=1200,
                             hi=16_000_000)
     bitrate: int = setting(100_000_000, doc="TX pacing budget in bit/s (UDP; serial paces to "
-                           "the baud rate)", example="100000000", lo=9600)
+                           "the baud rate)", example="100000000", lo=9600, hi=100_000_000_000)
     mtu: int = setting(1400, doc="datagram size", example="1400", lo=256, hi=65000)
     repeat: int = setting(3, doc="copies of each frame", example="3", lo=1, hi=5)
     interleave: int = setting(8, doc="spacing of the copies, in datagrams", example="8", lo=1,
@@ -165,12 +166,30 @@ def _spool(t: Table) -> SpoolConfig | None:
     if "/" in key or key.endswith(".key"):
         kp = Path(key)
         key = str(kp if kp.is_absolute() else t.path.parent / kp)
-    return read(t, SpoolConfig, key=key)
+    spool = read(t, SpoolConfig, key=key)
+    if spool.dir.exists() and not spool.dir.is_dir():
+        t.fail("dir", f"{spool.dir} is a file, not a folder",
+               "point dir at a folder on the data partition (it is created if missing)")
+    return spool
 
 
 def _board(t: Table) -> BoardConfig:
     limit = t.get("watchdog_down_limit", float, 300.0, example="300.0", lo=0)
     return read(t, BoardConfig, watchdog_down_limit=limit or None)
+
+
+def _check_writable(t: Table, key: str, path: Path) -> None:
+    """A file the agent will write: its folder exists and is writable, or can be made."""
+    if path.is_dir():
+        t.fail(key, f"{path} is a folder", f'{key} = "{path / "status.json"}"')
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK) \
+            or (path.exists() and not os.access(path, os.W_OK)):
+        t.fail(key, f"{path} cannot be written by this user",
+               f"point {key} at a writable place (on a board /run/diode/), or fix the "
+               "permissions")
 
 
 def _metrics(t: Table) -> tuple[str, int] | None:
@@ -206,7 +225,13 @@ def _channels(root: Table, role: str, spooled: bool) -> dict[str, tuple[Any, ...
 def load(path: str | Path, role: str) -> AgentConfig:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}). Fix: save the file as "
+                          "UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder. Fix: pass -c with the path of your "
+                          f"{role}.toml") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found. Fix: pass -c with the path of your "
                           f"{role}.toml (see README, Configuration)") from None
@@ -222,6 +247,8 @@ def load(path: str | Path, role: str) -> AgentConfig:
     lt.done()
     st = root.table("status")
     status = read(st, StatusConfig)
+    if status.file is not None:
+        _check_writable(st, "file", status.file)
     st.done()
     bt = root.table("board")
     board = _board(bt)

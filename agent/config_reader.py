@@ -14,6 +14,7 @@ from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from agent.errors import ConfigError
+from agent.keys import read_secret
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -72,11 +73,17 @@ class Table:
             if password is not None:
                 self.fail("password_file", "both password and password_file are set",
                           "keep only one of them")
+            at = f"[{self.where}] password_file" if self.where else "password_file"
             try:
-                password = password_file.read_text().strip()
-            except OSError as exc:
-                self.fail("password_file", f"cannot read {password_file}: {exc.strerror}",
-                          "point it at a readable file")
+                raw, _ = read_secret(password_file, "password file",
+                                     "point password_file at a file holding the password")
+            except ConfigError as exc:
+                raise ConfigError(f"{self.path}: {at}: {exc}") from None
+            try:
+                password = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                self.fail("password_file", f"{password_file} is not UTF-8 text (byte "
+                          f"{exc.start})", "save the password as UTF-8 text")
         return username, password
 
     def table(self, key: str, required: bool = False) -> Table:

@@ -33,23 +33,41 @@ def require_private(path: Path, st: os.stat_result, what: str) -> None:
                           f"{stat.S_IMODE(st.st_mode):04o}). Fix: chmod 600 {path}")
 
 
+MAX_SECRET_FILE = 4096  # a key or a password; anything larger is not one
+
+
+def read_secret(path: Path, what: str, fix: str) -> tuple[bytes, os.stat_result]:
+    """The bytes of a small regular file, and its stat. A missing, unreadable, special
+    (/dev/zero) or oversized file is a ConfigError naming the file and `fix`."""
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{path}: {what} is not a regular file. Fix: {fix}")
+            data = f.read(MAX_SECRET_FILE + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found. Fix: {fix}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: {what} is a folder. Fix: {fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}. Fix: {fix}") from None
+    if len(data) > MAX_SECRET_FILE:
+        raise ConfigError(f"{path}: {what} is larger than {MAX_SECRET_FILE} bytes, so not one. "
+                          f"Fix: {fix}")
+    return data, st
+
+
 def read_key(path: Path) -> bytes:
     """Read a key file; refuse one that others can read, naming the fix."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / path.name).is_file():
         path = Path(credentials) / path.name
-    try:
-        st = path.stat()
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: key file not found. Fix: create it with "
-                          f"`diode keygen -o {path}` and copy it to both boards") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read key file: {exc.strerror}") from None
+    raw, st = read_secret(path, "key file", f"create it with `diode keygen -o {path}` and copy "
+                          "it to both boards")
     require_private(path, st, "key file")
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
+        key = bytes.fromhex(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
         key = b""
     if len(key) != KEY_SIZE:
         raise ConfigError(f"{path}: not a link key (expected {KEY_SIZE * 2} hex digits). "

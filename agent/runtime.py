@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +46,31 @@ class Runtime:
         return EXIT_FATAL if self.fatal else EXIT_OK
 
 
-def write_status(path: Path | None, status: dict[str, Any]) -> None:
-    """Atomically replace the status file that `diode status` reads."""
+_status_failed_at = -1e9
+
+
+def write_status(path: Path | None, status: dict[str, Any]) -> bool:
+    """Atomically replace the status file that `diode status` reads. A failure (disk
+    full, permissions changed) is logged at most once a minute and never raised: the
+    agent's timers must go on whatever the status file does."""
+    global _status_failed_at
     if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".status-")
+        return True
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".status-")
         with os.fdopen(fd, "w") as f:
             json.dump(status, f)
         os.replace(tmp, path)
-    except OSError:
-        os.unlink(tmp)
-        raise
+        return True
+    except OSError as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        now = time.monotonic()
+        if now - _status_failed_at >= 60:
+            _status_failed_at = now
+            log.error("cannot write the status file %s: %s. Fix: check the disk and the "
+                      "permissions of its folder", path, exc.strerror or exc)
+        return False

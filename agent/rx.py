@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agent.adapter import HEALTHY_SINK, LinkView, RxContext, Sink
@@ -29,7 +28,7 @@ from agent.link.seal import key_fingerprint
 from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
 from agent.rxcore import RxCore
-from agent.spool import Spool, load_spool_key
+from agent.spool.channels import channel_spools
 from agent.transport.base import RxTransport
 
 log = logging.getLogger("diode.rx")
@@ -41,19 +40,6 @@ def open_transport(link: LinkConfig) -> RxTransport:
         return SerialRx(link.serial_port, link.baudrate)
     from agent.transport.udp import UdpRx
     return UdpRx(link.host, link.port, interface=link.interface)
-
-
-def spool_opener(cfg: AgentConfig) -> Callable[[str], Spool | None]:
-    """Each channel spools into its own folder, so a peer that is down holds back
-    only its own channel."""
-    def open_spool(channel: str) -> Spool | None:
-        s, directory = cfg.spool, cfg.spool_dir(channel)
-        if s is None or directory is None:
-            return None
-        return Spool(directory, load_spool_key(s.key), max_bytes=s.max_bytes,
-                     fsync=s.fsync,  # type: ignore[arg-type]
-                     fsync_interval_ms=s.fsync_interval_ms)
-    return open_spool
 
 
 class RxAgent:
@@ -72,7 +58,7 @@ class RxAgent:
         self.core = RxCore(self.receiver, self.health, self.sinks, cfg.path)
 
     def _open_sinks(self, rt: Runtime) -> None:
-        ctx = RxContext(fail=rt.fail, open_spool=spool_opener(self.cfg))
+        ctx = RxContext(fail=rt.fail, open_spool=channel_spools(self.cfg, self.key))
         for adapter in ADAPTERS:
             for ch in self.cfg.channels.get(adapter.name, ()):
                 self.sinks[(adapter.name, ch.name)] = adapter.sink(ch, ctx)

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agent.adapter import Source, SourceState, TxContext
@@ -30,7 +29,7 @@ from agent.link.seal import key_fingerprint
 from agent.link.sender import LinkSender, SenderParams
 from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
-from agent.spool import Spool, load_spool_key
+from agent.spool.channels import channel_spools
 from agent.transport.base import TxTransport
 from agent.txcore import TxCore
 
@@ -83,18 +82,6 @@ def _open_udp(link: LinkConfig) -> TxTransport:
                  broadcast=link.broadcast)
 
 
-def spool_opener(cfg: AgentConfig) -> Callable[[str], Spool | None]:
-    """Opens a channel's own spool folder under [spool] dir (None without [spool])."""
-    def open_spool(channel: str) -> Spool | None:
-        s, directory = cfg.spool, cfg.spool_dir(channel)
-        if s is None or directory is None:
-            return None
-        return Spool(directory, load_spool_key(s.key), max_bytes=s.max_bytes,
-                     fsync=s.fsync,  # type: ignore[arg-type]
-                     fsync_interval_ms=s.fsync_interval_ms)
-    return open_spool
-
-
 def warn_orphaned_spools(cfg: AgentConfig) -> None:
     """Spool folders of channels no longer configured: their messages will not be sent."""
     if cfg.spool is None or not cfg.spool.dir.is_dir():
@@ -122,7 +109,7 @@ class TxAgent:
         self.sources: list[Source] = []
 
     def _open_sources(self, rt: Runtime) -> None:
-        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=spool_opener(self.cfg))
+        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=channel_spools(self.cfg, self.key))
         for adapter in ADAPTERS:
             for ch in self.cfg.channels.get(adapter.name, ()):
                 self.sources.append(adapter.source(ch, ctx))

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from agent.errors import ConfigError
-from agent.keys import require_private, write_key
+from agent.keys import read_secret, require_private, write_key
 from agent.link.seal import KEY_SIZE
 
 __all__ = ["load_spool_key", "spool_key_path", "write_spool_key"]
@@ -34,18 +34,12 @@ def spool_key_path(source: str | Path) -> Path:
 def load_spool_key(source: str | Path) -> bytes:
     """Read the spool key; refuse a missing, malformed or world-readable one, naming the fix."""
     path = spool_key_path(source)
-    try:
-        st = path.stat()
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        where = ""
-        if isinstance(source, str) and "/" not in source:
-            where = (f" (no credential {source!r} in $CREDENTIALS_DIRECTORY="
-                     f"{os.environ.get('CREDENTIALS_DIRECTORY', '(unset)')} either)")
-        raise ConfigError(f"{path}: spool key not found{where}. Fix: create one with "
-                          f"`diode keygen -o {path}` on this board (it stays on this board)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read spool key: {exc.strerror}") from None
+    where = ""
+    if isinstance(source, str) and "/" not in source and not path.exists():
+        where = (f"there is no credential {source!r} in $CREDENTIALS_DIRECTORY="
+                 f"{os.environ.get('CREDENTIALS_DIRECTORY', '(unset)')} either; ")
+    raw, st = read_secret(path, "spool key", f"{where}create one with `diode keygen -o {path}` "
+                          "on this board (it stays on this board)")
     require_private(path, st, "spool key")
     if len(raw) == KEY_SIZE and not _is_hex(raw):
         return raw
