@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.config_reader import Table, read, setting
 from agent.errors import ConfigError
+from agent.link.sender import SenderParams
 
 __all__ = ["AgentConfig", "BoardConfig", "ConfigError", "LinkConfig", "MetricsConfig",
            "SpoolConfig", "StatusConfig", "load"]
@@ -70,12 +71,32 @@ class LinkConfig:
                                     default_doc="3 of TX's heartbeat intervals")
     degraded_loss: float = setting(0.10, doc="RX: DEGRADED above this datagram loss",
                                    example="0.10", lo=0.0, hi=1.0)
-    reorder_timeout: float = setting(0.5, doc="RX: seconds a gap is waited for",
-                                     example="0.5", lo=0.001, hi=30)
+    reorder_timeout: float | None = setting(
+        None, doc="RX: seconds a gap is waited for", example="0.5", lo=0.001, hi=60,
+        default_doc="1.5 times the time the copies of a frame span at the link's rate, at "
+        "least 0.5 (115200 baud, repeat 3, interleave 8: about 3 s)")
     loss: float = setting(0.0, doc="TX: simulated datagram loss (demo and tests only)",
                           example="0.0", lo=0.0, hi=1.0, toml="simulated_loss")
     loss_seed: int = setting(1, doc="TX: seed of the simulated loss", example="1",
                              toml="simulated_loss_seed")
+
+
+    @property
+    def line_bits_per_second(self) -> float:
+        """What the link carries: the baud rate in 8N1 bytes on serial, else `bitrate`."""
+        return self.baudrate * 8 / 10 if self.transport == "serial" else float(self.bitrate)
+
+    @property
+    def gap_wait(self) -> float:
+        """How long RX waits for a missing frame: `reorder_timeout`, or derived from how far
+        apart the copies of one frame go out. They are `interleave` datagrams apart (or a
+        sender tick each, when traffic is light), `repeat - 1` times: at 115200 baud a
+        frame's last copy comes about 2 s after its first, past a fixed 0.5 s."""
+        if self.reorder_timeout is not None:
+            return self.reorder_timeout
+        datagram_s = (self.mtu + 64) * 8 / self.line_bits_per_second
+        span = (self.repeat - 1) * self.interleave * max(datagram_s, SenderParams().tick)
+        return max(0.5, 1.5 * span)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,6 +63,12 @@ class RxCollector(Collector):
                 if isinstance(v, int | float) and not isinstance(v, bool):
                     spool.add_metric([name, k], float(v))
         yield spool
+        transport = CounterMetricFamily("diode_transport", "Link transport counters (serial: "
+                                        "crc_errors, framing_errors, bytes_received)",
+                                        labels=["counter"])
+        for k, v in (st.get("transport") or {}).items():
+            transport.add_metric([k], float(v))
+        yield transport
         tx = st.get("tx") or {}
         txc = CounterMetricFamily("diode_tx", "TX counters from its heartbeats",
                                   labels=["counter"])

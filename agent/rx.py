@@ -48,7 +48,7 @@ class RxAgent:
         link = cfg.link
         self.key = read_key(link.key_file)
         self.receiver = LinkReceiver(ReceiverParams(link_id=link.link_id,
-                                                    reorder_timeout=link.reorder_timeout,
+                                                    reorder_timeout=link.gap_wait,
                                                     epoch_takeover=link.timeout or 3.0),
                                     self.key)
         self.health = LinkHealth(HealthParams(timeout=link.timeout,
@@ -76,6 +76,7 @@ class RxAgent:
             await self._stop_sinks()
             return EXIT_FATAL
         transport = open_transport(self.cfg.link)
+        self.transport = transport
         try:
             # The link first: a sink may take a second or more to start (a server to
             # bring up), and frames sent meanwhile (a TX starting with us) must not be
@@ -182,6 +183,7 @@ class RxAgent:
                          "rejected": sum(c[r] for r in REJECT_REASONS),
                          "unrouted": self.core.counters["unrouted"]},
             "link": dict(c),
+            "transport": self._transport_counters(),
             "tx": None if hb is None else {"sources": hb.sources, "counters": hb.counters},
             "board": self.board.describe(),
         }
@@ -190,6 +192,11 @@ class RxAgent:
                 {channel: sink.status() for (proto, channel), sink in self.sinks.items()
                  if proto == adapter.name})
         return out
+
+    def _transport_counters(self) -> dict[str, int]:
+        """The transport's own counters (serial: framing and CRC errors, bytes read)."""
+        counters = getattr(getattr(self, "transport", None), "counters", None)
+        return dict(counters()) if callable(counters) else {}
 
     async def _report(self) -> None:
         """Link and TX source health to every sink, and the status file."""

@@ -47,6 +47,9 @@ def render(st: dict[str, Any], now: float) -> str:
                   f"TX epoch        {st.get('epoch')}"]
         c = st.get("counters", {})
         lines.append("link counters   " + "  ".join(f"{k} {v}" for k, v in c.items()))
+        if st.get("transport"):
+            lines.append("transport       " + "  ".join(f"{k} {v}" for k, v in
+                                                      st["transport"].items()))
         tx = st.get("tx") or {}
         for name, state in (tx.get("sources") or {}).items():
             lines.append(f"TX source       {name}: {state}")

@@ -18,13 +18,14 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from diode_tools.sim.mosquitto import Broker
+from diode_tools.sim.mosquitto import Broker, free_port
 from tests.integration.conftest import Collector, Diode, publish_all, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,3 +117,38 @@ def test_1000_messages_over_a_serial_line_arrive_intact_and_in_order(
     diode.stop(tx)
     diode.stop(rx)
     print(f"1,000 messages over serial at {BAUD} baud in {took:.1f} s")
+
+
+def test_garbage_on_the_line_is_counted_in_status_and_metrics(
+        diode: Diode, pty_link: tuple[str, str]) -> None:
+    """Noise on a serial line (a loose wire, another device's output) reaches RX as
+    bytes that do not deframe: they are counted where a technician looks."""
+    tx_port, rx_port = pty_link
+    metrics_port = free_port()
+    doc = diode.rx_doc(link={"transport": "serial", "baudrate": BAUD, "serial_port": rx_port})
+    doc["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
+    rx = diode.start("rx", doc)
+    diode.wait_status(rx, lambda s: "transport" in s, 10, "RX status")
+    rng = random.Random(7)
+    with open(tx_port, "wb", buffering=0) as line:
+        for _ in range(50):
+            # COBS frames end at a zero byte: random bytes between zeros are frames that
+            # fail their CRC or their stuffing
+            line.write(bytes(rng.randrange(1, 256) for _ in range(rng.randint(5, 200))) + b"\0")
+    st = diode.wait_status(
+        rx, lambda s: s["transport"].get("crc_errors", 0) + s["transport"].get(
+            "framing_errors", 0) >= 40, 10, "framing and CRC errors counted")
+    assert st["transport"]["bytes_received"] > 0 and st["counters"]["records"] == 0
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    assert b'diode_transport_total{counter="crc_errors"}' in text
+
+
+def test_the_gap_wait_follows_the_copy_spacing_on_a_slow_line() -> None:
+    from agent.config import LinkConfig
+    serial = LinkConfig(transport="serial", key_file=Path("k"), baudrate=BAUD)
+    assert 2.5 < serial.gap_wait < 3.5  # copies of a frame span about 2 s at 115,200 baud
+    assert LinkConfig(key_file=Path("k")).gap_wait == 0.5  # UDP at 100 Mbit/s: the floor
+    assert LinkConfig(transport="serial", key_file=Path("k"), baudrate=BAUD,
+                      reorder_timeout=0.7).gap_wait == 0.7  # a configured value wins
+    slow = LinkConfig(transport="serial", key_file=Path("k"), baudrate=9600, repeat=2)
+    assert slow.gap_wait > 10

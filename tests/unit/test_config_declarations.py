@@ -57,7 +57,7 @@ def test_bounds_are_enforced_with_file_key_and_fix(cls: type, tmp_path: Path) ->
 def test_defaults_come_from_the_declaration(tmp_path: Path) -> None:
     t = Table(tmp_path / "x.toml", "link", {"key_file": "k"})
     link = read(t, LinkConfig)
-    assert (link.port, link.repeat, link.reorder_timeout, link.loss) == (5600, 3, 0.5, 0.0)
+    assert (link.port, link.repeat, link.gap_wait, link.loss) == (5600, 3, 0.5, 0.0)
     assert link.key_file == tmp_path / "k"
     t = Table(tmp_path / "x.toml", "link", {"key_file": "k", "simulated_loss": 0.25})
     assert read(t, LinkConfig).loss == 0.25

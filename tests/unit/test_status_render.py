@@ -16,6 +16,7 @@ def test_rx_screen_shows_link_sinks_spool_and_leds() -> None:
           "key_fingerprint": "aa:bb", "link_state": "DEGRADED", "last_heartbeat_age_s": 0.4,
           "datagram_loss": 0.05, "epoch": "0123", "counters": {"lost": 2},
           "tx": {"sources": {"mqtt:plant": "connected"}},
+          "transport": {"crc_errors": 4, "framing_errors": 2},
           "sinks": {"plant": {"state": "disconnected", "published": 10, "queue_dropped": 0,
                               "outages": 1, "spool": SPOOL}},
           "board": {"leds": {"link": "blink 2 Hz"}, "watchdog": "petting"}}
@@ -23,7 +24,7 @@ def test_rx_screen_shows_link_sinks_spool_and_leds() -> None:
     for expected in ("link state      DEGRADED", "5.00%", "TX source       mqtt:plant: connected",
                      "mqtt:plant: disconnected", "1200 records, oldest 12.5 s",
                      "oldest 3  conflated 4", "damaged 1", "LED link", "blink 2 Hz",
-                     "aa:bb", "/boot/firmware/diode/rx.toml"):
+                     "aa:bb", "/boot/firmware/diode/rx.toml", "crc_errors 4  framing_errors 2"):
         assert expected in text, expected
     assert "STALE" not in text
 
