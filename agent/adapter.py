@@ -89,6 +89,11 @@ class Source(Protocol):
     def framed(self, tags: list[object]) -> None:
         """Tags of records whose frames went out; in the order they were taken."""
 
+    def rewind(self) -> None:
+        """Sends failed (the link interface is down): what was taken but not released
+        is to be taken again once the link is back. Durable queues go back to their
+        last release; memory queues cannot (their loss shows as send errors)."""
+
     def waiting(self) -> int:
         """Records queued here, not yet taken."""
 

@@ -54,6 +54,9 @@ class MemoryQueue(Generic[T]):
     def framed(self, tags: list[object]) -> None:
         pass
 
+    def rewind(self) -> None:
+        pass
+
     def tick(self) -> None:
         pass
 
@@ -113,6 +116,10 @@ class SpoolQueue(Generic[T]):
         if seqs:
             self.spool.ack(max(seqs))
             self._release()
+
+    def rewind(self) -> None:
+        """Take again everything after the last release: it is still in the spool."""
+        self._cursor = self.spool.acked_seq
 
     def tick(self) -> None:
         self.spool.maybe_sync()

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from agent.adapter import Source, SourceState, TxContext
-from agent.board.interface import LinkSetupError, setup_interface
+from agent.board.interface import LinkSetupError, TxInterfaceKeeper, setup_interface
 from agent.board.signals import BoardSignals
 from agent.carousel import CarouselScheduler
 from agent.config import AgentConfig, LinkConfig
@@ -107,6 +107,7 @@ class TxAgent:
                                   {"send": max(5.0, 3 * link.heartbeat_interval)})
         self._wake = asyncio.Event()
         self.sources: list[Source] = []
+        self.keeper = TxInterfaceKeeper(link)
 
     def _open_sources(self, rt: Runtime) -> None:
         ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=channel_spools(self.cfg, self.key))
@@ -144,6 +145,7 @@ class TxAgent:
             await src.start()
         self.board.start()
         tasks = [asyncio.create_task(self._pump(transport)),
+                 asyncio.create_task(self.keeper.run()),
                  asyncio.create_task(self._heartbeats()),
                  asyncio.create_task(self._status()),
                  asyncio.create_task(self._leds()),
@@ -157,9 +159,8 @@ class TxAgent:
         await asyncio.gather(*tasks, return_exceptions=True)
         now = time.monotonic()
         self._push_heartbeat(now)
-        for d in self.core.drain(now):
-            self._send(transport, d)
-        self.core.sent()
+        if all([self._send(transport, d) for d in self.core.drain(now)]):
+            self.core.sent()  # else what was not sent stays in the spool for the next start
         self._write_status()
         for src in self.sources:
             src.close()
@@ -176,17 +177,30 @@ class TxAgent:
     async def _pump(self, transport: TxTransport) -> None:
         core = self.core
         overhead = transport.overhead_bytes
+        backoff = 0.0
         while True:
             self._wake.clear()
             more = core.poll(time.monotonic(), time.time())
+            ok = True
             for d in core.datagrams():
                 cost = len(d) + overhead
                 delay = self.bucket.delay(cost, time.monotonic())
                 if delay > 0:
                     await asyncio.sleep(delay)
                 self.bucket.take(cost, time.monotonic())
-                self._send(transport, d)
-            core.sent()
+                ok = self._send(transport, d) and ok
+            if ok:
+                core.sent()
+                backoff = 0.0
+            else:
+                # Nothing of this batch is released: a spooled record leaves the spool only
+                # once a datagram carrying it went out. Retry after a pause that grows, while
+                # the interface keeper puts the link's set-up back.
+                core.failed()
+                self.keeper.poke()
+                backoff = min(2.0, max(0.05, backoff * 2))
+                await asyncio.sleep(backoff)
+                continue
             self._log_overruns()
             if more:
                 await asyncio.sleep(0)
@@ -207,14 +221,18 @@ class TxAgent:
                         "raise its carousel_share or its period", o.owner, o.carousel,
                         o.records, o.took)
 
-    def _send(self, transport: TxTransport, datagram: bytes) -> None:
+    def _send(self, transport: TxTransport, datagram: bytes) -> bool:
+        """One datagram on the wire. The watchdog is petted only for sends that worked, so
+        a link that stays broken ends in a restart by systemd."""
         try:
             transport.send(datagram)
-            self.board.beat("send")
         except OSError as exc:
             n = self.counters["send_errors"] = self.counters["send_errors"] + 1
             if n in (1, 10, 100) or n % 10000 == 0:
                 log.error("link send failed (%d so far): %s", n, exc)
+            return False
+        self.board.beat("send")
+        return True
 
     def _source_states(self) -> dict[str, str]:
         return {s.key: str(s.state) for s in self.sources}
@@ -263,6 +281,7 @@ class TxAgent:
     def _counters(self) -> dict[str, int]:
         out = dict(self.sender.counters)
         out.update(self.counters)
+        out["interface_restored"] = self.keeper.restored
         for src in self.sources:
             for k, v in src.counters.items():
                 out[f"{src.key}.{k}"] = v

@@ -5,6 +5,7 @@ Source[0..n].take() ─► encoded records (+ tags) ─┐
 CarouselScheduler.poll() ─► state re-sends ──────┼─► LinkSender ─► datagrams ─► (driver paces and sends)
 heartbeat() ─────────────────────────────────────┘        │
 Source[i].framed(tags) ◄──────── sent() ◄─────────────────┘ (frames whose first copy went out)
+Source[i].rewind()     ◄──────── failed() ◄───────────────┘ (sends failed: take it again later)
 ```
 
 Each pass takes at most `batch` records from every source in turn, so a source
@@ -68,6 +69,13 @@ class TxCore:
             by_source.setdefault(i, []).append(inner)
         for i, tags in by_source.items():
             self.sources[i].framed(tags)
+
+    def failed(self) -> None:
+        """Sending the datagrams popped so far failed: release nothing they carried, and
+        let every source take again what it had not released."""
+        self.sender.forget_tags()
+        for src in self.sources:
+            src.rewind()
 
     def heartbeat(self, build: Callable[[], bytes], now: float) -> None:
         self.sender.push_heartbeat(build, now)

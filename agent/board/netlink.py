@@ -39,7 +39,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.errors import LinkSetupError
 
-__all__ = ["NetlinkSetupError", "setup_rx_interface", "setup_tx_interface"]
+__all__ = ["NetlinkSetupError", "setup_rx_interface", "setup_tx_interface", "tx_interface_intact",
+           "watch_links"]
 
 log = logging.getLogger("diode.netlink")
 
@@ -70,6 +71,39 @@ def setup_rx_interface(name: str, *, mtu: int, address: str | None = None) -> No
     Safe to call from a coroutine (it blocks for a few milliseconds).
     """
     _off_loop(lambda: _setup_rx(name, mtu=mtu, address=address))
+
+
+def tx_interface_intact(name: str, *, rx_ip: str, rx_mac: str) -> bool:
+    """True while TX's set-up holds: the interface up, the permanent neighbour for RX
+    and the host route to it. `ip link set DEV down` (a cable re-plugged does the same)
+    flushes the neighbour entry, permanent ones included, and the route; nothing puts
+    them back on `up`. Blocks for a few milliseconds: call it from a thread."""
+    dst, mac = str(_unicast_ipv4(rx_ip, "RX address")), _unicast_mac(rx_mac)
+    with _ipr(name) as (ipr, index):
+        links = ipr.link("get", index=index)
+        up = bool(links) and bool(links[0]["flags"] & 1)  # IFF_UP
+        neigh = [n for n in ipr.get_neighbours(ifindex=index, dst=dst)
+                 if str(n.get("NDA_LLADDR", "")).lower() == mac and n["state"] & 0x80]
+        try:
+            routed = any(r.get("RTA_OIF") == index for r in ipr.route("get", dst=dst))
+        except NetlinkError:  # ENETUNREACH: no route at all
+            routed = False
+    return up and bool(neigh) and routed
+
+
+def watch_links(on_event: Callable[[], None], stop: Callable[[], bool]) -> None:
+    """Call `on_event` for every link, neighbour or route change in this namespace, until
+    `stop()`; blocks, so run it in a thread. A missed event is harmless: the caller
+    checks its set-up on a timer too."""
+    from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH
+    ipr = IPRoute()
+    try:
+        ipr.bind(groups=RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE)
+        while not stop():
+            if ipr.get():
+                on_event()
+    finally:
+        ipr.close()
 
 
 def _off_loop(work: Callable[[], None]) -> None:

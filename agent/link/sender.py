@@ -141,6 +141,11 @@ class LinkSender:
         out, self._out = self._out, []
         return out
 
+    def forget_tags(self) -> None:
+        """Release nothing of what was pushed so far, framed or still in the open frame
+        (the driver's sends failed, and it takes those records again)."""
+        self._tags, self._framed = [], []
+
     def pop_framed(self) -> list[object]:
         """Tags of records whose frames went into the datagrams popped so far."""
         out, self._framed = self._framed, []

@@ -107,6 +107,9 @@ class MqttSource:
     def framed(self, tags: list[object]) -> None:
         self.queue.framed(tags)
 
+    def rewind(self) -> None:
+        self.queue.rewind()
+
     def close(self) -> None:
         self.queue.close()
 

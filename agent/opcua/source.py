@@ -224,6 +224,9 @@ class OpcuaSource:
     def framed(self, tags: list[object]) -> None:
         pass
 
+    def rewind(self) -> None:
+        pass  # values are state: the keyframes re-send them
+
     def close(self) -> None:
         pass
 

@@ -97,3 +97,14 @@ def test_egress_counter_sees_an_unprepared_rx() -> None:
             time.sleep(0.2)
     finally:
         destroy(topo)
+
+
+def test_a_flapped_tx_interface_heals_and_loses_nothing_spooled() -> None:
+    """`ip link set dev down; up` on TX (a re-plugged cable) flushes the permanent
+    neighbour and the route. TX puts them back by itself, and the messages whose sends
+    failed meanwhile stay in its spool until they really went out."""
+    r = run_testbed("--spool", "--flap", "1.5,2")
+    assert r["tx_send_errors"] > 0, r  # the flap really broke sending
+    assert r["tx_interface_restored"] >= 1, r
+    assert r["delivered"] == r["published"] > 0, r
+    assert r["link_state"] in ("UP", "DEGRADED"), r  # back; the loss is within its window

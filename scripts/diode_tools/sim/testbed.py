@@ -325,6 +325,8 @@ class RunOptions:
     mtu: int = 1500
     run_id: str | None = None
     keep_workdir: bool = False
+    flap: tuple[float, float] | None = None  # TX's interface down at (s into traffic, for s)
+    spool: bool = False                      # TX and RX spool (store and forward)
 
 
 def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
@@ -373,8 +375,18 @@ def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
                           "--port", str(MQTT_PORT), "--rate", str(opts.msg_rate),
                           "--duration", str(opts.duration), json_lines=True)
         started = time.monotonic()
+        flap = list(opts.flap) if opts.flap else None
         while publisher.proc.poll() is None:
             alive()
+            if flap and time.monotonic() - started >= flap[0]:
+                # what a technician re-plugging TX's cable does to the kernel's state
+                sh(*in_ns(topo.tx_ns, "ip", "link", "set", topo.tx_if, "down"))
+                say(f"{topo.tx_if} down for {flap[1]:.0f} s")
+                time.sleep(flap[1])
+                sh(*in_ns(topo.tx_ns, "ip", "link", "set", topo.tx_if, "up"))
+                say(f"{topo.tx_if} up")
+                flap = None
+                continue
             time.sleep(1.0)
             st = _read_json(work / "rx.status.json")
             say(f"[{time.monotonic() - started:4.0f}s] published "
@@ -385,8 +397,8 @@ def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
                                f"{publisher.tail()}")
         published = int(publisher.last["published"])
         with contextlib.suppress(TestbedError):
-            _wait(lambda: counter.last.get("delivered", 0) >= published, 10,
-                  "the last messages", alive)
+            _wait(lambda: counter.last.get("delivered", 0) >= published,
+                  30 if opts.flap else 10, "the last messages", alive)
 
         sockets = tx_sockets(topo, exclude_pids={ot.pid})
         tx_pid = tx.pid
@@ -423,6 +435,7 @@ def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
             "frames_lost": rx_status.get("counters", {}).get("lost"),
             "datagram_loss": rx_status.get("datagram_loss"),
             "tx_send_errors": tx_status.get("counters", {}).get("send_errors"),
+            "tx_interface_restored": tx_status.get("counters", {}).get("interface_restored"),
             "tx_exit": rc_tx, "rx_exit": rc_rx,
         }
         return summary
@@ -466,10 +479,15 @@ def _write_configs(work: Path, topo: Topology, rx_mac: str,
     used = {role: [line for line in lines if config_accepts(role, line)]
             for role, lines in optional.items()}
     common = f'key_file = "link.key"\nport = {LINK_PORT}\nheartbeat_interval = 0.5\n'
+    spool = ""
+    if opts.spool:
+        subprocess.run([sys.executable, "-m", "agent.cli", "keygen", "-o",
+                        str(work / "spool.key")], check=True, capture_output=True)
+        spool = '\n[spool]\ndir = "spool"\nkey_file = "spool.key"\n'
     (work / "tx.toml").write_text(
         f'[link]\n{common}host = "{topo.rx_ip}"\ninterface = "{topo.tx_if}"\n'
         f'bitrate = {bitrate}\n' + "".join(x + "\n" for x in used["tx"]) +
-        '\n[status]\nfile = "tx.status.json"\ninterval = 0.2\n\n'
+        '\n[status]\nfile = "tx.status.json"\ninterval = 0.2\n' + spool + '\n'
         f'[[mqtt]]\nname = "plant"\nhost = "127.0.0.1"\nport = {MQTT_PORT}\n'
         'topics = ["plant/#"]\nqos = 1\n')
     (work / "rx.toml").write_text(
@@ -570,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--run-id", default=None, help="names the namespaces (default: random)")
     r.add_argument("--json", action="store_true", help="last line: one JSON summary")
     r.add_argument("--keep", action="store_true", help="keep the work dir with the logs")
+    r.add_argument("--flap", default=None, metavar="AT,FOR",
+                   help="set TX's link interface down AT s into the traffic, up FOR s later")
+    r.add_argument("--spool", action="store_true", help="TX spools (store and forward)")
     s = sub.add_parser("setup-tx", help="(in TX's namespace) agent.board.netlink.setup_tx_interface")
     s.add_argument("--interface", required=True)
     s.add_argument("--mtu", type=int, required=True)
@@ -610,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     opts = RunOptions(duration=args.duration, loss=args.loss, rate=args.rate,
                       msg_rate=args.msg_rate, mtu=args.mtu, run_id=args.run_id,
-                      keep_workdir=args.keep)
+                      keep_workdir=args.keep, spool=args.spool,
+                      flap=tuple(float(x) for x in args.flap.split(",")) if args.flap  # type: ignore[arg-type]
+                      else None)
     try:
         summary = run(opts, sys.stdout)
     except TestbedError as exc:
