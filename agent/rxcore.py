@@ -64,7 +64,8 @@ class RxCore:
                 elif isinstance(rec, records.Heartbeat):
                     c = self.receiver.counters
                     self.health.on_heartbeat(rec, c["valid"] + c["duplicates"]
-                                             - self._epoch_datagrams, now)
+                                             - self._epoch_datagrams, now, ev.seq,
+                                             self.receiver.heartbeat_copies)
             elif isinstance(ev, FramesLost):
                 self.health.on_lost(now)
                 self._lost_unlogged += ev.count

@@ -10,11 +10,25 @@
 Datagram loss compares TX's own count of datagrams sent (carried in its
 heartbeats) with what RX received over the window, so RX sees raw link
 quality even while repetition still hides it from the data.
+
+Where the two counts line up. TX reads its count just before a heartbeat's
+first copy goes out; RX reads its own when the heartbeat is delivered, which
+on a clean link is that first copy. But an RX that starts while TX is already
+sending (a cold board, TX started first, a board swap) may join the stream
+between the copies of a heartbeat: its first copy went out before RX listened,
+RX's count is read at a later copy, and the datagrams in between show as
+loss: one to a few datagrams against the three or so sent per heartbeat
+interval on a quiet link, so DEGRADED for several seconds on a clean link.
+So, per epoch, loss is measured only from a heartbeat that RX has seen
+*every* copy of (`repeat` of them, so also the first), and between that one
+and the heartbeats after it, which TX sent after RX was listening. Until one
+such heartbeat has come, the loss reads 0 (frame loss still counts).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -41,18 +55,49 @@ class LinkHealth:
         self.last_heartbeat_at: float | None = None
         # (rx time, TX datagrams sent, RX datagrams received) at each heartbeat
         self._samples: deque[tuple[float, int, int]] = deque()
+        # Heartbeats of this epoch not yet known to line up: (seq, repeat, sample).
+        self._unproven: deque[tuple[int, int, tuple[float, int, int]]] = deque(maxlen=16)
+        self._proven = False
         self._losses: deque[float] = deque()
         self.state = LinkState.DOWN
 
-    def on_heartbeat(self, hb: Heartbeat, received_in_epoch: int, now: float) -> None:
+    def on_heartbeat(self, hb: Heartbeat, received_in_epoch: int, now: float,
+                     seq: int | None = None,
+                     copies: Mapping[int, Sequence[int]] | None = None) -> None:
+        """A heartbeat delivered in frame `seq`, with RX's datagram count of the epoch
+        at its delivery. `copies` (LinkReceiver.heartbeat_copies): per heartbeat frame,
+        the copies received and RX's count at the first one, which is what TX's count
+        compares with (a heartbeat delivered late, behind a gap, would read more).
+        Without them, every heartbeat counts as lined up, at its delivery."""
         self.last_heartbeat = hb
         self.last_heartbeat_at = now
-        self._samples.append((now, int(hb.counters.get("datagrams", 0)), received_in_epoch))
+        seen = None if seq is None or copies is None else copies.get(seq)
+        if seen is not None:
+            received_in_epoch = seen[1]
+        sample = (now, int(hb.counters.get("datagrams", 0)), received_in_epoch)
+        if self._proven or copies is None or seq is None:
+            self._samples.append(sample)
+        else:
+            self._unproven.append((seq, max(1, hb.repeat), sample))
+            self._prove(copies)
         self._trim(now)
+
+    def _prove(self, copies: Mapping[int, Sequence[int]]) -> None:
+        """The oldest heartbeat RX has every copy of starts the loss samples; those
+        after it were sent once RX listened, so they line up too."""
+        for i, (seq, repeat, _) in enumerate(self._unproven):
+            seen = copies.get(seq)
+            if seen is not None and seen[0] >= repeat:
+                self._samples.extend(s for _, _, s in list(self._unproven)[i:])
+                self._unproven.clear()
+                self._proven = True
+                return
 
     def on_epoch(self) -> None:
         """Counters restart with a new TX epoch; old samples no longer compare."""
         self._samples.clear()
+        self._unproven.clear()
+        self._proven = False
 
     def on_lost(self, now: float) -> None:
         self._losses.append(now)

@@ -32,6 +32,8 @@ from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
 
 # How many lost seqs are remembered, to tell a late copy from a duplicate.
 _LOST_MEMORY = 4096
+# How many heartbeat frames' copy counts are kept (heartbeat_copies).
+_HEARTBEAT_MEMORY = 64
 
 REJECT_REASONS = ("truncated", "bad_version", "bad_flags", "wrong_link", "auth_failed",
                   "replayed", "stale_epoch", "malformed_body")
@@ -60,6 +62,12 @@ class LinkReceiver:
         self._lost_set: set[int] = set()
         self._frag: tuple[int, int, list[bytes], int] | None = None  # id, count, chunks, size
         self.last_valid_at: float | None = None
+        # The latest heartbeat frames of this epoch, seq -> [copies received, datagrams
+        # received in the epoch up to its first copy]: LinkHealth compares TX's count
+        # with RX's at that first copy, and only from a heartbeat whose every copy came
+        # (health.py), so the two line up.
+        self.heartbeat_copies: dict[int, list[int]] = {}
+        self._epoch_base = 0  # valid + duplicates before this epoch's first datagram
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "valid", "frames", "records", "duplicates", "late", "lost",
              "unknown_record", "bad_record", "fragments_dropped", "epochs",
@@ -107,12 +115,16 @@ class LinkReceiver:
                     c["replayed"] += 1
                 else:
                     c["duplicates"] += 1
+                    if flags & wire.FLAG_HEARTBEAT:
+                        self._heartbeat_copy(seq)
                 return []
             body = self._open(epoch, datagram, seq)
             if body is None:
                 return []
         c["valid"] += 1
         self.last_valid_at = now
+        if flags & wire.FLAG_HEARTBEAT:
+            self._heartbeat_copy(seq)
         self._buffer[seq] = (now, self._decode_body(body))
         events.extend(self._deliver_ready(now))
         return events
@@ -139,6 +151,17 @@ class LinkReceiver:
         return events
 
     # -- internals -----------------------------------------------------------
+
+    def _heartbeat_copy(self, seq: int) -> None:
+        copies = self.heartbeat_copies
+        seen = copies.get(seq)
+        if seen is not None:
+            seen[0] += 1
+            return
+        c = self.counters
+        copies[seq] = [1, c["valid"] + c["duplicates"] - self._epoch_base]
+        if len(copies) > _HEARTBEAT_MEMORY:
+            del copies[next(iter(copies))]
 
     def _open(self, epoch: int, datagram: bytes, seq: int) -> bytes | None:
         # Only ciphers that opened a frame are cached, so forged datagrams with
@@ -173,6 +196,8 @@ class LinkReceiver:
         self._next = 0 if old is not None and seq < self.params.reorder_window else seq
         self._lost.clear()
         self._lost_set.clear()
+        self.heartbeat_copies.clear()
+        self._epoch_base = self.counters["valid"] + self.counters["duplicates"]
         self._frag = None
         events.append(EpochChanged(old, epoch))
         return events
