@@ -149,6 +149,8 @@ def test_unit_says_what_the_design_needs(role: str) -> None:
     families = one("RestrictAddressFamilies").split()
     assert {"AF_UNIX", "AF_INET", "AF_NETLINK"} <= set(families) and "AF_PACKET" not in families
     assert "@system-service" in d[("Service", "SystemCallFilter")]
+    # Room for the spool and connections past systemd's default soft limit of 1,024.
+    assert int(one("LimitNOFILE")) >= 4096
     # The status file the example config names lives in the RuntimeDirectory.
     config = tomllib.loads((REPO / "board" / "config" / f"{role}.toml").read_text())
     assert config["status"]["file"] == f"/run/diode/{role}.json"
