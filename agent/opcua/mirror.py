@@ -56,6 +56,7 @@ from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_
 from agent.opcua.certs import cert_der, key_der
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
 from agent.opcua.config import OpcuaMirrorConfig
+from agent.opcua.limits import start_bounded
 from agent.opcua.model import ModelAssembler, ModelSnapshot, NodeRecord
 from agent.opcua.quality import Action, Quality, QualityState
 from agent.opcua.ua import data_value, node_id, status
@@ -169,7 +170,7 @@ class OpcuaMirror:
         self.server = server
         self._builder = Builder(server.iserver)
         await self._create_diagnostics(list(await server.get_namespace_array()))
-        await server.start()
+        await start_bounded(server, cfg.name)  # bounded connections, sizes, time, logs
         self.state = SinkState.WAITING_MODEL
         self._task = asyncio.create_task(self._quality_loop(), name=f"opcua-mirror-{cfg.name}")
         self._apply_task = asyncio.create_task(self._apply_loop(), name=f"opcua-apply-{cfg.name}")

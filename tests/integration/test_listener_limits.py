@@ -3,12 +3,20 @@
 - metrics: 1,100 connections held open (by a helper process) while MQTT messages cross end to end
   through RX's spool, under the 1,024-descriptor soft limit RX had under
   systemd; a fresh scrape is answered within the bound.
+- OPC UA mirror: a header announcing 512 MiB (as a Hello, and as a chunk after
+  a real Hello) is refused before anything is buffered (RX's VmRSS does not
+  grow); 1,000 idle connections do not lock a real client out; junk gives
+  counted one-line logs, no traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import resource
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -18,6 +26,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from asyncua.ua.ua_binary import nodeid_to_binary, struct_to_binary, uatcp_to_binary
 
 from agent.spool import write_spool_key
 from diode_tools.sim.mosquitto import free_port
@@ -184,3 +196,169 @@ def _try_scrape(port: int) -> str | None:
         return _scrape(port, timeout=3)
     except (OSError, urllib.error.URLError):
         return None
+
+
+# -- the OPC UA mirror ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror(diode: Diode) -> tuple[Agent, int]:
+    """`diode rx` with an OPC UA mirror (no TX: the mirror serves its diagnostics)."""
+    port = free_port()
+    doc = diode.rx_doc()
+    doc["opcua"] = [{"name": "plant", "endpoint": f"opc.tcp://127.0.0.1:{port}/diode/"}]
+    rx = diode.start("rx", doc)
+    wait_until(lambda: _log_lines(rx, "OPC UA mirror 'plant' listening") or not rx.running(),
+               30, "the mirror listening")
+    assert rx.running(), rx.log()
+    return rx, port
+
+
+def _endpoint(port: int) -> str:
+    return f"opc.tcp://127.0.0.1:{port}/diode/"
+
+
+async def _read_link_state(port: int, timeout: float = 5) -> str:
+    async with Client(_endpoint(port), timeout=timeout) as c:
+        ns = (await c.get_namespace_array()).index("urn:diode:mirror:diagnostics")
+        value = await c.get_node(ua.NodeId("DiodeDiagnostics.LinkState", ns)).read_value()
+        return str(value)
+
+
+def _hello(port: int) -> bytes:
+    hello = ua.Hello()
+    hello.EndpointUrl = _endpoint(port)
+    return uatcp_to_binary(ua.MessageType.Hello, hello)
+
+
+def _flood_after(sock: socket.socket, header: bytes, limit: int) -> tuple[int, bool]:
+    """Send `header`, then junk up to `limit` bytes or until the mirror closes: (bytes
+    the mirror took, whether it closed the connection)."""
+    sent = 0
+    sock.settimeout(5)
+    try:
+        sock.sendall(header)
+        piece = os.urandom(MiB)
+        while sent < limit:
+            sock.sendall(piece)
+            sent += len(piece)
+    except OSError:
+        return sent, True  # reset: the mirror closed while we were sending
+    try:
+        while sock.recv(65536):
+            pass
+        return sent, True
+    except TimeoutError:
+        return sent, False
+    except OSError:
+        return sent, True
+
+
+def test_a_header_announcing_512_mib_is_refused_before_buffering(mirror: tuple[Agent, int]
+                                                                  ) -> None:
+    rx, port = mirror
+    assert asyncio.run(_read_link_state(port)) in ("UNKNOWN", "DOWN")  # warm: a real client first
+    time.sleep(1.0)
+    before = _rss_kib(rx.pid)
+    announced = 512 * MiB
+    # 1. A Hello announcing 512 MiB.
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        hel = b"HELF" + struct.pack("<I", announced)
+        taken_hello, closed_hello = _flood_after(s, hel, 64 * MiB)
+    # 2. A real Hello, its Acknowledge, then a chunk header announcing 512 MiB.
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(_hello(port))
+        s.settimeout(5)
+        ack = s.recv(65536)
+        assert ack[:4] == b"ACKF", ack
+        msg = b"MSGF" + struct.pack("<II", announced, 1)
+        taken_chunk, closed_chunk = _flood_after(s, msg, 64 * MiB)
+    time.sleep(1.0)
+    after = _rss_kib(rx.pid)
+    print(f"\nmirror RSS {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB after two "
+          f"512 MiB headers; sent before the mirror closed: {taken_hello / MiB:.0f} MiB "
+          f"(closed: {closed_hello}), {taken_chunk / MiB:.0f} MiB (closed: {closed_chunk})")
+    assert closed_hello and closed_chunk
+    assert after - before < 16 * 1024, (before, after)
+    assert taken_hello < 16 * MiB and taken_chunk < 16 * MiB
+    assert asyncio.run(_read_link_state(port)) in ("UNKNOWN", "DOWN")  # still serving
+    assert "Traceback" not in rx.log()
+
+
+def test_1000_idle_connections_do_not_lock_a_real_client_out(mirror: tuple[Agent, int]) -> None:
+    rx, port = mirror
+    n = 1000
+    fds_before = _fds(rx.pid)
+    # Each sends the first bytes of a Hello, and never the rest (with none at all, the
+    # connections the kernel had no room for would never reach RX: syncookies).
+    with _held(port, n, b"HELF") as holders:
+        time.sleep(0.5)
+        fds_held = _fds(rx.pid)
+        started = time.monotonic()
+        assert asyncio.run(_read_link_state(port)) in ("UNKNOWN", "DOWN")
+        took = time.monotonic() - started
+        # the idle ones still open go at the handshake deadline
+        closed = holders.closed_by_server()
+        print(f"\nmirror: {n} idle connections held; RX descriptors {fds_before} before, "
+              f"{fds_held} while held; a real client connected and read in {took:.2f} s; "
+              f"RX closed {closed} of the idle ones")
+        assert took < 5
+        assert fds_held < fds_before + 64
+        assert closed == n
+        wait_until(lambda: _fds(rx.pid) <= fds_before + 2, 5, "RX's descriptors back")
+    assert "Traceback" not in rx.log()
+    lines = _log_lines(rx, "OPC UA mirror 'plant': refused")
+    assert 1 <= len(lines) <= 4, lines
+
+
+def test_junk_is_counted_in_one_line_not_a_traceback_each(mirror: tuple[Agent, int]) -> None:
+    rx, port = mirror
+    rng = random.Random(12)
+    junk = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"HELF\x00\x00\x00\x00", b"MSGF\x20\x00\x00\x00" + bytes(28)]
+    junk += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) for _ in range(150)]
+    # after a real Hello: an OpenSecureChannel that is garbage inside, and a second Hello
+    junk += [_hello(port) + b"OPNF" + struct.pack("<II", 60, 0) + os.urandom(48)] * 20
+    junk += [_hello(port) * 2] * 20
+    for data in junk:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(5)
+            try:
+                s.sendall(data)
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+    asyncio.run(_garbage_in_a_session(port))
+    assert asyncio.run(_read_link_state(port)) in ("UNKNOWN", "DOWN")
+    log = rx.log()
+    assert "Traceback" not in log, log[-3000:]
+    # the first refusal at once, the rest in one line when the period is over
+    lines = wait_until(lambda: _log_lines(rx, "OPC UA mirror 'plant': refused")[1:] and
+                       _log_lines(rx, "OPC UA mirror 'plant': refused"), 15, "the count line")
+    assert len(lines) == 2 and "in the last 10 s" in lines[1], lines
+    assert int(lines[1].split("closed ")[1].split(" ")[0]) >= len(junk) - 1, lines
+    log = rx.log()
+    assert "Traceback" not in log, log[-3000:]
+    processing = [line for line in log.splitlines() if "Error while processing message" in line]
+    assert len(processing) == 1, processing  # asyncua's own line: once, no traceback
+    print(f"\n{len(junk)} junk connections and 20 bad requests in a session; RX logged:\n"
+          + "\n".join(lines + processing))
+
+
+async def _garbage_in_a_session(port: int) -> None:
+    """A real session that sends Read requests whose parameters are cut short: asyncua
+    answers BadInternalError and logs its own error, which must stay one line."""
+    async with Client(_endpoint(port), timeout=5) as c:
+        proto = c.uaclient.protocol
+        assert proto is not None and proto.transport is not None
+        body = (nodeid_to_binary(ua.NodeId(ua.ObjectIds.ReadRequest_Encoding_DefaultBinary))
+                + struct_to_binary(ua.RequestHeader()) + b"\x01\x02")
+        loop = asyncio.get_running_loop()
+        answers = []
+        for i in range(20):
+            answers.append(proto._callbackmap.setdefault(90_000 + i, loop.create_future()))
+            data = proto._connection.message_to_binary(body, request_id=90_000 + i)
+            proto.transport.write(data)
+        await asyncio.wait_for(asyncio.gather(*answers), 5)  # ServiceFaults, each answered
+        await c.get_namespace_array()  # the session still works
