@@ -182,7 +182,9 @@ class _BufferedClient(paho.Client):
                     props = Properties(PacketTypes.PUBLISH)
                     pos += props.unpack(buf[pos:end])[1]
             payload = buf[pos:end]
-        except (IndexError, UnicodeDecodeError, ValueError, TypeError):
+        except Exception:  # IndexError, UnicodeDecodeError; paho's MalformedPacket, KeyError...
+            # ... from the properties: a protocol error that drops the connection (as paho's own
+            # reader does), never an exception out of loop_read that would leave _pending stale
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         if not topic or pos > end:
             return MQTTErrorCode.MQTT_ERR_PROTOCOL  # a topic alias (never asked for), or bad

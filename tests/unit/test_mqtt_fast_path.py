@@ -406,6 +406,40 @@ def test_reader_any_chunking_of_a_stream(protocol: str, msgs: list[Msg], data: s
     assert read_fast(protocol, chunks) == read_paho(protocol, stream)
 
 
+def _v5_publish(props: bytes, topic: bytes = b"\x00\x01t") -> bytes:
+    """A QoS 0 PUBLISH built per the spec, with these property bytes (length included)."""
+    body = topic + props + b"x"
+    return bytes((0x30, len(body))) + body
+
+
+MALFORMED = {
+    # paho's property reader refuses these (MalformedPacket, MQTTException, KeyError, struct.error)
+    "nul in a string": ("5", _v5_publish(b"\x06\x03\x00\x03a\x00b")),
+    "U+FEFF in a string": ("5", _v5_publish(b"\x06\x03\x00\x03\xef\xbb\xbf")),
+    "a property twice": ("5", _v5_publish(b"\x08\x03\x00\x01a\x03\x00\x01b")),
+    "unknown property": ("5", _v5_publish(b"\x02\x7f\x00")),
+    "string past the properties": ("5", _v5_publish(b"\x02\x03\x00")),
+    "properties past the packet": ("5", _v5_publish(b"\x10\x01")),
+    # ours: a topic that is not UTF-8 (paho would deliver it and fail on .topic), or too long
+    "topic not UTF-8": ("3.1.1", b"\x30\x05\x00\x02\xff\xfex"),
+    "topic past the packet": ("3.1.1", b"\x30\x03\x00\x09a"),
+    "no topic (a v5 topic alias)": ("5", _v5_publish(b"\x00", b"\x00\x00")),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_reader_malformed_publish_drops_the_connection(name: str) -> None:
+    """A PUBLISH that cannot be parsed is a protocol error that drops the connection (as paho
+    2.2's own reader does), never an exception out of loop_read."""
+    protocol, packet = MALFORMED[name]
+    got: list[Any] = []
+    fast = fast_client(protocol, lambda *a: got.append(a))
+    with wired(fast) as peer:
+        peer.send(packet)
+        assert fast.loop_read() == MQTTErrorCode.MQTT_ERR_PROTOCOL
+        assert fast._sock is None and got == []
+
+
 # -- PUBACK ------------------------------------------------------------------------------------
 
 
