@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from diode_tools.bench.opcua import run_opcua_bench
 
 
+@pytest.mark.slow
 def test_bench_opcua_small() -> None:
     result = run_opcua_bench(nodes=200, window=2.0, timeout=60.0, peer_timeout=60.0)
     for key in ("nodes", "plant_rate", "sync_s", "updates_per_s", "fresh_fraction",

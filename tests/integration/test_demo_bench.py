@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _diode(*args: str, timeout: float) -> dict:
     proc = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
@@ -22,6 +24,7 @@ def test_demo_delivers_everything_on_a_clean_link() -> None:
     assert out["retained_topics_at_it"] == 100
 
 
+@pytest.mark.slow
 def test_demo_with_loss_reports_it() -> None:
     out = _diode("demo", "--duration", "4", "--rate", "300", "--loss", "0.2", "--json",
                  timeout=120)
@@ -38,6 +41,7 @@ def test_bench_link_json() -> None:
     assert abs(out["delivered_fraction"] - out["theory"]) < 0.001
 
 
+@pytest.mark.slow
 def test_bench_mqtt_json() -> None:
     # 100 Mbit/s: well below what RX takes in, even on a loaded CI machine
     out = _diode("bench", "mqtt", "--messages", "20000", "--bitrate", "100000000",

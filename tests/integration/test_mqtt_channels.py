@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from diode_tools.sim.certs import make_pki
 from diode_tools.sim.mosquitto import Broker, BrokerOptions
 from tests.integration.conftest import Collector, Diode, publish_all
@@ -70,6 +72,7 @@ def test_mutual_tls_to_the_ot_broker(diode: Diode, make_broker: Callable[..., Br
     assert got[0].payload == b"over mutual TLS"
 
 
+@pytest.mark.slow
 def test_a_flooded_channel_does_not_starve_a_quiet_one(
         diode: Diode, make_broker: Callable[..., Broker], it_broker: Broker,
         collector: MakeCollector) -> None:

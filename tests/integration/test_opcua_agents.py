@@ -148,6 +148,7 @@ def _wait_status(endpoint: str, node_id: str, want: str, timeout: float) -> floa
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_link_cut_quality_and_rx_restart(diode: Diode, plant: PlantProcess) -> None:
     port = free_port()
     tx_doc, rx_doc = _docs(diode, plant, port)
@@ -178,6 +179,7 @@ def test_link_cut_quality_and_rx_restart(diode: Diode, plant: PlantProcess) -> N
     print(f"RX restart: mirror browsable again after {took:.1f} s (carousel 3 s)")
 
 
+@pytest.mark.slow
 def test_two_sources_two_mirrors_and_an_added_node(diode: Diode, plant: PlantProcess) -> None:
     """Several OPC UA sources per TX, each on its own mirror endpoint; a node added on a
     source appears on its mirror after one re-browse (rebrowse_period 5 s)."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.spool import write_spool_key
@@ -116,6 +117,7 @@ def test_kill9_tx_mid_qos1_stream_loses_nothing(diode: Diode, ot_broker: Broker,
         out.stop()
 
 
+@pytest.mark.slow
 def test_it_broker_down_30s_while_10000_flow(diode: Diode, ot_broker: Broker,
                                              make_broker: Callable[..., Broker]) -> None:
     n = 10_000
