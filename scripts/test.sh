@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-echo "== ruff" && .venv/bin/ruff check agent scripts/diode_tools tests
+echo "== ruff" && .venv/bin/ruff check agent scripts/diode_tools scripts/check_markers.py tests
 echo "== mypy" && .venv/bin/mypy
 echo "== pytest" && exec .venv/bin/python -m pytest -q "$@"
