@@ -122,8 +122,14 @@ def _rx_channel(t: Table) -> RxMqttChannel:
                for r in rewrite):
         t.fail("topic_rewrite", "expected a list of [from, to] prefix pairs",
                'topic_rewrite = [["plant/", "site1/"]]')
-    return read(t, RxMqttChannel, {"status_topic": f"diode/status/{name}"},
-                broker=_broker(t, "rx", name), topic_rewrite=tuple((a, b) for a, b in rewrite))
+    ch = read(t, RxMqttChannel, {"status_topic": f"diode/status/{name}"},
+              broker=_broker(t, "rx", name), topic_rewrite=tuple((a, b) for a, b in rewrite))
+    for key, text in (("topic_prefix", ch.topic_prefix), ("status_topic", ch.status_topic),
+                      *(("topic_rewrite", new) for _, new in ch.topic_rewrite)):
+        if "+" in text or "#" in text:
+            t.fail(key, f"{text!r} holds a wildcard (+ or #): no broker takes a PUBLISH to it",
+                   "use plain topic levels")
+    return ch
 
 
 def parse(t: Table, role: str, spooled: bool) -> TxMqttChannel | RxMqttChannel:

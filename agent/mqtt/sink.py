@@ -108,6 +108,9 @@ class MqttSink:
         """The IT topic and properties, or None when the message is not to be published
         (a carousel copy this connection already published, or expired; both counted)."""
         topic = self.map_topic(msg.topic) if self._maps_topics else msg.topic
+        if not _publishable(topic):
+            self._bad_topic(msg.topic, topic)
+            return None
         if msg.retain:
             digest = hashlib.blake2b(msg.payload, digest_size=16).digest()
             if msg.carousel and self._published.get(topic) == digest:
@@ -126,6 +129,15 @@ class MqttSink:
             props = mqtt_props.to_paho(aged)
         return topic, props
 
+    def _bad_topic(self, source_topic: str, topic: str) -> None:
+        """A topic no broker takes (a wildcard, empty, or too long), made by topic_prefix or
+        topic_rewrite from one that was fine on OT: counted, logged, never retried."""
+        n = self.counters["bad_topic"] = self.counters.get("bad_topic", 0) + 1
+        if n in (1, 100) or n % 10000 == 0:
+            log.error("channel '%s': topic %r (from %r on OT) cannot be published (%d so far): "
+                      "it is empty, too long or holds + or #. Fix: check topic_prefix and "
+                      "topic_rewrite", self.ch.name, topic[:200], source_topic[:200], n)
+
     def count_dropped(self, now: float) -> None:
         """A message this channel could not keep: counted, and logged at most every 5 s."""
         self.counters["queue_dropped"] += 1
@@ -137,3 +149,7 @@ class MqttSink:
                       "lagging" if self.conn.connected else "away", self.ch.queue_limit,
                       self.counters["queue_dropped"])
 
+
+def _publishable(topic: str) -> bool:
+    return bool(topic) and "+" not in topic and "#" not in topic \
+        and len(topic.encode()) <= 65535
