@@ -184,10 +184,13 @@ def test_1100_held_metrics_connections_do_not_starve_rx(diode: Diode,
     assert st["sinks"]["plant"]["spool"].get("damaged", 0) == 0
     assert "Too many open files" not in rx.log()
     # counted: the first refusal at once, then one line per period with the count
-    refused = wait_until(lambda: _log_lines(rx, "metrics: refused")[1:] and
-                         _log_lines(rx, "metrics: refused"), 15, "the count line")
-    assert len(refused) == 2, refused
-    assert int(refused[1].split("closed ")[1].split(" ")[0]) >= n_holders - 1, refused
+    # (the holders may straddle two periods on a busy machine: the lines add up)
+    def counted() -> list[str] | None:
+        lines = _log_lines(rx, "metrics: refused")
+        total = sum(int(line.split("closed ")[1].split(" ")[0]) for line in lines)
+        return lines if total >= n_holders else None
+    refused = wait_until(counted, 25, "the count lines adding up to every holder")
+    assert 2 <= len(refused) <= 4, refused  # rate-limited: not a line per connection
     print("RX logged:\n" + "\n".join(refused))
 
 
