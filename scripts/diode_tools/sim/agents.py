@@ -67,7 +67,7 @@ class AgentPair:
         except (OSError, ValueError):
             return None
 
-    def wait_up(self, timeout: float = 15.0) -> None:
+    def wait_up(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.status("rx")
