@@ -12,6 +12,10 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# syslog: rsyslog is the IT collector (and an OT sender) in tests and benches; logger an OT sender
+command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+[ -f /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
+command -v logger >/dev/null 2>&1 || need+=(bsdutils)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # unit files are verified in tests
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 # tests/images: the SD-card image's partition assembly, checked without a full build
