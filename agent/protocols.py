@@ -12,7 +12,7 @@ import importlib
 
 from agent.adapter import Adapter
 
-PROTOCOLS = ("mqtt", "opcua")
+PROTOCOLS = ("mqtt", "opcua", "syslog")
 
 ADAPTERS: tuple[Adapter, ...] = tuple(importlib.import_module(f"agent.{name}").ADAPTER
                                       for name in PROTOCOLS)
