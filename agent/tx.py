@@ -29,6 +29,7 @@ from agent.link.seal import key_fingerprint
 from agent.link.sender import LinkSender, SenderParams
 from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
+from agent.spool import Spool
 from agent.spool.channels import channel_spools
 from agent.transport.base import TxTransport
 from agent.txcore import TxCore
@@ -82,13 +83,13 @@ def _open_udp(link: LinkConfig) -> TxTransport:
                  broadcast=link.broadcast)
 
 
-def warn_orphaned_spools(cfg: AgentConfig) -> None:
-    """Spool folders of channels no longer configured: their messages will not be sent."""
+def warn_orphaned_spools(cfg: AgentConfig, opened: set[str]) -> None:
+    """Spool folders no source opened (channels no longer configured): their messages
+    will not be sent."""
     if cfg.spool is None or not cfg.spool.dir.is_dir():
         return
-    names = {ch.name for chs in cfg.channels.values() for ch in chs}
     for d in sorted(cfg.spool.dir.iterdir()):
-        if d.is_dir() and d.name not in names and any(d.glob("*.seg")):
+        if d.is_dir() and d.name not in opened and any(d.glob("*.seg")):
             log.warning("spool folder %s belongs to no channel in %s; what it holds is not "
                         "sent. Fix: restore the channel, or remove the folder", d, cfg.path)
 
@@ -108,9 +109,17 @@ class TxAgent:
         self._wake = asyncio.Event()
         self.sources: list[Source] = []
         self.keeper = TxInterfaceKeeper(link)
+        self._spools: set[str] = set()  # spool folders the sources opened
 
     def _open_sources(self, rt: Runtime) -> None:
-        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=channel_spools(self.cfg, self.key))
+        opener = channel_spools(self.cfg, self.key)
+
+        def open_spool(folder: str) -> Spool | None:
+            spool = opener(folder)
+            if spool is not None:
+                self._spools.add(folder)
+            return spool
+        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=open_spool)
         for adapter in ADAPTERS:
             for ch in self.cfg.channels.get(adapter.name, ()):
                 self.sources.append(adapter.source(ch, ctx))
@@ -133,7 +142,7 @@ class TxAgent:
                 src.close()
             transport.close()
             return EXIT_FATAL
-        warn_orphaned_spools(self.cfg)
+        warn_orphaned_spools(self.cfg, self._spools)
         self.core = TxCore(self.sender, self.sources,
                            CarouselScheduler(rate, link.mtu * 4), time.monotonic())
         log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
