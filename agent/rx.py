@@ -181,10 +181,12 @@ class RxAgent:
                          "duplicates": c["duplicates"], "late": c["late"],
                          "auth_failures": c["auth_failed"],
                          "rejected": sum(c[r] for r in REJECT_REASONS),
-                         "unrouted": self.core.counters["unrouted"]},
+                         "unrouted": self.core.counters["unrouted"],
+                         "tx_log": self.core.counters["tx_log"]},
             "link": dict(c),
             "transport": self._transport_counters(),
             "tx": None if hb is None else {"sources": hb.sources, "counters": hb.counters},
+            "tx_log": list(self.core.tx_log),  # TX's latest warnings and errors, oldest first
             "board": self.board.describe(),
         }
         for adapter in ADAPTERS:

@@ -3,6 +3,7 @@
 ```
 datagram ─► LinkReceiver ─► RecordReceived ─► registry (record class ─► protocol, channel) ─► Sink.submit
                            │                  Heartbeat ─► LinkHealth (datagram loss from TX's counts)
+                           │                  TxLog ─► RX's log ("TX: ...") and the last few kept
                            ├► FramesLost ─────────────────► LinkHealth, a rate-limited log line
                            └► EpochChanged ───────────────► LinkHealth, a log line
 ```
@@ -14,7 +15,9 @@ logged once per channel with the fix.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 from agent.adapter import Sink
 from agent.link import records
@@ -22,8 +25,11 @@ from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
 from agent.link.health import LinkHealth
 from agent.link.receiver import LinkReceiver
 from agent.protocols import BY_RECORD
+from agent.txlog import TxLog
 
 log = logging.getLogger("diode.rx")
+tx_log = logging.getLogger("diode.tx-log")
+TX_LOG_KEPT = 20
 
 
 class RxCore:
@@ -33,7 +39,8 @@ class RxCore:
         self.health = health
         self.sinks = sinks           # (protocol, channel) -> sink
         self.config_path = config_path
-        self.counters = {"unrouted": 0}
+        self.counters = {"unrouted": 0, "tx_log": 0}
+        self.tx_log: deque[dict[str, Any]] = deque(maxlen=TX_LOG_KEPT)  # TX's latest warnings
         self._epoch_datagrams = 0
         self._unrouted_logged: set[tuple[str, str]] = set()
         self._lost_unlogged = 0
@@ -61,6 +68,8 @@ class RxCore:
                         sink.submit(rec, now)
                     else:
                         self._unrouted(adapter.name, channel)
+                elif rec.__class__ is TxLog:
+                    self._tx_log(rec, now)
                 elif isinstance(rec, records.Heartbeat):
                     c = self.receiver.counters
                     self.health.on_heartbeat(rec, c["valid"] + c["duplicates"]
@@ -83,6 +92,16 @@ class RxCore:
                 else:
                     log.warning("link: TX restarted (epoch %016x -> %016x); following it",
                                 ev.old, ev.new)
+
+    def _tx_log(self, rec: TxLog, now: float) -> None:
+        """One of TX's own warnings or errors: into RX's log, prefixed, and the status."""
+        self.counters["tx_log"] += 1
+        more = f" ({rec.suppressed} more suppressed before this)" if rec.suppressed else ""
+        level = rec.level if rec.level >= logging.WARNING else logging.WARNING
+        tx_log.log(level, "TX: %s: %s%s", rec.logger, rec.message, more)
+        self.tx_log.append({"time": rec.time, "level": logging.getLevelName(rec.level),
+                            "logger": rec.logger, "message": rec.message,
+                            "suppressed": rec.suppressed})
 
     def _unrouted(self, protocol: str, channel: str) -> None:
         self.counters["unrouted"] += 1

@@ -1,7 +1,9 @@
-"""The TX agent (OT side): wiring only. It opens no listening socket.
+"""The TX agent (OT side): wiring only. It listens only where a channel's config names a
+listener (on an OT-side address, nothing by default); the link holds no listening socket.
 
 ```
 plant peers ─► Source per channel ─┐ (agent/protocols.py; each with its own queue)
+TX's own log ─► TxLogSource ───────┤ (agent/txlog.py: WARNING and up, rate-limited)
 heartbeat timer ─► Heartbeat ──────┼─► TxCore ─► TokenBucket ─► transport ══► one-way link
 CarouselScheduler ─► re-sends ─────┘   (LinkSender:  (bit rate)   (udp | serial)
  (each within its share of the link)    pack, seal, repeat)
@@ -33,6 +35,7 @@ from agent.spool import Spool
 from agent.spool.channels import channel_spools
 from agent.transport.base import TxTransport
 from agent.txcore import TxCore
+from agent.txlog import TxLogHandler, TxLogSource
 
 log = logging.getLogger("diode.tx")
 
@@ -110,6 +113,8 @@ class TxAgent:
         self.sources: list[Source] = []
         self.keeper = TxInterfaceKeeper(link)
         self._spools: set[str] = set()  # spool folders the sources opened
+        self.log_handler = TxLogHandler()
+        self.log_source = TxLogSource(self.log_handler)
 
     def _open_sources(self, rt: Runtime) -> None:
         opener = channel_spools(self.cfg, self.key)
@@ -134,6 +139,8 @@ class TxAgent:
             log.critical("cannot open the link: %s", exc)
             return EXIT_FATAL
         self.bucket = TokenBucket(rate, max(link.mtu * 8, int(rate / 8 * 0.01)), time.monotonic())
+        self.log_handler.wake, self.log_handler.loop = self._wake.set, asyncio.get_running_loop()
+        logging.getLogger().addHandler(self.log_handler)
         try:
             self._open_sources(rt)
         except (ConfigError, SpoolError) as exc:
@@ -143,7 +150,8 @@ class TxAgent:
             transport.close()
             return EXIT_FATAL
         warn_orphaned_spools(self.cfg, self._spools)
-        self.core = TxCore(self.sender, self.sources,
+        # TX's own log goes beside the channels, last in each pass (agent/txlog.py)
+        self.core = TxCore(self.sender, [*self.sources, self.log_source],
                            CarouselScheduler(rate, link.mtu * 4), time.monotonic())
         log.info("TX starting: epoch %016x, link id %d, %s, repeat %d, interleave %d, "
                  "channels %s, key %s", self.epoch, link.link_id,
@@ -167,6 +175,11 @@ class TxAgent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         now = time.monotonic()
+        if rt.fatal:
+            log.critical("TX stopped: %s", rt.fatal)  # before the last frames: IT sees why
+        for data, _tag in self.log_source.take(time.time(), 1000):
+            if data is not None:
+                self.sender.push(data, now)
         self._push_heartbeat(now)
         if all([self._send(transport, d) for d in self.core.drain(now)]):
             self.core.sent()  # else what was not sent stays in the spool for the next start
@@ -175,9 +188,8 @@ class TxAgent:
             src.close()
         transport.close()
         await self.board.close(fatal=rt.fatal is not None)
-        if rt.fatal:
-            log.critical("TX stopped: %s", rt.fatal)
-        else:
+        logging.getLogger().removeHandler(self.log_handler)
+        if not rt.fatal:
             log.info("TX stopped cleanly")
         return rt.exit_code
 
@@ -294,6 +306,8 @@ class TxAgent:
         for src in self.sources:
             for k, v in src.counters.items():
                 out[f"{src.key}.{k}"] = v
+        for k, v in self.log_source.counters.items():
+            out[f"log.{k}"] = v
         return out
 
     def _write_status(self) -> None:
