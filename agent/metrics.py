@@ -41,8 +41,13 @@ MAX_CONNECTIONS = 16
 MAX_REQUEST_BYTES = 8192  # request line and headers; no body is read
 TIMEOUT = 5.0             # seconds for a client to send its request and take the answer
 CACHE_SECONDS = 0.25
+from agent.adapter import HEALTHY_SINK
+from agent.protocols import ADAPTERS
 
 _STATES = ("UP", "DEGRADED", "DOWN")
+# every protocol's sinks, from the status section the registry names for it
+_SECTIONS = tuple((a.name, a.status_section) for a in ADAPTERS)
+_HEALTHY = {str(s) for s in HEALTHY_SINK}
 
 
 def _name(raw: str) -> str:
@@ -72,23 +77,23 @@ class RxCollector(Collector):
             link.add_metric([k], float(v))
         yield link
         sink = CounterMetricFamily("diode_sink", "Per-channel sink counters",
-                                   labels=["channel", "counter"])
-        up = GaugeMetricFamily("diode_sink_connected", "1 when the IT broker is connected",
-                               labels=["channel"])
-        for name, s in (st.get("sinks") or {}).items():
-            up.add_metric([name], 1.0 if s.get("state") == "connected" else 0.0)
-            for k, v in s.items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    sink.add_metric([name, k], float(v))
-        yield sink
-        yield up
+                                   labels=["channel", "protocol", "counter"])
+        up = GaugeMetricFamily("diode_sink_connected", "1 when the sink's IT peer is connected "
+                               "(or its mirror serving)", labels=["channel", "protocol"])
         spool = GaugeMetricFamily("diode_spool", "RX spool state per channel (fill_bytes, "
                                   "records, oldest_age_s, dropped_*, damaged, ...)",
-                                  labels=["channel", "field"])
-        for name, s in (st.get("sinks") or {}).items():
-            for k, v in (s.get("spool") or {}).items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    spool.add_metric([name, k], float(v))
+                                  labels=["channel", "protocol", "field"])
+        for protocol, section in _SECTIONS:
+            for name, s in (st.get(section) or {}).items():
+                up.add_metric([name, protocol], 1.0 if s.get("state") in _HEALTHY else 0.0)
+                for k, v in s.items():
+                    if isinstance(v, int | float) and not isinstance(v, bool):
+                        sink.add_metric([name, protocol, k], float(v))
+                for k, v in (s.get("spool") or {}).items():
+                    if isinstance(v, int | float) and not isinstance(v, bool):
+                        spool.add_metric([name, protocol, k], float(v))
+        yield sink
+        yield up
         yield spool
         transport = CounterMetricFamily("diode_transport", "Link transport counters (serial: "
                                         "crc_errors, framing_errors, bytes_received)",
@@ -96,6 +101,10 @@ class RxCollector(Collector):
         for k, v in (st.get("transport") or {}).items():
             transport.add_metric([k], float(v))
         yield transport
+        tx_log = st.get("tx_log") or []
+        yield GaugeMetricFamily("diode_tx_log_last_time_seconds",
+                                "Unix time of TX's latest warning or error (0: none yet)",
+                                value=float(tx_log[-1]["time"]) if tx_log else 0.0)
         tx = st.get("tx") or {}
         txc = CounterMetricFamily("diode_tx", "TX counters from its heartbeats",
                                   labels=["counter"])

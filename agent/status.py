@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.protocols import ADAPTERS
+
+_SECTIONS = tuple((a.name, a.status_section) for a in ADAPTERS)
+
 
 def _load(path: Path) -> dict[str, Any] | None:
     try:
@@ -30,6 +34,37 @@ def _spool_lines(sp: dict[str, Any] | None) -> list[str]:
             f"{'-' if age is None else f'{age:.1f} s'}",
             f"spool drops     oldest {sp['dropped_oldest']}  conflated "
             f"{sp['dropped_conflated']}  torn tail {sp['torn_tail']}  damaged {sp['damaged']}"]
+
+
+def _numbers(d: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {v}" for k, v in d.items()
+                     if isinstance(v, int | float) and not isinstance(v, bool))
+
+
+def _sink_lines(key: str, sink: dict[str, Any]) -> list[str]:
+    """Any protocol's sink: its state and numbers; a table of tables (e.g. a sink's
+    collectors) one line each, with their spools."""
+    out = [f"sink            {key}: {sink.get('state')}  {_numbers(sink)}".rstrip()]
+    for part in sink.values():
+        if isinstance(part, dict) and part and all(isinstance(v, dict) for v in part.values()):
+            for name, sub in part.items():
+                out.append(f"  {name}: {sub.get('state', '')}  {_numbers(sub)}".rstrip())
+                if sub.get("spool"):
+                    out.extend("  " + ln for ln in _spool_lines(sub["spool"]))
+    if sink.get("spool"):
+        out.extend(_spool_lines(sink["spool"]))
+    return out
+
+
+def _tx_log_lines(entries: list[dict[str, Any]], last: int = 5) -> list[str]:
+    """TX's latest warnings and errors, newest last."""
+    out = []
+    for e in entries[-last:]:
+        at = time.strftime("%H:%M:%S", time.localtime(float(e.get("time", 0))))
+        more = f" (+{e['suppressed']} suppressed)" if e.get("suppressed") else ""
+        out.append(f"TX log          {at} {e.get('level')} {e.get('logger')}: "
+                   f"{e.get('message')}{more}")
+    return out
 
 
 def render(st: dict[str, Any], now: float) -> str:
@@ -59,6 +94,11 @@ def render(st: dict[str, Any], now: float) -> str:
                          f"outages {sink.get('outages')}")
             if sink.get("spool"):
                 lines.extend(_spool_lines(sink["spool"]))
+        for protocol, section in _SECTIONS:
+            if section != "sinks":
+                for name, sink in (st.get(section) or {}).items():
+                    lines.extend(_sink_lines(f"{protocol}:{name}", sink))
+        lines.extend(_tx_log_lines(st.get("tx_log") or []))
     else:
         lines.append(f"epoch           {st.get('epoch')}")
         for name, state in (st.get("sources") or {}).items():

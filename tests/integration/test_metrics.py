@@ -29,7 +29,7 @@ def test_rx_metrics_show_link_state_and_tx_counters(tmp_path: Path) -> None:
             text = _scrape(port)
             assert 'diode_link_state{state="UP"} 1.0' in text
             assert 'diode_link_state{state="DOWN"} 0.0' in text
-            assert 'diode_sink_connected{channel="plant"} 1.0' in text
+            assert 'diode_sink_connected{channel="plant",protocol="mqtt"} 1.0' in text
             assert 'diode_tx_source_connected{source="mqtt:plant"} 1.0' in text
             assert 'diode_tx_total{counter="datagrams"}' in text
             assert 'diode_link_total{counter="auth_failed"} 0.0' in text

@@ -42,3 +42,21 @@ def test_tx_screen_and_stale_file(tmp_path: Path) -> None:
     path.write_text(json.dumps(st))
     assert show_status(path, as_json=True) == 0
     assert show_status(tmp_path / "missing.json", as_json=False) == 1
+
+
+def test_rx_screen_shows_every_protocols_sinks_and_tx_log() -> None:
+    st = {"role": "rx", "time": time.time(), "counters": {},
+          "syslog": {"ot": {"state": "disconnected", "received": 12, "forwarded": 10, "held": 2,
+                            "dropped": 0, "outages": 1,
+                            "collectors": {"tcp://10.1.0.30:601": {
+                                "state": "disconnected", "forwarded": 10, "held": 2,
+                                "spool": SPOOL}}}},
+          "opcua": {"plant": {"state": "serving", "variables": 2000}},
+          "tx_log": [{"time": time.time(), "level": "WARNING", "logger": "diode.source.syslog",
+                      "message": "queue full", "suppressed": 4}]}
+    text = render(st, time.time())
+    for expected in ("sink            syslog:ot: disconnected  received 12  forwarded 10",
+                     "  tcp://10.1.0.30:601: disconnected  forwarded 10  held 2",
+                     "  spool           2.0 MB", "sink            opcua:plant: serving  variables 2000",
+                     "WARNING diode.source.syslog: queue full (+4 suppressed)"):
+        assert expected in text, (expected, text)
