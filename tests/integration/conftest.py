@@ -5,7 +5,8 @@ publisher ─► OT broker ─► diode tx ══ UDP / serial ══► diode r
 ```
 
 - `ot_broker`, `it_broker`: one fresh Mosquitto each per test (`make_broker`
-  for brokers with users or TLS).
+  for brokers with users or TLS); `make_rsyslog` for rsyslogd collectors and
+  forwarders (diode_tools/sim/rsyslog.py).
 - `diode`: writes tx/rx TOML into tmp_path, starts `diode tx -c FILE` /
   `diode rx -c FILE` the way a user does (``python -m agent.cli``), stderr to
   a log file per process; `stop` sends SIGTERM and asserts exit code 0;
@@ -41,6 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from diode_tools.sim.mosquitto import Broker, BrokerOptions
+from diode_tools.sim.rsyslog import Rsyslog
 
 REPO = Path(__file__).resolve().parents[2]
 STATUS_PREFIX = "diode/status/"
@@ -154,6 +156,22 @@ def make_broker(request: pytest.FixtureRequest) -> Iterator[Callable[..., Broker
     yield make
     for broker in made:
         broker.close()
+
+
+@pytest.fixture
+def make_rsyslog(request: pytest.FixtureRequest) -> Iterator[Callable[..., Rsyslog]]:
+    """Start an rsyslogd (collector, or forwarder with forward=...); closed after the test."""
+    made: list[Rsyslog] = []
+
+    def make(name: str = "rsyslog", **kw: Any) -> Rsyslog:
+        rs = Rsyslog(name=name, **kw).start()
+        made.append(rs)
+        _add_log_source(request, f"{name} log", rs.log_text)
+        return rs
+
+    yield make
+    for rs in made:
+        rs.close()
 
 
 @pytest.fixture

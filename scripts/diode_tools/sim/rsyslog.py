@@ -7,8 +7,9 @@ in a temporary folder, on free loopback ports, and either
   template that keeps the message exactly as received (`%rawmsg%`; control
   characters are not escaped), or
 - forwards: every message goes on to `forward` (`tcp://HOST:PORT` or
-  `tls://HOST:PORT`, octet counting, with a disk-assisted queue that retries
-  forever), as an OT-side relay or as the baseline of a benchmark.
+  `tls://HOST:PORT`, octet counting, with a queue that retries forever; over
+  TLS the peer's certificate must name `forward_name`), as an OT-side relay or
+  as the baseline of a benchmark.
 
 Its own pid file and work folder keep it apart from the system's rsyslog and
 from other tests. The TLS listener and the TLS forwarder use GnuTLS
@@ -59,9 +60,10 @@ def _bound(kind: str, port: int) -> bool:
 class Rsyslog:
     def __init__(self, *, udp: bool = False, tcp: bool = True, tls: TlsFiles | None = None,
                  forward: str | None = None, forward_ca: Path | None = None,
-                 host: str = "127.0.0.1", name: str = "rsyslog") -> None:
+                 forward_name: str | None = None, host: str = "127.0.0.1",
+                 name: str = "rsyslog") -> None:
         self.host, self.name = host, name
-        self.forward, self.forward_ca = forward, forward_ca
+        self.forward, self.forward_ca, self.forward_name = forward, forward_ca, forward_name
         self.tls_files = tls
         self.dir = Path(tempfile.mkdtemp(prefix=f"diode-{name}-"))
         self.output = self.dir / "received.log"
@@ -110,7 +112,7 @@ class Rsyslog:
             if scheme == "tls":
                 tls_opts = (' StreamDriver="gtls" StreamDriverMode="1" '
                             'StreamDriverAuthMode="x509/name" '
-                            f'StreamDriverPermittedPeers="{host}"')
+                            f'StreamDriverPermittedPeers="{self.forward_name or host}"')
             out.append(f'ruleset(name="main") {{ action(type="omfwd" target="{host}" '
                        f'port="{port}" protocol="tcp" TCP_Framing="octet-counted" '
                        f'template="rawfwd"{tls_opts} queue.type="LinkedList" '

@@ -1,0 +1,276 @@
+"""Syslog end to end with real parts: Debian's `logger` and rsyslog on the OT side, the
+agents as processes, rsyslog as the IT collector.
+
+```
+logger ─┬─ udp ──────────────────────────► diode tx ══ UDP ══► diode rx ─ tcp | tls ─► rsyslogd (collector,
+        ├─ tcp (LF | octet counting) ────►  (listeners on                               %rawmsg% to a file)
+        └─ tcp ─► rsyslogd (OT relay) ─ tls ─►  127.0.0.1)
+```
+
+The collector keeps every message as it received it (`%rawmsg%`), so what the test
+reads is the relay header RX put in front and, after it, the bytes logger sent
+(`logger -s` prints exactly what it sends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diode_tools.sim.certs import TlsFiles, make_pki
+from diode_tools.sim.mosquitto import free_port
+from diode_tools.sim.rsyslog import Rsyslog, free_udp_port
+from tests.integration.conftest import Agent, Diode, diode_cmd, wait_until
+
+HEADER = re.compile(rb'^<(\d+)>1 (\S+) (\S+) diode - - \[diode@32473 peer="([^"]+)" '
+                    rb'port="(\d+)" transport="(\w+)"( truncated="1")?\] ', re.S)
+
+
+def listen(*transports: str) -> list[str]:
+    return [f"{t}://127.0.0.1:{free_udp_port() if t == 'udp' else free_port()}"
+            for t in transports]
+
+
+def tx_doc(diode: Diode, endpoints: list[str], link: dict[str, Any] | None = None,
+           **syslog: Any) -> dict[str, Any]:
+    return {"link": {"key_file": str(diode.key), "host": "127.0.0.1", "port": diode.udp_port,
+                     "heartbeat_interval": 0.25, **(link or {})},
+            "status": {"file": "tx.status.json", "interval": 0.2},
+            "syslog": [{"name": "ot", "listen": endpoints, **syslog}]}
+
+
+def rx_doc(diode: Diode, collectors: list[str], **syslog: Any) -> dict[str, Any]:
+    return {"link": {"key_file": str(diode.key), "host": "127.0.0.1", "port": diode.udp_port},
+            "status": {"file": "rx.status.json", "interval": 0.2},
+            "syslog": [{"name": "ot", "collectors": collectors, "relay_name": "tx-test",
+                        **syslog}]}
+
+
+def start_pair(diode: Diode, tx: dict[str, Any], rx: dict[str, Any]) -> tuple[Agent, Agent]:
+    rx_agent = diode.start("rx", rx)
+    tx_agent = diode.start("tx", tx)
+    diode.wait_up(rx_agent)
+    diode.wait_status(tx_agent, lambda st: st["sources"].get("syslog:ot") == "connected", 10,
+                      "TX listening")
+    diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["state"] == "connected", 10,
+                      "RX connected to its collectors")
+    return tx_agent, rx_agent
+
+
+def port_of(endpoint: str) -> str:
+    return endpoint.rsplit(":", 1)[1]
+
+
+def logger(endpoint: str, *flags: str, lines: bytes = b"hello\n") -> list[bytes]:
+    """Send `lines` with Debian's logger; the messages exactly as it sent them."""
+    transport = endpoint.split(":", 1)[0]
+    proc = subprocess.run(["logger", "-s", "--server", "127.0.0.1", "--port", port_of(endpoint),
+                           f"--{transport}", "-t", "plc7", *flags], input=lines,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    sent = proc.stderr.split(b"\n")[:-1]
+    if "--octet-count" in flags:
+        sent = [s.split(b" ", 1)[1] for s in sent]
+    return sent
+
+
+def split(line: bytes) -> tuple[re.Match[bytes], bytes]:
+    m = HEADER.match(line)
+    assert m is not None, line
+    return m, line[m.end():]
+
+
+def test_logger_over_udp_and_tcp_both_framings_and_formats(diode: Diode,
+                                                           make_rsyslog: Callable[..., Rsyslog]
+                                                           ) -> None:
+    collector = make_rsyslog("collector")
+    udp, tcp = listen("udp", "tcp")
+    start_pair(diode, tx_doc(diode, [udp, tcp]), rx_doc(diode, [collector.endpoint("tcp")]))
+    t0 = time.time()
+    sent = {"udp": logger(udp, "--rfc3164", lines=b"udp 3164 \xc3\xa9\n")
+            + logger(udp, "--rfc5424", lines=b"udp 5424\n"),
+            "tcp": logger(tcp, "--rfc5424", lines=b"tcp lf 5424\tTAB\nsecond line\n")
+            + logger(tcp, "--rfc3164", "--octet-count", lines=b"tcp octet 3164\n")
+            + logger(tcp, "--rfc5424", "--octet-count", lines=b"tcp octet 5424\n")}
+    t1 = time.time()
+    got = collector.wait_lines(6, 15, settle=0.5)
+    assert len(got) == 6, got
+    by_transport: dict[str, list[bytes]] = {"udp": [], "tcp": []}
+    for line in got:
+        m, original = split(line)
+        pri, stamp, relay_name, peer, _port, transport, truncated = m.groups()
+        assert (relay_name, peer, truncated) == (b"tx-test", b"127.0.0.1", None)
+        assert pri == original[1:original.index(b">")]  # the collector files it as the sender
+        received = time.mktime(time.strptime(stamp[:19].decode(), "%Y-%m-%dT%H:%M:%S")) \
+            - time.timezone + float(stamp[19:-1] or 0)
+        assert t0 - 1 <= received <= t1 + 1, (stamp, t0, t1)
+        by_transport[transport.decode()].append(original)
+    for transport, messages in sent.items():
+        assert sorted(by_transport[transport]) == sorted(messages), transport
+
+
+def test_a_burst_of_10000_arrives_byte_identical_in_order_with_sender_and_time(
+        diode: Diode, make_rsyslog: Callable[..., Rsyslog]) -> None:
+    collector = make_rsyslog("collector")
+    (tcp,) = listen("tcp")
+    start_pair(diode, tx_doc(diode, [tcp]), rx_doc(diode, [collector.endpoint("tcp")]))
+    texts = [f"burst {i:05d} {'é' * (i % 7)}\tv={i * 7 % 1000} {'x' * (i % 900)}".encode()
+             for i in range(10_000)]
+    t0 = time.time()
+    sent = logger(tcp, "--rfc5424", "--octet-count", "-S", "8192",
+                  lines=b"\n".join(texts) + b"\n")
+    assert len(sent) == 10_000
+    got = collector.wait_lines(10_000, 40, settle=0.5)
+    t1 = time.time()
+    assert len(got) == 10_000
+    originals = []
+    for line in got:
+        m, original = split(line)
+        assert m.group(4) == b"127.0.0.1" and m.group(6) == b"tcp"
+        originals.append(original)
+    assert originals == sent  # every byte, in order
+    assert all(t0 - 1 <= time.mktime(time.strptime(split(ln)[0].group(2)[:19].decode(),
+                                                   "%Y-%m-%dT%H:%M:%S")) - time.timezone
+               <= t1 for ln in got[::500])
+
+
+def test_relay_header_none_sends_the_original_bytes_alone(diode: Diode,
+                                                          make_rsyslog: Callable[..., Rsyslog]
+                                                          ) -> None:
+    collector = make_rsyslog("collector", udp=True, tcp=False)
+    (udp,) = listen("udp")
+    start_pair(diode, tx_doc(diode, [udp], max_message_size=600),
+               rx_doc(diode, [collector.endpoint("udp")], relay_header="none"))
+    sent = logger(udp, "--rfc3164", "-S", "4000", lines=b"short one\n" + b"L" * 1500 + b"\n")
+    got = collector.wait_lines(2, 10, settle=0.3)
+    assert got == [sent[0], sent[1][:600]]  # the long one cut to max_message_size
+    rx_status = diode.wait_status(diode.agents[0], lambda st: st["syslog"]["ot"]["truncated"],
+                                  5, "the truncation counted")
+    assert rx_status["tx"]["counters"]["syslog:ot.truncated"] == 1
+
+
+@pytest.mark.parametrize("spooled", [True, False], ids=["spool", "memory"])
+def test_a_collector_outage_loses_nothing(diode: Diode, make_rsyslog: Callable[..., Rsyslog],
+                                          tmp_path: Path, spooled: bool) -> None:
+    """10 s down (the backoff reaches its cap, 2 s here, well within it; what the test
+    shows does not depend on the length, only on the bound of the backlog)."""
+    collector = make_rsyslog("collector")
+    (tcp,) = listen("tcp")
+    rx = rx_doc(diode, [collector.endpoint("tcp")], reconnect_max=2.0)
+    if spooled:
+        subprocess.run(diode_cmd("keygen", "-o", str(tmp_path / "spool.key")), check=True,
+                       capture_output=True)
+        rx["spool"] = {"dir": "spool", "key_file": str(tmp_path / "spool.key"),
+                       "fsync": "never"}
+    _, rx_agent = start_pair(diode, tx_doc(diode, [tcp]), rx)
+    before = logger(tcp, "--rfc5424", "--octet-count",
+                    lines=b"".join(b"before %d\n" % i for i in range(500)))
+    collector.wait_lines(500, 15)
+    collector.stop()
+    during = logger(tcp, "--rfc5424", "--octet-count",
+                    lines=b"".join(b"during %d\n" % i for i in range(3000)))
+    diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["held"] >= 3000, 10,
+                      "RX holding the messages")
+    time.sleep(8)
+    collector.start()
+    got = collector.wait_lines(3500, 20, settle=1.0)
+    originals = [split(line)[1] for line in got]
+    assert sorted(set(originals)) == sorted(before + during), "messages lost"
+    st = diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["held"] == 0, 10,
+                           "the backlog drained")
+    ot = st["syslog"]["ot"]
+    assert ot["dropped"] == 0 and ot["outages"] == 1
+    col = ot["collectors"][collector.endpoint("tcp")]
+    assert col["connects"] == 2 and ("spool" in col) == spooled
+    assert len(originals) - len(set(originals)) <= col["resent"]  # duplicates, if any, counted
+
+
+def test_tls_from_an_rsyslog_relay_to_a_tls_collector(diode: Diode, tmp_path: Path,
+                                                      make_rsyslog: Callable[..., Rsyslog]) -> None:
+    pki = make_pki(tmp_path / "pki")
+    collector = make_rsyslog("collector", tcp=False, tls=pki.server_tls)
+    (tls,) = listen("tls")
+    relay = make_rsyslog("ot-relay", forward=tls, forward_ca=pki.ca_cert,
+                         forward_name="localhost")
+    tx = tx_doc(diode, [tls], tls_cert_file=str(pki.server_cert),
+                tls_key_file=str(pki.server_key))
+    start_pair(diode, tx, rx_doc(diode, [collector.endpoint("tls")],
+                                 tls_ca_file=str(pki.ca_cert)))
+    sent = logger(relay.endpoint("tcp"), "--rfc5424", "--octet-count",
+                  lines=b"".join(b"over tls %d\n" % i for i in range(200)))
+    got = collector.wait_lines(200, 20, settle=0.3)
+    assert [split(line)[1] for line in got] == sent
+    assert {split(line)[0].group(6) for line in got} == {b"tls"}
+
+
+def test_tls_refusals_are_loud(diode: Diode, tmp_path: Path,
+                               make_rsyslog: Callable[..., Rsyslog]) -> None:
+    """A collector whose certificate RX cannot verify stops RX with the fix; a sender
+    without the client certificate TX asks for is refused and counted."""
+    import ssl
+    pki = make_pki(tmp_path / "pki")
+    collector = make_rsyslog("collector", tcp=False, tls=TlsFiles(pki.ca_cert, pki.server_cert,
+                                                                  pki.server_key))
+    (tls,) = listen("tls")
+    rx_agent = diode.start("rx", rx_doc(diode, [collector.endpoint("tls")],
+                                        tls_ca_file=str(pki.rogue_ca_cert)))
+    assert rx_agent.wait_exit(20) == 2
+    assert "failed verification" in rx_agent.log() and "Fix: set tls_ca_file" in rx_agent.log()
+    tx_agent = diode.start("tx", tx_doc(diode, [tls], tls_cert_file=str(pki.server_cert),
+                                        tls_key_file=str(pki.server_key),
+                                        tls_client_ca_file=str(pki.ca_cert)))
+    diode.wait_status(tx_agent, lambda st: st["sources"].get("syslog:ot") == "connected", 10,
+                      "TX listening")
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    with socket.create_connection(("127.0.0.1", int(port_of(tls))), timeout=5) as raw, \
+            contextlib.suppress(ssl.SSLError, ConnectionError), \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"5 <13>x")  # TLS 1.3: the client's handshake ends before TX checks it
+        assert s.recv(1) == b""
+    diode.wait_status(tx_agent, lambda st: st["counters"]["syslog:ot.tls_failures"] == 1, 10,
+                      "the refused handshake counted")
+
+
+def test_connection_limit_and_idle_timeout(diode: Diode,
+                                           make_rsyslog: Callable[..., Rsyslog]) -> None:
+    (tcp,) = listen("tcp")
+    tx_agent = diode.start("tx", tx_doc(diode, [tcp], max_connections=2, idle_timeout=1.0))
+    diode.wait_status(tx_agent, lambda st: st["sources"].get("syslog:ot") == "connected", 10,
+                      "TX listening")
+    addr = ("127.0.0.1", int(port_of(tcp)))
+    conns = [socket.create_connection(addr, timeout=5) for _ in range(3)]
+    try:
+        assert conns[2].recv(1) == b""  # the third is closed at once
+        for c in conns[:2]:
+            c.settimeout(5)
+            assert c.recv(1) == b""  # and the two others once idle for a second
+        st = diode.wait_status(tx_agent, lambda st: st["counters"]["syslog:ot.idle_closed"] == 2,
+                               5, "idle connections counted")
+        assert st["counters"]["syslog:ot.connections_refused"] == 1
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_tx_own_warnings_reach_rx_log_and_status(diode: Diode) -> None:
+    """A listener on an address TX does not have: TX logs an error and retries; RX logs
+    it as "TX: ..." and `diode status` shows it."""
+    rx_agent = diode.start("rx", rx_doc(diode, [f"udp://127.0.0.1:{free_udp_port()}"]))
+    diode.start("tx", tx_doc(diode, ["udp://192.0.2.1:5514"]))
+    diode.wait_up(rx_agent)
+    wait_until(lambda: "TX: diode.source.syslog: syslog channel 'ot': cannot listen on "
+               "udp://192.0.2.1:5514" in rx_agent.log(), 10, "TX's error in RX's log")
+    st = diode.wait_status(rx_agent, lambda st: st.get("tx_log"), 5, "TX's log in the status")
+    assert st["tx_log"][0]["level"] == "ERROR"
+    assert st["tx"]["sources"]["syslog:ot"] == "disconnected"
+    out = subprocess.run(diode_cmd("status", "-f", str(rx_agent.status_file)),
+                         capture_output=True, text=True, timeout=30)
+    assert "TX log" in out.stdout and "cannot listen on udp://192.0.2.1:5514" in out.stdout
