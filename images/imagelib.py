@@ -21,7 +21,8 @@ Partition layout (MBR, the Raspberry Pi firmware reads only MBR and FAT):
 Sub-commands (used by build.sh, boot-test.sh and the tests):
 
     deps PYPROJECT                 the runtime requirements, one a line (with the gpio extra)
-    firewall ROLE CONFIG           the nftables ruleset for ROLE from its config (fail closed)
+    firewall ROLE CONFIG           the nftables ruleset for ROLE from its config (fail closed):
+                                   TX opens only its syslog listeners, RX its IT services
     bootfiles ROLE BOOTDIR ...     write config.txt, cmdline.txt and diode/ into a boot tree
     assemble ...                   build the image from three trees
     manifest ROOTFS WHEELS OUT     the package manifest (Debian and Python versions)
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -192,8 +194,40 @@ def rx_open_ports(cfg: dict) -> tuple[list[tuple[str, int, str | None]], list[st
     return opened, notes
 
 
+_LISTENER = re.compile(r"^(udp|tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[0-9.]+):(\d{1,5})$")
+
+
+def tx_open_ports(cfg: dict) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """(proto, address, port) TX must accept, from its config: the syslog listeners only
+    (`[[syslog]] listen = ["udp://10.0.0.5:514", ...]`, agent/syslog/config.py), each on
+    the address it binds. An entry the agent would refuse (a wildcard or a name) opens
+    nothing."""
+    opened: list[tuple[str, str, int]] = []
+    notes = []
+    tables = cfg.get("syslog", [])
+    for t in tables if isinstance(tables, list) else [tables]:
+        listen = t.get("listen", []) if isinstance(t, dict) else []
+        for entry in listen if isinstance(listen, list) else []:
+            m = _LISTENER.match(entry) if isinstance(entry, str) else None
+            try:
+                addr = ipaddress.ip_address(m.group(2).strip("[]")) if m else None
+            except ValueError:
+                addr = None
+            port = int(m.group(3)) if m else 0
+            if m is None or addr is None or addr.is_unspecified or not 0 < port < 65536:
+                notes.append(f"syslog listener {entry!r}: not a listener the agent opens; "
+                             "nothing opened for it")
+                continue
+            proto = "udp" if m.group(1) == "udp" else "tcp"
+            if (proto, str(addr), port) not in opened:
+                opened.append((proto, str(addr), port))
+                notes.append(f"syslog listener (OT side): {proto} {addr} {port}")
+    return opened, notes
+
+
 def firewall_rules(role: str, config_text: str | None, ssh: bool = False) -> str:
-    """The nftables ruleset: TX accepts no inbound connection; RX only its IT-side services.
+    """The nftables ruleset: TX accepts no inbound connection but its configured syslog
+    listeners, each on its own OT-side address; RX only its IT-side services.
 
     Replies to the board's own connections (MQTT to brokers, DHCP, NTP, DNS) are accepted as
     established. A config that cannot be read gives the ruleset with nothing opened (fail
@@ -203,18 +237,24 @@ def firewall_rules(role: str, config_text: str | None, ssh: bool = False) -> str
         raise ValueError(f"role must be tx or rx, not {role!r}")
     lines = []
     accept = []
-    if role == "rx" and config_text is not None:
+    if config_text is not None:
         try:
             cfg = tomllib.loads(config_text)
         except tomllib.TOMLDecodeError:
             lines.append("# config unreadable: nothing opened (fail closed)")
         else:
-            opened, notes = rx_open_ports(cfg)
+            if role == "rx":
+                opened, notes = rx_open_ports(cfg)
+                for proto, port, iface in opened:
+                    where = f'iifname "{iface}" ' if iface else ""
+                    accept.append(f"{where}{proto} dport {port} accept")
+            else:
+                tx_opened, notes = tx_open_ports(cfg)
+                for proto, addr, port in tx_opened:
+                    family = "ip6" if ":" in addr else "ip"
+                    accept.append(f"{family} daddr {addr} {proto} dport {port} accept")
             lines += [f"# {n}" for n in notes]
-            for proto, port, iface in opened:
-                where = f'iifname "{iface}" ' if iface else ""
-                accept.append(f"{where}{proto} dport {port} accept")
-    elif role == "rx":
+    else:
         lines.append("# config missing: nothing opened (fail closed)")
     if ssh:
         lines.append(f"# SSH enabled: /boot/firmware/diode/{SSH_KEYS_FILE} exists")

@@ -276,7 +276,7 @@ def nft_check(rules: str, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_tx_firewall_accepts_no_inbound_connection(tmp_path: Path) -> None:
+def test_tx_firewall_without_syslog_listeners_accepts_no_inbound_connection(tmp_path: Path) -> None:
     rules = imagelib.firewall_rules("tx", (REPO / "board/config/tx.toml").read_text())
     assert _accepts(rules) == []
     assert "policy drop" in rules.split("chain input")[1].split("}")[0]
@@ -285,6 +285,28 @@ def test_tx_firewall_accepts_no_inbound_connection(tmp_path: Path) -> None:
     rules2 = imagelib.firewall_rules("tx", '[metrics]\nlisten = "0.0.0.0:9108"\n[link]\nport=1\n')
     assert _accepts(rules2) == []
     nft_check(rules, tmp_path)
+
+
+def test_tx_firewall_opens_exactly_the_syslog_listeners_on_their_addresses(tmp_path: Path) -> None:
+    cfg = (REPO / "board/config/tx.toml").read_text() + """
+[[syslog]]
+name = "ot"
+listen = ["udp://10.0.0.5:514", "tcp://10.0.0.5:601", "tls://[fd00::5]:6514"]
+
+[[syslog]]
+name = "lab"
+listen = ["udp://10.0.9.5:5514", "udp://0.0.0.0:515", "tcp://plc-gw:602", "udp://10.0.0.5:514"]
+"""
+    rules = imagelib.firewall_rules("tx", cfg)
+    assert _accepts(rules) == ["ip daddr 10.0.0.5 udp dport 514 accept",
+                               "ip daddr 10.0.0.5 tcp dport 601 accept",
+                               "ip6 daddr fd00::5 tcp dport 6514 accept",
+                               "ip daddr 10.0.9.5 udp dport 5514 accept"]
+    # what the agent refuses to bind (a wildcard, a name) is not opened either
+    assert "dport 515" not in rules and "dport 602" not in rules
+    assert "policy drop" in rules.split("chain input")[1].split("}")[0]
+    nft_check(rules, tmp_path)
+    assert _accepts(imagelib.firewall_rules("tx", cfg.replace("[[syslog]]", "[[syslog"))) == []
 
 
 def test_rx_firewall_opens_only_configured_it_services(tmp_path: Path) -> None:

@@ -142,8 +142,10 @@ def test_unit_says_what_the_design_needs(role: str) -> None:
     assert one("ProtectKernelTunables") == "yes"
     assert one("ReadWritePaths") == "-/proc/sys/net/ipv6/conf"  # netlink.py's disable_ipv6
     # Capabilities: CAP_NET_ADMIN for interface setup; CAP_NET_RAW only on TX, for its
-    # send-only raw IPv4 socket (AF_INET, so still no AF_PACKET).
-    caps = "CAP_NET_ADMIN CAP_NET_RAW" if role == "tx" else "CAP_NET_ADMIN"
+    # send-only raw IPv4 socket (AF_INET, so still no AF_PACKET), and CAP_NET_BIND_SERVICE
+    # only on TX, for syslog listeners on the standard ports (514, 601) when configured.
+    caps = ("CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE" if role == "tx"
+            else "CAP_NET_ADMIN")
     assert one("CapabilityBoundingSet") == caps
     assert one("AmbientCapabilities") == caps
     families = one("RestrictAddressFamilies").split()
