@@ -1,7 +1,9 @@
-"""The whole MQTT path over a real one-way Ethernet link between two network namespaces.
+"""The whole MQTT path over a real one-way Ethernet link between two network namespaces,
+and a syslog channel beside it.
 
 ```
 publisher ─► OT broker ─► diode tx ═ veth (tbf, nft loss) ═► diode rx ─► IT broker ─► counter
+logger ─────(syslog)───────┘                                         └─► syslog collector
              (TX namespace)                                 (RX namespace, nft egress: count + drop)
 ```
 
@@ -52,6 +54,10 @@ def test_clean_link_delivers_every_message(clean: dict[str, Any]) -> None:
     assert clean["tx_exit"] == 0 and clean["rx_exit"] == 0, clean
 
 
+def test_syslog_crosses_beside_mqtt(clean: dict[str, Any]) -> None:
+    assert clean["syslog_sent"] == 100 and clean["syslog_delivered"] == 100, clean
+
+
 def test_rx_sends_nothing_on_the_link(clean: dict[str, Any], lossy: dict[str, Any]) -> None:
     """The nftables egress counter on RX's link port: what RX's kernel tried to send
     (ARP replies, IPv6 RS/DAD/MLD, ICMP), from before link-up to after shutdown."""
@@ -60,8 +66,11 @@ def test_rx_sends_nothing_on_the_link(clean: dict[str, Any], lossy: dict[str, An
         assert run["link_in_packets"] > 0, run
 
 
-def test_tx_has_no_listening_or_bound_socket(clean: dict[str, Any]) -> None:
-    """Listening TCP and bound UDP sockets in TX's namespace, the OT broker's excluded."""
+def test_tx_has_no_listening_or_bound_socket_but_its_configured_listeners(
+        clean: dict[str, Any]) -> None:
+    """Listening TCP and bound UDP sockets in TX's namespace, the OT broker's excluded;
+    TX's syslog listeners are allowed only as configured (address and port exactly)."""
+    assert clean["tx_syslog_listeners"] == clean["tx_syslog_listeners_configured"], clean
     assert clean["tx_listening_sockets"] == 0, (
         f"TX holds {clean['tx_listening_sockets']} socket(s) that can receive: "
         f"{clean['tx_sockets']}; transport {clean['tx_transport']!r}. An ordinary UDP "

@@ -1,8 +1,10 @@
-"""One-way Ethernet testbed: the whole MQTT path across two network namespaces (root only).
+"""One-way Ethernet testbed: the whole MQTT path across two network namespaces (root only),
+and a syslog channel beside it.
 
 ```
  TX namespace diode-tx-ID                                     RX namespace diode-rx-ID
  publisher ─► OT Mosquitto ─► diode tx ─► dtxID ══ veth ══► drxID ─► diode rx ─► IT Mosquitto ─► counter
+ logger (udp, tcp) ──────────────┘                                           └─► UDP syslog collector
  (paced)      127.0.0.1:1883              │                  │                  127.0.0.1:1883  (unique seq)
                                           │ tc tbf (--rate)  │ nftables netdev table "diode":
                                           │ permanent neigh  │   ingress: numgen random loss (--loss)
@@ -26,7 +28,13 @@ Honest counts:
 - `tx_listening_sockets`: listening TCP plus bound UDP sockets in the TX
   namespace (`ss -ltn`, `ss -uan`), the OT broker's own excluded by pid.
   Raw sockets (`ss -w`) are listed apart in `tx_raw_sockets`: an
-  IPPROTO_RAW socket is send-only and cannot receive.
+  IPPROTO_RAW socket is send-only and cannot receive. TX's configured syslog
+  listeners (on the namespace's loopback, its OT side) are the one allowance:
+  a socket of the TX process bound to exactly a configured `listen` address
+  and port is listed in `tx_syslog_listeners` instead, and anything else, a
+  TX socket on another address or port included, counts.
+- `syslog_sent`, `syslog_delivered`: messages `logger` sent to those
+  listeners, and datagrams RX's syslog collector (in RX's namespace) got.
 
 The other subcommands are the pieces `run` starts inside the namespaces.
 """
@@ -56,6 +64,9 @@ from diode_tools.sim.mosquitto import BrokerOptions, find_mosquitto, render_conf
 
 MQTT_PORT = 1883
 LINK_PORT = 5600
+# TX's syslog listeners, on the TX namespace's loopback (its OT side), and RX's collector
+SYSLOG_LISTENERS = ("udp://127.0.0.1:5514", "tcp://127.0.0.1:5601")
+SYSLOG_COLLECTOR_PORT = 5514
 LINK_NET = "10.77.0."
 PREFIX = 24
 TOOLS = ("ip", "tc", "nft", "ss")
@@ -229,19 +240,36 @@ def tbf_dropped(topo: Topology) -> int | None:
 class SocketReport:
     counted: list[str] = field(default_factory=list)   # listening TCP, bound UDP
     raw: list[str] = field(default_factory=list)       # raw sockets (send-only if proto 255)
+    configured: list[str] = field(default_factory=list)  # TX's own configured listeners
 
 
-def tx_sockets(topo: Topology, exclude_pids: set[int]) -> SocketReport:
-    """What in the TX namespace could receive: listening TCP, bound UDP (not the OT broker)."""
-    def lines(*flags: str) -> list[str]:
+def tx_sockets(topo: Topology, exclude_pids: set[int], tx_pid: int | None = None,
+               listeners: Sequence[str] = ()) -> SocketReport:
+    """What in the TX namespace could receive: listening TCP, bound UDP (not the OT broker).
+
+    A socket of TX's own (`tx_pid`) bound to exactly one of the configured syslog
+    `listeners` (`udp://127.0.0.1:5514`; tls counts as tcp) is reported apart, in
+    `configured`; any other, TX's or not, is `counted`."""
+    allowed = {("udp" if e.startswith("udp") else "tcp", e.split("://", 1)[1])
+               for e in listeners}
+
+    def lines(proto: str, *flags: str) -> tuple[list[str], list[str]]:
         out = sh(*in_ns(topo.tx_ns, "ss", "-H", *flags))
-        kept = []
+        kept, ours = [], []
         for line in out.splitlines():
             pids = {int(p) for p in _PID.findall(line)}
-            if line.strip() and not (pids and pids <= exclude_pids):
-                kept.append(" ".join(line.split()))
-        return kept
-    return SocketReport(counted=lines("-ltnp") + lines("-uanp"), raw=lines("-wanp"))
+            fields = line.split()
+            if not line.strip() or (pids and pids <= exclude_pids):
+                continue
+            if pids == {tx_pid} and len(fields) > 3 and (proto, fields[3]) in allowed:
+                ours.append(f"{proto}://{fields[3]}")
+            else:
+                kept.append(" ".join(fields))
+        return kept, ours
+    tcp, tcp_ours = lines("tcp", "-ltnp")
+    udp, udp_ours = lines("udp", "-uanp")
+    raw, _ = lines("raw", "-wanp")
+    return SocketReport(counted=tcp + udp, raw=raw, configured=sorted(tcp_ours + udp_ours))
 
 
 # -- processes --------------------------------------------------------------------------
@@ -360,6 +388,10 @@ def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
         counter = start("counter", topo.rx_ns, py, "-m", "diode_tools.sim.testbed", "count",
                         "--port", str(MQTT_PORT), json_lines=True)
         _wait(lambda: counter.last.get("subscribed"), 15, "the IT counter's subscription", alive)
+        syslog_counter = start("syslog-collector", topo.rx_ns, py, "-m",
+                               "diode_tools.sim.testbed", "count-syslog", "--port",
+                               str(SYSLOG_COLLECTOR_PORT), json_lines=True)
+        _wait(lambda: syslog_counter.last.get("bound"), 15, "the IT syslog collector", alive)
 
         tx_toml, optional_keys = _write_configs(work, topo, rx_mac, opts)
         rx = start("rx", topo.rx_ns, py, "-m", "agent.cli", "rx", "-c", str(work / "rx.toml"))
@@ -400,8 +432,13 @@ def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
             _wait(lambda: counter.last.get("delivered", 0) >= published,
                   30 if opts.flap else 10, "the last messages", alive)
 
-        sockets = tx_sockets(topo, exclude_pids={ot.pid})
+        syslog = _send_syslog(topo, work)
+        with contextlib.suppress(TestbedError):
+            _wait(lambda: syslog_counter.last.get("received", 0) >= syslog, 10,
+                  "the syslog messages", alive)
         tx_pid = tx.pid
+        sockets = tx_sockets(topo, exclude_pids={ot.pid}, tx_pid=tx_pid,
+                             listeners=SYSLOG_LISTENERS)
         uses_raw = any(f"pid={tx_pid}," in s and ":255" in s for s in sockets.raw)
         tx_status = _read_json(work / "tx.status.json")
         rx_status = _read_json(work / "rx.status.json")
@@ -428,6 +465,10 @@ def run(opts: RunOptions, out: IO[str]) -> dict[str, Any]:
             "tbf_dropped": tbf_dropped(topo) if opts.rate else None,
             "tx_listening_sockets": len(sockets.counted),
             "tx_sockets": sockets.counted,
+            "tx_syslog_listeners": sockets.configured,
+            "tx_syslog_listeners_configured": sorted(
+                e.replace("tls://", "tcp://") for e in SYSLOG_LISTENERS),
+            "syslog_sent": syslog, "syslog_delivered": int(syslog_counter.last.get("received", 0)),
             "tx_raw_sockets": sockets.raw,
             "tx_transport": "raw" if uses_raw else "udp",
             "optional_config_keys": optional_keys,
@@ -489,14 +530,35 @@ def _write_configs(work: Path, topo: Topology, rx_mac: str,
         f'bitrate = {bitrate}\n' + "".join(x + "\n" for x in used["tx"]) +
         '\n[status]\nfile = "tx.status.json"\ninterval = 0.2\n' + spool + '\n'
         f'[[mqtt]]\nname = "plant"\nhost = "127.0.0.1"\nport = {MQTT_PORT}\n'
-        'topics = ["plant/#"]\nqos = 1\n')
+        'topics = ["plant/#"]\nqos = 1\n\n'
+        f'[[syslog]]\nname = "ot"\nlisten = {json.dumps(list(SYSLOG_LISTENERS))}\n')
     (work / "rx.toml").write_text(
         f'[link]\n{common}host = "{topo.rx_ip}"\ninterface = "{topo.rx_if}"\n'
         + "".join(x + "\n" for x in used["rx"]) +
         '\n[status]\nfile = "rx.status.json"\ninterval = 0.2\n\n'
-        f'[[mqtt]]\nname = "plant"\nhost = "127.0.0.1"\nport = {MQTT_PORT}\n')
+        f'[[mqtt]]\nname = "plant"\nhost = "127.0.0.1"\nport = {MQTT_PORT}\n\n'
+        f'[[syslog]]\nname = "ot"\ncollectors = ["udp://127.0.0.1:{SYSLOG_COLLECTOR_PORT}"]\n')
     return work / "tx.toml", [f"{role}: {line.split(' =')[0]}" for role, lines in used.items()
                               for line in lines]
+
+
+def _send_syslog(topo: Topology, work: Path, n: int = 100) -> int:
+    """`n` messages with Debian's logger in TX's namespace, half over UDP, half over TCP,
+    to TX's syslog listeners; how many were sent."""
+    udp = next(e for e in SYSLOG_LISTENERS if e.startswith("udp"))
+    tcp = next(e for e in SYSLOG_LISTENERS if e.startswith("tcp"))
+    sent = 0
+    for endpoint, flag in ((udp, "--udp"), (tcp, "--tcp")):
+        host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
+        lines = "".join(f"testbed {flag} {i}\n" for i in range(n // 2))
+        res = subprocess.run(in_ns(topo.tx_ns, "logger", "--server", host, "--port", port, flag,
+                                   "--rfc5424", "-t", "testbed"), input=lines, text=True,
+                             capture_output=True, timeout=30)
+        if res.returncode != 0:
+            raise TestbedError(f"logger {flag} failed: {res.stderr.strip()}")
+        sent += n // 2
+        time.sleep(0.2)  # UDP first, then TCP: no burst of either overflows anything
+    return sent
 
 
 # -- pieces run inside the namespaces ------------------------------------------------
@@ -538,6 +600,26 @@ def publish(port: int, rate: float, duration: float) -> int:
     client.loop_stop()
     _emit(sent=total, published=acked)
     return 0 if acked == total else 1
+
+
+def count_syslog(port: int) -> int:
+    """A UDP syslog collector: counts datagrams on 127.0.0.1:PORT until SIGTERM."""
+    import socket
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    received = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))
+        s.settimeout(0.2)
+        _emit(bound=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                s.recv(65535)
+                received += 1
+                continue
+            _emit(received=received)
+    _emit(received=received)
+    return 0
 
 
 def count(port: int) -> int:
@@ -607,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--duration", type=float, required=True)
     s = sub.add_parser("count", help="(in RX's namespace) unique deliveries on the IT broker")
     s.add_argument("--port", type=int, default=MQTT_PORT)
+    s = sub.add_parser("count-syslog", help="(in RX's namespace) a UDP syslog collector")
+    s.add_argument("--port", type=int, default=SYSLOG_COLLECTOR_PORT)
     args = p.parse_args(argv)
 
     if args.command in ("setup-tx", "setup-rx"):
@@ -625,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         return publish(args.port, args.rate, args.duration)
     if args.command == "count":
         return count(args.port)
+    if args.command == "count-syslog":
+        return count_syslog(args.port)
 
     if not 0 <= args.loss < 1:
         p.error("--loss must be in 0..1")
