@@ -83,9 +83,13 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.what == "opcua":
         from diode_tools.bench.opcua import run_opcua_bench
         result = run_opcua_bench(nodes=args.nodes)
+    elif args.what == "syslog":
+        from diode_tools.bench.syslog import run_syslog_bench
+        result = run_syslog_bench(messages=args.messages, bitrate=args.bitrate or 200_000_000,
+                                  rounds=args.rounds)
     else:
         from diode_tools.bench.mqtt import run_mqtt_bench
-        result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate,
+        result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate or 400_000_000,
                                 rounds=args.rounds)
     if not args.json:
         for k, v in result.items():
@@ -154,7 +158,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="diode", description="One-way gateway agents for a data "
-                                "diode: MQTT from OT to IT, with nothing back.")
+                                "diode: MQTT, OPC UA and syslog from OT to IT, with nothing "
+                                "back.")
     p.add_argument("--version", action="version", version=f"diode {__version__}")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--json", action="store_true", help="last line: one JSON summary")
     sp.set_defaults(func=_demo)
     sp = sub.add_parser("bench", help="measure throughput and loss")
-    sp.add_argument("what", choices=("mqtt", "link", "spool", "opcua"))
+    sp.add_argument("what", choices=("mqtt", "link", "spool", "opcua", "syslog"))
     sp.add_argument("--nodes", type=int, default=10_000, help="opcua: plant variables")
     sp.add_argument("--records", type=int, default=200_000, help="spool: records to append")
     sp.add_argument("--loss", type=float, default=0.05)
@@ -183,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--interleave", type=int, default=8)
     sp.add_argument("--frames", type=int, default=100_000)
     sp.add_argument("--messages", type=int, default=100_000)
-    sp.add_argument("--bitrate", type=int, default=400_000_000,
-                    help="mqtt: link bit rate TX paces to (default %(default)s)")
+    sp.add_argument("--bitrate", type=int, default=None,
+                    help="mqtt, syslog: link bit rate TX paces to (default 400000000 for "
+                    "mqtt, 200000000 for syslog)")
     sp.add_argument("--rounds", type=int, default=3,
-                    help="mqtt: rounds of both paths; figures are their medians")
+                    help="mqtt, syslog: rounds of both paths; figures are their medians")
     sp.add_argument("--json", action="store_true", help="print only the JSON line")
     sp.set_defaults(func=_bench)
     sp = sub.add_parser("wipe", help="decommission: destroy the spool key and overwrite "

@@ -75,13 +75,15 @@ def _head(major: int, n: int) -> bytes:
 _HEAD = bytes((0x88, SyslogMessage.TAG))  # an array of 8, the tag
 _TEXT, _BYTES, _UINT = 0x60, 0x40, 0x00
 _DOUBLE = struct.Struct(">Bd")
+_SMALL_BYTES = [bytes((_BYTES | n,)) for n in range(24)]
+_TRUE, _FALSE = b"\xf5", b"\xf4"
 _prefixes: dict[str, bytes] = {}   # channel -> array head, tag and channel name
 _peers: dict[tuple[str, int, int], bytes] = {}  # (host, port, transport) -> their CBOR
 
 
-def encode_syslog(channel: str, received: float, host: str, port: int, transport: int,
-                  truncated: bool, message: bytes) -> bytes:
-    """`encode(SyslogMessage(...))` without building the record or going through cbor2."""
+def record_head(channel: str, received: float, host: str, port: int, transport: int) -> bytes:
+    """The encoded fields before `truncated`: the same for every message of one read
+    (one datagram batch's time, one connection's peer), so built once per read."""
     prefix = _prefixes.get(channel)
     if prefix is None:
         c = channel.encode()
@@ -95,5 +97,23 @@ def encode_syslog(channel: str, received: float, host: str, port: int, transport
         if len(_peers) >= 4096:  # senders come and go (ephemeral TCP ports): stay bounded
             _peers.clear()
         _peers[(host, port, transport)] = peer
-    return b"".join((prefix, _DOUBLE.pack(0xFB, received), peer,
-                     b"\xf5" if truncated else b"\xf4", _head(_BYTES, len(message)), message))
+    return prefix + _DOUBLE.pack(0xFB, received) + peer
+
+
+def encode_with(head: bytes, truncated: bool, message: bytes) -> bytes:
+    """One record from its `record_head` and the message: TX's hot path."""
+    n = len(message)
+    if n < 24:
+        length = _SMALL_BYTES[n]
+    elif n < 0x100:
+        length = bytes((_BYTES | 24, n))
+    else:
+        length = _head(_BYTES, n)
+    return b"".join((head, _TRUE if truncated else _FALSE, length, message))
+
+
+def encode_syslog(channel: str, received: float, host: str, port: int, transport: int,
+                  truncated: bool, message: bytes) -> bytes:
+    """`encode(SyslogMessage(...))` without building the record or going through cbor2."""
+    return encode_with(record_head(channel, received, host, port, transport), truncated,
+                       message)

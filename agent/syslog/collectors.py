@@ -252,7 +252,8 @@ class StreamCollector(asyncio.Protocol):
 
     def push(self, payload: bytes) -> None:
         self.backlog.push(payload)
-        self._kick()
+        if not self._scheduled:
+            self._kick()
 
     def _kick(self) -> None:
         if not self._scheduled and self._transport is not None and not self._paused:

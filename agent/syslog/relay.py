@@ -84,10 +84,36 @@ def wrapper(mode: str, relay: str) -> Callable[[SyslogMessage], bytes]:
                 b" truncated" if m.truncated else b"", m.message)
         return plain
     head = b" " + name + b" diode - - [" + SD_ID.encode() + b" peer=\""
+    pris: dict[bytes, bytes] = {}                      # first 5 bytes -> PRI digits
+    sds: dict[tuple[str, int, int, bool], bytes] = {}  # peer -> the SD element's rest
+    stamps: dict[int, bytes] = {}
 
     def rfc5424(m: SyslogMessage) -> bytes:
-        host, transport = _peer_words(m)
-        return b"<%s>1 %s%s%s\" port=\"%d\" transport=\"%s\"%s] %s" % (
-            original_pri(m.message), rfc3339(m.received), head, host, m.port, transport,
-            b" truncated=\"1\"" if m.truncated else b"", m.message)
+        """The hot path on RX: what differs per message is cached by what decides it."""
+        _, received, host, port, transport, truncated, msg = m
+        first = msg[:5]
+        pri = pris.get(first)
+        if pri is None:
+            pri = original_pri(msg)
+            if len(pris) < 4096:
+                pris[first] = pri
+        key = (host, port, transport, truncated)
+        sd = sds.get(key)
+        if sd is None:
+            h, t = _peer_words(m)
+            sd = b'%s" port="%d" transport="%s"%s] ' % (
+                h, port, t, b' truncated="1"' if truncated else b"")
+            if len(sds) >= 4096:
+                sds.clear()
+            sds[key] = sd
+        sec = int(received)
+        stamp = stamps.get(sec)
+        if stamp is None:
+            if len(stamps) > 64:
+                stamps.clear()
+            stamp = stamps[sec] = time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                time.gmtime(sec)).encode()
+        return b"<%s>1 %s.%06dZ%s%s%s" % (pri, stamp,
+                                           min(999_999, int((received - sec) * 1_000_000)),
+                                           head, sd, msg)
     return rfc5424

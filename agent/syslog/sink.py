@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, cast
 
 from agent.adapter import LinkView, RxContext, SinkState
 from agent.link.records import Record
@@ -58,6 +58,7 @@ class SyslogSink:
                                                    tls if ep.transport == "tls" else None,
                                                    ctx.fail))
         self.counters = {"received": 0, "truncated": 0}
+        self._pushes = [c.push for c in self.collectors]
         self._started = False
 
     @property
@@ -81,13 +82,15 @@ class SyslogSink:
         self._started = False
 
     def submit(self, record: Record, now: float) -> None:
-        assert isinstance(record, SyslogMessage)  # the registry routes only these here
-        payload = self._wrap(record)
-        self.counters["received"] += 1
-        if record.truncated:
-            self.counters["truncated"] += 1
-        for c in self.collectors:
-            c.push(payload)
+        """One message from the link: wrapped once, handed to every collector."""
+        msg = cast(SyslogMessage, record)  # the registry routes only these here
+        payload = self._wrap(msg)
+        counters = self.counters
+        counters["received"] += 1
+        if msg.truncated:
+            counters["truncated"] += 1
+        for push in self._pushes:
+            push(payload)
 
     def tick(self) -> None:
         for c in self.collectors:

@@ -42,7 +42,7 @@ from typing import Any
 
 from agent.adapter import Carousel, SourceState, TxContext
 from agent.queues import MemoryQueue, SpoolQueue
-from agent.syslog.codec import TCP, TLS, encode_syslog
+from agent.syslog.codec import TCP, TLS, UDP, encode_with, record_head
 from agent.syslog.config import Endpoint, TxSyslogChannel
 from agent.syslog.framing import FramingError, StreamFramer
 
@@ -241,11 +241,13 @@ class SyslogSource:
         size = self.ch.max_message_size
         space = socket.CMSG_SPACE(4)
         put, name, counters = self.queue.put, self.ch.name, self._counters
+        recvmsg, trunc = sock.recvmsg, socket.MSG_TRUNC
         wall = time.time()
         got = 0
+        heads: dict[tuple[str, int], bytes] = {}
         for _ in range(_UDP_BATCH):
             try:
-                data, anc, flags, addr = sock.recvmsg(size, space)
+                data, anc, flags, addr = recvmsg(size, space)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP errors queued on the socket: not ours to stop
@@ -253,15 +255,18 @@ class SyslogSource:
                                exc)
                 break
             got += 1
-            truncated = bool(flags & socket.MSG_TRUNC)
             if anc:
                 self._kernel_drops(sock, anc)
-            counters["received"] += 1
+            head = heads.get(addr[:2])
+            if head is None:
+                head = heads[addr[:2]] = record_head(name, wall, addr[0], addr[1], UDP)
+            truncated = bool(flags & trunc)
             if truncated:
                 counters["truncated"] += 1
-            if not put(encode_syslog(name, wall, addr[0], addr[1], 0, truncated, data), None):
+            if not put(encode_with(head, truncated, data), None):
                 self._queue_full()
         if got:
+            counters["received"] += got
             self._wake()
 
     def _kernel_drops(self, sock: socket.socket, anc: list[tuple[int, int, bytes]]) -> None:
@@ -314,14 +319,13 @@ class SyslogSource:
         self._conns.discard(conn)
 
     def messages(self, conn: _Stream, msgs: list[tuple[bytes, bool]]) -> None:
-        put, name, counters = self.queue.put, self.ch.name, self._counters
-        wall = time.time()
-        host, port, transport = conn.host, conn.port, conn.transport_code
+        put, counters = self.queue.put, self._counters
+        head = record_head(self.ch.name, time.time(), conn.host, conn.port, conn.transport_code)
+        counters["received"] += len(msgs)
         for data, truncated in msgs:
-            counters["received"] += 1
             if truncated:
                 counters["truncated"] += 1
-            if not put(encode_syslog(name, wall, host, port, transport, truncated, data), None):
+            if not put(encode_with(head, truncated, data), None):
                 self._queue_full()
         if not self._paused and len(self.queue) >= self._pause_at:
             self._paused = True

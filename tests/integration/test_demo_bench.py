@@ -55,6 +55,14 @@ def test_bench_mqtt_json() -> None:
     assert out["ratio"] == round(out["msgs_per_s"] / out["bridge_msgs_per_s"], 3)
 
 
+def test_bench_syslog_json() -> None:
+    out = _diode("bench", "syslog", "--messages", "5000", "--rounds", "1", "--bitrate",
+                 "50000000", "--json", timeout=120)
+    assert out["lost"] == 0 and out["rsyslog_lost"] == 0 and out["frames_lost"] == 0
+    assert out["msgs_per_s"] > 0 and out["rsyslog_msgs_per_s"] > 0
+    assert out["ratio"] == round(out["msgs_per_s"] / out["rsyslog_msgs_per_s"], 3)
+
+
 def test_demo_and_bench_on_a_board_without_the_tools_say_how_to_get_them() -> None:
     hide = ("import sys; sys.modules['diode_tools'] = None; from agent.cli import main; "
             "sys.exit(main(sys.argv[1:]))")

@@ -31,24 +31,29 @@ def free_udp_port() -> int:
 class AgentPair:
     """Writes tx.toml and rx.toml into `workdir` and runs `diode tx` and `diode rx`."""
 
-    def __init__(self, workdir: Path, ot: Broker, it: Broker, *, tx_extra: str = "",
-                 rx_extra: str = "", link_extra: str = "", qos: int = 1,
+    def __init__(self, workdir: Path, ot: Broker | None, it: Broker | None, *,
+                 tx_extra: str = "", rx_extra: str = "", link_extra: str = "", qos: int = 1,
                  carousel_period: float = 30.0) -> None:
+        """Without brokers (ot and it None) the pair has no MQTT channel: the extras
+        hold the channels."""
         self.dir = workdir
         self.key = workdir / "link.key"
         if not self.key.exists():
             subprocess.run([sys.executable, "-m", "agent.cli", "keygen", "-o", str(self.key)],
                            check=True, capture_output=True)
         port = free_udp_port()
+        self.mqtt = ot is not None and it is not None
+        tx_mqtt = rx_mqtt = ""
+        if ot is not None and it is not None:
+            tx_mqtt = (f'[[mqtt]]\nname = "plant"\nhost = "{ot.host}"\nport = {ot.port}\n'
+                       f'topics = ["#"]\nqos = {qos}\ncarousel_period = {carousel_period}\n')
+            rx_mqtt = f'[[mqtt]]\nname = "plant"\nhost = "{it.host}"\nport = {it.port}\n'
         (workdir / "tx.toml").write_text(
             f'[link]\nkey_file = "link.key"\nport = {port}\n{link_extra}\n'
-            f'[status]\nfile = "tx.status.json"\n\n'
-            f'[[mqtt]]\nname = "plant"\nhost = "{ot.host}"\nport = {ot.port}\n'
-            f'topics = ["#"]\nqos = {qos}\ncarousel_period = {carousel_period}\n{tx_extra}\n')
+            f'[status]\nfile = "tx.status.json"\n\n{tx_mqtt}{tx_extra}\n')
         (workdir / "rx.toml").write_text(
             f'[link]\nkey_file = "link.key"\nhost = "127.0.0.1"\nport = {port}\n'
-            f'[status]\nfile = "rx.status.json"\n\n'
-            f'[[mqtt]]\nname = "plant"\nhost = "{it.host}"\nport = {it.port}\n{rx_extra}\n')
+            f'[status]\nfile = "rx.status.json"\n\n{rx_mqtt}{rx_extra}\n')
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, role: str) -> subprocess.Popen[bytes]:
@@ -71,8 +76,10 @@ class AgentPair:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.status("rx")
-            if st and st.get("link_state") in ("UP", "DEGRADED") and st.get("sinks", {}).get(
-                    "plant", {}).get("state") == "connected" and self._tx_connected():
+            if st and st.get("link_state") in ("UP", "DEGRADED") and (
+                    not self.mqtt or st.get("sinks", {}).get("plant", {}).get("state")
+                    == "connected") and all(s.get("state") == "connected" for s in st.get(
+                        "syslog", {}).values()) and self._tx_connected():
                 return
             for role, proc in self.procs.items():
                 if proc.poll() is not None:
