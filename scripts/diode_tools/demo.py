@@ -2,7 +2,8 @@
 
 ```
 plant sim ─► OT Mosquitto ─► diode tx ══ UDP (loopback, optional loss) ══► diode rx ─► IT Mosquitto ─► counter
-OPC UA plant (asyncua) ──────┘                                                   └──► read-only OPC UA mirror
+OPC UA plant (asyncua) ──────┤                                                   ├──► read-only OPC UA mirror
+syslog devices (udp, tcp) ───┘                                                   └──► syslog collector
 ```
 """
 
@@ -14,10 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from diode_tools.sim.agents import AgentPair
+from diode_tools.sim.agents import AgentPair, free_udp_port
 from diode_tools.sim.mosquitto import Broker, free_port
 from diode_tools.sim.plant_mqtt import DeliveryCounter, PlantPublisher
 from diode_tools.sim.plant_opcua import PlantProcess
+from diode_tools.sim.plant_syslog import SyslogCounter, SyslogSender
 
 
 def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
@@ -27,23 +29,35 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
         link_extra = f"simulated_loss = {loss}\n" if loss > 0 else ""
         opcua_plant = PlantProcess(free_port(), variables=2000, rate=1000)
         mirror = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
+        syslog_udp, syslog_tcp = free_udp_port(), free_port()
+        syslog_counter = SyslogCounter()
         pair = AgentPair(
             work, ot, it, link_extra=link_extra, carousel_period=10.0,
-            tx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{opcua_plant.endpoint}"\n',
-            rx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{mirror}"\n')
+            tx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{opcua_plant.endpoint}"\n'
+                     f'\n[[syslog]]\nname = "plant"\nlisten = ["udp://127.0.0.1:{syslog_udp}", '
+                     f'"tcp://127.0.0.1:{syslog_tcp}"]\n',
+            rx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{mirror}"\n'
+                     f'\n[[syslog]]\nname = "plant"\ncollectors = ["{syslog_counter.endpoint}"]\n')
         counter = None
         plant = None
+        syslog = None
         try:
             print(f"demo: OT broker {ot.host}:{ot.port}, IT broker {it.host}:{it.port}, "
                   f"link loss {loss:.1%}, plant {rate:.0f} msg/s, {duration:.0f} s; "
                   f"work dir {work}\ndemo: OPC UA plant {opcua_plant.endpoint} (2,000 "
-                  f"variables) mirrored read-only at {mirror}", file=out, flush=True)
+                  f"variables) mirrored read-only at {mirror}\ndemo: syslog devices to TX's "
+                  f"listeners udp 127.0.0.1:{syslog_udp} and tcp 127.0.0.1:{syslog_tcp} "
+                  f"({max(1.0, rate / 10):.0f} msg/s), forwarded to a collector at "
+                  f"{syslog_counter.endpoint}", file=out, flush=True)
             pair.start("rx")
             pair.start("tx")
             pair.wait_up()
             counter = DeliveryCounter(it.host, it.port)
             plant = PlantPublisher(ot.host, ot.port, rate)
             plant.start()
+            syslog = SyslogSender(("127.0.0.1", syslog_udp), ("127.0.0.1", syslog_tcp),
+                                  max(1.0, rate / 10))
+            syslog.start()
             start = time.monotonic()
             while time.monotonic() - start < duration:
                 time.sleep(1.0)
@@ -55,12 +69,16 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                       f"datagram loss {st.get('datagram_loss', 0):6.2%}  frames lost "
                       f"{c.get('lost', 0):4d}  duplicates {c.get('duplicates', 0):7d}  "
                       f"mirror {ua_st.get('state', '-')} {ua_st.get('variables', 0)} variables, "
-                      f"{ua_st.get('values_applied', 0)} values", file=out, flush=True)
+                      f"{ua_st.get('values_applied', 0)} values  syslog sent {syslog.sent} "
+                      f"delivered {syslog_counter.delivered}", file=out, flush=True)
             plant.stop()
+            syslog.stop()
             settle = time.monotonic() + 5
-            while counter.delivered < plant.published and time.monotonic() < settle:
+            while (counter.delivered < plant.published
+                   or syslog_counter.delivered < syslog.sent) and time.monotonic() < settle:
                 time.sleep(0.1)
             st = pair.status("rx") or {}
+            tx_st = pair.status("tx") or {}
             c = st.get("counters", {})
             summary = {
                 "published": plant.published, "delivered": counter.delivered,
@@ -73,6 +91,10 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                 "mirror_variables": st.get("opcua", {}).get("plant", {}).get("variables"),
                 "mirror_values_applied": st.get("opcua", {}).get("plant", {}).get(
                     "values_applied"),
+                "syslog_sent": syslog.sent, "syslog_delivered": syslog_counter.delivered,
+                "syslog_lost": syslog.sent - syslog_counter.delivered,
+                "syslog_tx_dropped": sum(v for k, v in (tx_st.get("counters") or {}).items()
+                                         if k.startswith("syslog:") and "dropped" in k),
             }
         except Exception as exc:
             print(f"demo failed: {exc}\n--- tx log ---\n{pair.log('tx')}\n--- rx log ---\n"
@@ -82,6 +104,9 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
             opcua_plant.stop()
             if plant is not None:
                 plant.stop()
+            if syslog is not None:
+                syslog.stop()
+            syslog_counter.stop()
             if counter is not None:
                 counter.stop()
             pair.close()

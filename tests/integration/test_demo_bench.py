@@ -22,6 +22,7 @@ def test_demo_delivers_everything_on_a_clean_link() -> None:
     assert out["duplicates"] > 0  # repeat = 3: RX saw and dropped the extra copies
     assert out["link_state"] == "UP"
     assert out["retained_topics_at_it"] == 100
+    assert out["syslog_sent"] > 0 and out["syslog_delivered"] == out["syslog_sent"]
 
 
 @pytest.mark.slow
@@ -32,6 +33,7 @@ def test_demo_with_loss_reports_it() -> None:
     # r = 3 at 20 % loss: 0.8 % of frames lost in all copies, so nearly everything arrives
     assert out["delivered"] >= 0.95 * out["published"]
     assert out["lost"] == out["published"] - out["delivered"]
+    assert out["syslog_lost"] == out["syslog_sent"] - out["syslog_delivered"]
 
 
 def test_bench_link_json() -> None:
