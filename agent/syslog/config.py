@@ -57,8 +57,8 @@ class TxSyslogChannel:
     idle_timeout: float = setting(300.0, doc="seconds a TCP or TLS connection may stay silent "
                                   "before TX closes it", example="300.0", lo=1.0, hi=86400)
     queue_limit: int = setting(100_000, doc="messages held while the link is slower; TCP and TLS "
-                               "senders are then paused, UDP overflow is dropped and counted",
-                               example="100000", lo=1)
+                               "senders are paused from half of it on, UDP overflow is dropped "
+                               "and counted", example="100000", lo=1)
     udp_receive_buffer: int = setting(4 << 20, doc="bytes of kernel buffer per UDP listener "
                                       "for bursts (datagrams the kernel drops are counted)",
                                       example="4194304", lo=65536, hi=1 << 30)
@@ -81,7 +81,8 @@ class RxSyslogChannel:
         example='["tcp://10.1.0.30:601", "tls://siem.example:6514"]', manual=True)
     relay_header: str = setting("rfc5424", doc='`"rfc5424"`: the original message becomes the '
                                 "MSG of an RFC 5424 message naming the relay, the sender and "
-                                'the receive time; `"plain"`: `diode-relay=NAME ` before it; '
+                                'the receive time; `"plain"`: `diode-relay=NAME peer=… '
+                                'received=… ` before it; '
                                 '`"none"`: the original bytes alone', example='"rfc5424"',
                                 choices=("rfc5424", "plain", "none"))
     relay_name: str = setting("", doc="names the TX board in the relay header",

@@ -20,6 +20,7 @@ from agent.config import BoardConfig, LinkConfig, MetricsConfig, SpoolConfig, St
 from agent.config_reader import markdown_rows
 from agent.mqtt.config import BrokerConfig, RxMqttChannel, TlsConfig, TxMqttChannel
 from agent.opcua.config import OpcuaMirrorConfig, OpcuaSourceConfig
+from agent.syslog.config import RxSyslogChannel, TxSyslogChannel
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _HEAD = ["| key | default | meaning |", "|---|---|---|"]
@@ -44,6 +45,8 @@ def blocks() -> dict[str, str]:
         "metrics": markdown_rows(MetricsConfig),
         "opcua-tx": markdown_rows(OpcuaSourceConfig),
         "opcua-rx": markdown_rows(OpcuaMirrorConfig),
+        "syslog-tx": markdown_rows(TxSyslogChannel),
+        "syslog-rx": markdown_rows(RxSyslogChannel),
     }
     return {name: "\n".join(_HEAD + rows) for name, rows in tables.items()}
 

@@ -13,10 +13,12 @@ from agent.config_reader import REQUIRED, Table, declared, read
 from agent.errors import ConfigError
 from agent.mqtt.config import BrokerConfig, RxMqttChannel, TlsConfig, TxMqttChannel
 from agent.opcua.config import OpcuaMirrorConfig, OpcuaSourceConfig
+from agent.syslog.config import RxSyslogChannel, TxSyslogChannel
 from diode_tools.config_tables import README, render
 
 ALL = (LinkConfig, SpoolConfig, BoardConfig, StatusConfig, BrokerConfig, TlsConfig,
-       TxMqttChannel, RxMqttChannel, OpcuaSourceConfig, OpcuaMirrorConfig)
+       TxMqttChannel, RxMqttChannel, OpcuaSourceConfig, OpcuaMirrorConfig, TxSyslogChannel,
+       RxSyslogChannel)
 
 
 def test_readme_tables_are_generated_from_the_declarations() -> None:

@@ -251,3 +251,14 @@ def test_spool_folders_never_collide_with_a_channel_name() -> None:
     from agent.syslog.source import spool_name as tx_spool_name
     assert tx_spool_name("plant") == "plant.syslog"
     assert spool_name("plant", Endpoint("tcp", "fd00::1", 601)) == "plant.syslog.tcp-fd00__1-601"
+
+
+@pytest.mark.parametrize("role", ["tx", "rx"])
+def test_the_example_configs_syslog_block_loads_once_uncommented(tmp_path: Path,
+                                                                 role: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / "board" / "config" / f"{role}.toml").read_text()
+    block = text[text.index("# [[syslog]]"):]
+    lines = [ln[2:] for ln in block.splitlines() if ln.startswith("# ")
+             and not ln.startswith("# tls")]  # its TLS lines name files not here
+    cfg = load(tmp_path, role, "\n".join(lines) + "\n")
+    assert cfg.channels["syslog"][0].name == "plant"
