@@ -274,3 +274,25 @@ def test_tx_own_warnings_reach_rx_log_and_status(diode: Diode) -> None:
     out = subprocess.run(diode_cmd("status", "-f", str(rx_agent.status_file)),
                          capture_output=True, text=True, timeout=30)
     assert "TX log" in out.stdout and "cannot listen on udp://192.0.2.1:5514" in out.stdout
+
+
+def test_ipv6_listener_and_tx_spool(diode: Diode, make_rsyslog: Callable[..., Rsyslog],
+                                    tmp_path: Path) -> None:
+    """A listener on an IPv6 address, and TX's channel spooled into a folder of its own
+    (`<name>.syslog`, never an MQTT channel's), with no orphaned-spool warning."""
+    collector = make_rsyslog("collector")
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    tx = tx_doc(diode, [f"udp://[::1]:{port}"])
+    subprocess.run(diode_cmd("keygen", "-o", str(tmp_path / "spool.key")), check=True,
+                   capture_output=True)
+    tx["spool"] = {"dir": "spool", "key_file": str(tmp_path / "spool.key"), "fsync": "never"}
+    tx_agent, _ = start_pair(diode, tx, rx_doc(diode, [collector.endpoint("tcp")]))
+    proc = subprocess.run(["logger", "-s", "--server", "::1", "--port", str(port), "--udp",
+                           "--rfc5424", "over ipv6"], capture_output=True, timeout=30)
+    (line,) = collector.wait_lines(1, 10)
+    m, original = split(line)
+    assert (m.group(4), m.group(6), original) == (b"::1", b"udp", proc.stderr.rstrip(b"\n"))
+    assert (tmp_path / "spool" / "ot.syslog").is_dir()
+    assert "belongs to no channel" not in tx_agent.log()
