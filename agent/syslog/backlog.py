@@ -6,8 +6,8 @@ push ─► unsent ─► next() ─► written to the collector's socket ─►
             └──────────── rewind() ◄───────────┘ (everything not acknowledged goes again)
 ```
 
-- `MemoryBacklog`: two deques, bounded by `queue_limit` messages in all; when
-  full the oldest is dropped and counted.
+- `MemoryBacklog`: two deques, bounded by `queue_limit` messages and
+  `queue_bytes` in all; when full the oldest is dropped and counted.
 - `SpoolBacklog`: the collector's own encrypted spool (bounded by `[spool]
   max_bytes`, drop-oldest, counted by the spool); it survives an RX restart.
   Messages appended in this run are also cached, so the drain reads (and
@@ -31,16 +31,19 @@ _CACHE = 50_000
 
 
 class MemoryBacklog:
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, max_bytes: int = 1 << 62) -> None:
+        self.limit, self.max_bytes = limit, max_bytes
         self._sent: deque[tuple[int, bytes]] = deque()
         self._unsent: deque[tuple[int, bytes]] = deque()
         self._seq = 0
+        self.bytes = 0
         self.dropped = 0
 
     def push(self, payload: bytes) -> int:
-        if len(self._sent) + len(self._unsent) >= self.limit:
-            (self._sent or self._unsent).popleft()
+        self.bytes += len(payload)
+        while (len(self._sent) + len(self._unsent) >= self.limit
+               or self.bytes > self.max_bytes) and (self._sent or self._unsent):
+            self.bytes -= len((self._sent or self._unsent).popleft()[1])
             self.dropped += 1
         self._seq += 1
         self._unsent.append((self._seq, payload))
@@ -55,7 +58,7 @@ class MemoryBacklog:
     def ack(self, seq: int) -> None:
         sent = self._sent
         while sent and sent[0][0] <= seq:
-            sent.popleft()
+            self.bytes -= len(sent.popleft()[1])
 
     def rewind(self) -> None:
         self._unsent.extendleft(reversed(self._sent))

@@ -59,6 +59,9 @@ class TxSyslogChannel:
     queue_limit: int = setting(100_000, doc="messages held while the link is slower; TCP and TLS "
                                "senders are paused from half of it on, UDP overflow is dropped "
                                "and counted", example="100000", lo=1)
+    queue_bytes: int = setting(32 << 20, doc="bytes the queue may hold in memory (without a "
+                               "`[spool]`, whose `max_bytes` bounds it instead), as `queue_limit`",
+                               example="33554432", lo=65536)
     udp_receive_buffer: int = setting(4 << 20, doc="bytes of kernel buffer per UDP listener "
                                       "for bursts (datagrams the kernel drops are counted)",
                                       example="4194304", lo=65536, hi=1 << 30)
@@ -90,6 +93,8 @@ class RxSyslogChannel:
     queue_limit: int = setting(100_000, doc="messages held per TCP or TLS collector while it is "
                                "away or slower (without a `[spool]`); the oldest are dropped "
                                "and counted", example="100000", lo=1)
+    queue_bytes: int = setting(32 << 20, doc="bytes held per TCP or TLS collector in memory, "
+                               "as `queue_limit`", example="33554432", lo=65536)
     tls_ca_file: Path | None = setting(None, doc="TLS collectors: the CA to verify them with "
                                        "(unset: the system CAs)", example='"it-ca.crt"')
     tls_cert_file: Path | None = setting(None, doc="TLS collectors: RX's client certificate "

@@ -53,7 +53,8 @@ class SyslogSink:
                 self.collectors.append(UdpCollector(ep, what))
                 continue
             spool = ctx.open_spool(spool_name(ch.name, ep))
-            backlog = MemoryBacklog(ch.queue_limit) if spool is None else SpoolBacklog(spool)
+            backlog = (MemoryBacklog(ch.queue_limit, ch.queue_bytes) if spool is None
+                       else SpoolBacklog(spool))
             self.collectors.append(StreamCollector(ep, what, ch, backlog,
                                                    tls if ep.transport == "tls" else None,
                                                    ctx.fail))

@@ -18,7 +18,8 @@ once, so the queue holds records ready to send. Limits, each counted:
 - `max_message_size`: longer messages are truncated to it (`truncated`).
 - `max_connections`: a TCP or TLS connection beyond it is closed at once
   (`connections_refused`); `idle_timeout` closes silent ones (`idle_closed`).
-- `queue_limit`: once half the queue is in use, TCP and TLS senders are paused
+- `queue_limit` (and in memory `queue_bytes`): once half the queue is in use,
+  TCP and TLS senders are paused
   (`paused`; their own buffers then hold the burst, and nothing is lost), and
   resumed below a quarter. UDP has no flow control: a datagram that finds the
   queue full is dropped (`queue_dropped`), and datagrams the kernel dropped
@@ -86,6 +87,8 @@ class SyslogSource:
         self._paused = False
         self._pause_at = max(1, ch.queue_limit // 2)
         self._resume_at = ch.queue_limit // 4
+        self._bytes = 0    # in the memory queue, bounded by queue_bytes (a spool bounds itself)
+        self._count_bytes = spool is None
         self._logged: dict[str, float] = {}
         self._opener: asyncio.Task[None] | None = None
         self._idle_checked = 0.0
@@ -127,7 +130,10 @@ class SyslogSource:
     def take(self, wall: float, limit: int) -> list[tuple[bytes | None, object]]:
         out: list[tuple[bytes | None, object]] = [(data, tag) for tag, data in
                                                   self.queue.take(limit)]
-        if self._paused and len(self.queue) <= self._resume_at:
+        if self._count_bytes and out:
+            self._bytes -= sum(len(d) for d, _ in out if d is not None)
+        if self._paused and len(self.queue) <= self._resume_at \
+                and self._bytes <= self.ch.queue_bytes // 4:
             self._paused = False
             for conn in self._conns:
                 conn.resume()
@@ -240,7 +246,7 @@ class SyslogSource:
     def _udp_ready(self, sock: socket.socket) -> None:
         size = self.ch.max_message_size
         space = socket.CMSG_SPACE(4)
-        put, name, counters = self.queue.put, self.ch.name, self._counters
+        put, name, counters = self._put, self.ch.name, self._counters
         recvmsg, trunc = sock.recvmsg, socket.MSG_TRUNC
         wall = time.time()
         got = 0
@@ -263,7 +269,7 @@ class SyslogSource:
             truncated = bool(flags & trunc)
             if truncated:
                 counters["truncated"] += 1
-            if not put(encode_with(head, truncated, data), None):
+            if not put(encode_with(head, truncated, data)):
                 self._queue_full()
         if got:
             counters["received"] += got
@@ -284,10 +290,20 @@ class SyslogSource:
                                    "have the senders use TCP", self.ch.name,
                                    self._counters["udp_kernel_dropped"])
 
+    def _put(self, record: bytes) -> bool:
+        """Into the queue, within queue_limit and (in memory) queue_bytes; False when full."""
+        if not self._count_bytes:
+            return self.queue.put(record, None)
+        if self._bytes + len(record) > self.ch.queue_bytes or not self.queue.put(record, None):
+            return False
+        self._bytes += len(record)
+        return True
+
     def _queue_full(self) -> None:
         self._counters["queue_dropped"] += 1
         self._log_once("queue", logging.ERROR,
-                       "syslog channel '%s': queue full (%d); dropping UDP messages (%d so far). "
+                       "syslog channel '%s': queue full (%d messages or queue_bytes); dropping "
+                       "messages (%d so far). "
                        "The link is slower than the OT traffic: raise [link] bitrate, lower "
                        "the senders' volume, or give TX a [spool]", self.ch.name,
                        self.ch.queue_limit, self._counters["queue_dropped"])
@@ -319,15 +335,16 @@ class SyslogSource:
         self._conns.discard(conn)
 
     def messages(self, conn: _Stream, msgs: list[tuple[bytes, bool]]) -> None:
-        put, counters = self.queue.put, self._counters
+        put, counters = self._put, self._counters
         head = record_head(self.ch.name, time.time(), conn.host, conn.port, conn.transport_code)
         counters["received"] += len(msgs)
         for data, truncated in msgs:
             if truncated:
                 counters["truncated"] += 1
-            if not put(encode_with(head, truncated, data), None):
+            if not put(encode_with(head, truncated, data)):
                 self._queue_full()
-        if not self._paused and len(self.queue) >= self._pause_at:
+        if not self._paused and (len(self.queue) >= self._pause_at
+                                 or self._bytes >= self.ch.queue_bytes // 2):
             self._paused = True
             counters["paused"] += 1
             for c in self._conns:

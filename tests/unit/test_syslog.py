@@ -169,6 +169,16 @@ def test_memory_backlog_drops_oldest_and_resends_the_unacknowledged() -> None:
     assert b.next(10) == [(5, b"m4"), (6, b"m5"), (7, b"m6")]
 
 
+def test_memory_backlog_is_bounded_in_bytes_too() -> None:
+    b = MemoryBacklog(limit=100, max_bytes=10)
+    for i in range(5):
+        b.push(b"m%02d" % i)  # 3 bytes each: three fit
+    assert (len(b), b.bytes, b.dropped) == (3, 9, 2)
+    b.next(2)
+    b.ack(4)
+    assert (len(b), b.bytes) == (1, 3)
+
+
 def test_spool_backlog_survives_a_restart(tmp_path: Path) -> None:
     from agent.spool import Spool
     key = bytes(range(32))
