@@ -79,6 +79,7 @@ class UdpCollector:
         self.ep, self.what = ep, what
         self.counters = {"forwarded": 0, "send_errors": 0}
         self._sock: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
         self._logged = -1e9
 
     @property
@@ -86,28 +87,44 @@ class UdpCollector:
         return SinkState.CONNECTED if self._sock is not None else SinkState.CONNECTING
 
     async def start(self) -> None:
+        if not await self._open():
+            self._task = asyncio.create_task(self._retry())
+
+    async def _open(self) -> bool:
+        """Resolve and connect the socket; a name that does not resolve yet (DNS at boot)
+        is retried, its messages meanwhile counted as send errors."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.ep.host, self.ep.port, type=socket.SOCK_DGRAM)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        sock.setblocking(False)
-        sock.connect(addr)
+        try:
+            infos = await loop.getaddrinfo(self.ep.host, self.ep.port, type=socket.SOCK_DGRAM)
+            family, _, _, _, addr = infos[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            sock.setblocking(False)
+            sock.connect(addr)
+        except OSError as exc:
+            self._error(f"cannot resolve or connect: {exc}")
+            return False
         self._sock = sock
+        return True
+
+    async def _retry(self) -> None:
+        while not await self._open():
+            await asyncio.sleep(5.0)
 
     def push(self, payload: bytes) -> None:
         sock = self._sock
         if sock is None:
-            self._error("not started")
+            self.counters["send_errors"] += 1
+            self._error("not connected")
             return
         try:
             sock.send(payload)
             self.counters["forwarded"] += 1
         except OSError as exc:
+            self.counters["send_errors"] += 1
             self._error(exc.strerror or str(exc))
 
     def _error(self, why: str) -> None:
-        self.counters["send_errors"] += 1
         now = time.monotonic()
         if now - self._logged >= _LOG_EVERY:
             self._logged = now
@@ -125,6 +142,10 @@ class UdpCollector:
         return {"state": self.state, **self.counters, "held": 0}
 
     async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self._sock is not None:
             self._sock.close()
             self._sock = None
