@@ -85,7 +85,7 @@ def _bench(args: argparse.Namespace) -> int:
         result = run_opcua_bench(nodes=args.nodes)
     elif args.what == "syslog":
         from diode_tools.bench.syslog import run_syslog_bench
-        result = run_syslog_bench(messages=args.messages, bitrate=args.bitrate or 200_000_000,
+        result = run_syslog_bench(messages=args.messages, bitrate=args.bitrate or 100_000_000,
                                   rounds=args.rounds)
     else:
         from diode_tools.bench.mqtt import run_mqtt_bench
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--messages", type=int, default=100_000)
     sp.add_argument("--bitrate", type=int, default=None,
                     help="mqtt, syslog: link bit rate TX paces to (default 400000000 for "
-                    "mqtt, 200000000 for syslog)")
+                    "mqtt, 100000000 for syslog)")
     sp.add_argument("--rounds", type=int, default=3,
                     help="mqtt, syslog: rounds of both paths; figures are their medians")
     sp.add_argument("--json", action="store_true", help="print only the JSON line")
