@@ -33,7 +33,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agent.adapter import HEALTHY_SINK
 from agent.listener_limits import RefusalLog
+from agent.protocols import ADAPTERS
 
 log = logging.getLogger("diode.metrics")
 
@@ -41,8 +43,6 @@ MAX_CONNECTIONS = 16
 MAX_REQUEST_BYTES = 8192  # request line and headers; no body is read
 TIMEOUT = 5.0             # seconds for a client to send its request and take the answer
 CACHE_SECONDS = 0.25
-from agent.adapter import HEALTHY_SINK
-from agent.protocols import ADAPTERS
 
 _STATES = ("UP", "DEGRADED", "DOWN")
 # every protocol's sinks, from the status section the registry names for it

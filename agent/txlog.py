@@ -163,6 +163,9 @@ class TxLogSource:
     def framed(self, tags: list[object]) -> None:
         pass
 
+    def rewind(self) -> None:
+        pass  # log lines are held in memory only
+
     def waiting(self) -> int:
         return len(self.handler.queue)
 

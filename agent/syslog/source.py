@@ -142,6 +142,9 @@ class SyslogSource:
     def framed(self, tags: list[object]) -> None:
         self.queue.framed(tags)
 
+    def rewind(self) -> None:
+        self.queue.rewind()
+
     def waiting(self) -> int:
         return len(self.queue)
 
