@@ -12,7 +12,7 @@ import importlib
 
 from agent.adapter import Adapter
 
-PROTOCOLS = ("mqtt", "opcua", "syslog")
+PROTOCOLS = ("mqtt", "opcua", "syslog", "modbus")
 
 ADAPTERS: tuple[Adapter, ...] = tuple(importlib.import_module(f"agent.{name}").ADAPTER
                                       for name in PROTOCOLS)
