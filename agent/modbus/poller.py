@@ -267,7 +267,10 @@ class DevicePoller:
     # -- figures -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
+        reads = self._all_reads()
         return {"state": self.state, "requests_per_cycle": requests_per_cycle(self.reads),
-                "registers": sum(r.count for r in self._all_reads()),
+                "registers": sum(r.count for r in reads if r.function in (3, 4)),
+                "bits": sum(r.count for r in reads if r.function in (1, 2)),
+                "values": sum(len(r.items) for r in reads),
                 "cycle_ms": {f"{p:g}": ms for p, ms in self.cycle_ms.items()},
                 **self.counters}

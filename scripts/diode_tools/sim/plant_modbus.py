@@ -174,3 +174,79 @@ class SimulatedPlc:
                                              for i in range(10)])
                 await self._set(unit, 1, 0, [int(t) % 2])
             await asyncio.sleep(1.0)
+
+
+# -- a register map of every type, for tests, the demo and benches --------------------
+
+
+def sample_map(device: int, registers: int = 334) -> list[tuple[dict[str, Any], Any]]:
+    """A register map of `registers` registers (at least 40) and 20 coils, with every type
+    and word/byte order: ([[modbus.devices.values]] table, the value it shows) pairs.
+
+    Holding 0.. int16 scaled by 0.1 (°C); holding 200.. uint32, every other one word
+    little; input 0.. float32 in the four layouts; input 200.. float64 (4); holding
+    300.. one string of 8 registers; coils 0..19. The int16 run takes what is left.
+    """
+    out: list[tuple[dict[str, Any], Any]] = []
+    n16 = registers - 60 - 100 - 16 - 8
+    assert n16 > 0, "registers must be at least 185"
+    for i in range(n16):
+        raw = (device * 1000 + i * 7) % 2000 - 1000
+        out.append(({"name": f"temp{i:03d}", "address": i, "type": "int16", "scale": 0.1,
+                     "unit": "°C"}, round(raw * 0.1, 1)))
+    for i in range(30):
+        v = (device + 1) * 65537 * (i + 1)
+        out.append(({"name": f"count{i:02d}", "address": 200 + 2 * i, "type": "uint32",
+                     "word_order": "little" if i % 2 else "big"}, v))
+    layouts = [("big", "big"), ("little", "big"), ("big", "little"), ("little", "little")]
+    for i in range(50):
+        word, byte = layouts[i % 4]
+        out.append(({"name": f"flow{i:02d}", "table": "input", "address": 2 * i,
+                     "type": "float32", "word_order": word, "byte_order": byte, "unit": "m³/h"},
+                    device * 100 + i + 0.25))
+    for i in range(4):
+        out.append(({"name": f"energy{i}", "table": "input", "address": 200 + 4 * i,
+                     "type": "float64", "unit": "kWh"}, 1e6 * (device + 1) + i / 3))
+    out.append(({"name": "label", "address": 300, "type": "string", "count": 8},
+                f"device-{device}"))
+    for i in range(20):
+        out.append(({"name": f"run{i:02d}", "table": "coil", "address": i, "type": "bits"},
+                    (i + device) % 3 == 0))
+    return out
+
+
+def load_map(plc: SimulatedPlc, values: list[tuple[dict[str, Any], Any]], unit: int = 1) -> None:
+    """Put each value's registers into the PLC (before scaling)."""
+    from agent.modbus.config import ModbusValue
+    from agent.modbus.decode import encode_registers
+    by_table: dict[str, dict[int, int]] = {}
+    for table, shown in values:
+        v = ModbusValue(**table)
+        raw = round((shown - v.offset) / v.scale) if v.scaled else shown
+        regs = by_table.setdefault(v.table, {})
+        for k, r in enumerate(encode_registers(v, raw)):
+            regs[v.address + k] = r
+    for name, regs in by_table.items():
+        start = min(regs)
+        plc.set(unit, name, start, [regs.get(a, 0) for a in range(start, max(regs) + 1)])
+
+
+def _toml(v: Any) -> str:
+    import json
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(v, ensure_ascii=False)
+
+
+def channel_toml(channel: dict[str, Any], devices: list[tuple[dict[str, Any],
+                                                               list[dict[str, Any]]]]) -> str:
+    """A `[[modbus]]` table with its devices and their values, as TOML text."""
+    lines = ["[[modbus]]", *(f"{k} = {_toml(v)}" for k, v in channel.items())]
+    for dev, values in devices:
+        lines += ["", "[[modbus.devices]]", *(f"{k} = {_toml(v)}" for k, v in dev.items())]
+        for table in values:
+            lines += ["[[modbus.devices.values]]",
+                      *(f"{k} = {_toml(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,275 @@
+"""Modbus through the real agent processes, read-only.
+
+```
+3 simulated PLCs (pymodbus servers) ─► diode tx ══ UDP ══► diode rx ─► OPC UA mirror ─► asyncua client
+ each counts every request                 [[modbus]]           ├─► [[opcua]] "plc"
+ by function code                                               └─► [[mqtt]] "plant" ─► IT broker ─► collector
+```
+
+The PLCs are pymodbus's own server over real TCP and, for RTU, over a socat
+pseudo-terminal pair; TX polls them with `diode tx -c FILE` as a user runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+
+from diode_tools.sim.mosquitto import Broker, free_port
+from diode_tools.sim.plant_modbus import SimulatedPlc, channel_toml, load_map, sample_map
+from tests.integration.conftest import Collector, Diode, to_toml, wait_until
+from tests.integration.test_serial_e2e import pty_link  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.timeout(180)
+
+Values = list[tuple[dict[str, Any], Any]]
+
+
+@pytest.fixture
+def plcs() -> Iterator[list[SimulatedPlc]]:
+    made = [SimulatedPlc(port=free_port()) for _ in range(3)]
+    try:
+        yield made
+    finally:
+        for p in made:
+            p.stop()
+
+
+def _configs(diode: Diode, devices: list[tuple[dict[str, Any], Values]], mirror_port: int,
+             **channel: Any) -> tuple[Path, Path]:
+    tx = diode.tx_doc()
+    rx = diode.rx_doc()
+    del tx["mqtt"]  # Modbus only on TX; RX's [[mqtt]] "plant" publishes the values
+    rx["opcua"] = [{"name": "plc", "endpoint": f"opc.tcp://127.0.0.1:{mirror_port}/diode/",
+                    "bad_after": 3.0}]
+    body = channel_toml({"name": "plc", "opcua_mirror": "plc", "mqtt_channel": "plant",
+                         "carousel_period": 3.0, **channel},
+                        [(d, [t for t, _ in values]) for d, values in devices])
+    return (diode.write("tx.toml", to_toml(tx) + "\n" + body),
+            diode.write("rx.toml", to_toml(rx)))
+
+
+def _device(name: str, plc: SimulatedPlc, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "host": "127.0.0.1", "port": plc.port, "poll_period": 0.5,
+            "timeout": 0.5, "retries": 1, "backoff_min": 0.5, "backoff_max": 2.0, **kw}
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(b, float):
+        return isinstance(a, float) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(a == b)
+
+
+async def _read_mirror(endpoint: str, node_ids: list[str], timeout: float
+                       ) -> list[ua.DataValue]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with Client(endpoint, timeout=5) as c:
+                nodes = [c.get_node(n) for n in node_ids]
+                out: list[ua.DataValue] = []
+                for i in range(0, len(nodes), 500):
+                    out += await c.read_attributes(nodes[i:i + 500])
+                return out
+        except (OSError, TimeoutError, ua.UaError):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
+def _mirror_matches(endpoint: str, expected: dict[str, Any], timeout: float,
+                    bad: Collection[str] = ()) -> list[ua.DataValue]:
+    """Waits until every node shows its expected value (Good), or Bad for those in `bad`."""
+    ids = list(expected)
+    deadline = time.monotonic() + timeout
+    while True:
+        dvs = asyncio.run(_read_mirror(endpoint, ids, 30))
+        wrong = []
+        for nid, dv in zip(ids, dvs, strict=True):
+            if nid in bad:
+                if dv.StatusCode.name != "BadNoCommunication":
+                    wrong.append((nid, dv.StatusCode.name))
+            elif not (dv.StatusCode.is_good() and _close(dv.Value.Value, expected[nid])):
+                wrong.append((nid, dv.StatusCode.name, dv.Value.Value, expected[nid]))
+        if not wrong:
+            return dvs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(wrong)} of {len(ids)} mirrored values wrong, e.g. "
+                                 f"{wrong[:3]}")
+        time.sleep(0.5)
+
+
+def _latest(sub: Collector, prefix: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for m in sub.data(prefix):
+        out[m.topic] = json.loads(m.payload)
+    return out
+
+
+def _mqtt_matches(sub: Collector, expected: dict[str, Any], timeout: float,
+                  bad: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    def ok() -> dict[str, dict[str, Any]] | None:
+        got = _latest(sub, "modbus/")
+        for topic, want in expected.items():
+            doc = got.get(topic)
+            if doc is None:
+                return None
+            if topic in bad:
+                if doc["quality"] != "bad" or doc["value"] is not None:
+                    return None
+            elif doc["quality"] != "good" or not _close(doc["value"], want):
+                return None
+        return got
+    got: dict[str, dict[str, Any]] = wait_until(ok, timeout, "every Modbus topic on the IT broker")
+    return got
+
+
+def _expected(devices: list[tuple[dict[str, Any], Values]]) -> tuple[dict[str, Any],
+                                                                    dict[str, Any]]:
+    ua_ids, topics = {}, {}
+    for dev, values in devices:
+        for table, shown in values:
+            ua_ids[f"ns=1;s={dev['name']}/{table['name']}"] = shown
+            topics[f"modbus/plc/{dev['name']}/{table['name']}"] = shown
+    return ua_ids, topics
+
+
+def test_1000_registers_of_3_devices_reach_the_mirror_and_mqtt_and_an_unplugged_device_turns_only_its_values_bad(  # noqa: E501
+        diode: Diode, plcs: list[SimulatedPlc], it_broker: Broker,
+        collector: Callable[..., Collector]) -> None:
+    devices = []
+    for i, plc in enumerate(plcs):
+        values = sample_map(i, 334 if i < 2 else 332)
+        plc.start()
+        load_map(plc, values)
+        devices.append((_device(f"plc{i}", plc), values))
+    assert sum(t.get("count", 1) * {"int16": 1, "uint32": 2, "float32": 2, "float64": 4,
+                                    "string": 1}[t["type"]]
+               for _, vs in devices for t, _ in vs if t["type"] != "bits") == 1000
+    port = free_port()
+    tx_conf, rx_conf = _configs(diode, devices, port)
+    sub = collector(it_broker, ["modbus/#"])
+    rx = diode.start("rx", rx_conf)
+    tx = diode.start("tx", tx_conf)
+    endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
+    ua_expected, mqtt_expected = _expected(devices)
+
+    t0 = time.monotonic()
+    _mirror_matches(endpoint, ua_expected, 45)
+    got = _mqtt_matches(sub, mqtt_expected, 30)
+    took = time.monotonic() - t0
+    assert got["modbus/plc/plc0/temp000"]["unit"] == "°C"
+    asyncio.run(_check_nodes(endpoint))
+
+    st = diode.wait_status(tx, lambda s: s["sources"].get("modbus:plc") == "connected", 10,
+                           "modbus source connected")
+    stats = st["queues"]["modbus:plc"]["devices"]
+    figures = {n: (d["registers"], d["requests_per_cycle"], d["cycle_ms"]["0.5"])
+               for n, d in stats.items()}
+    print(f"1,000 registers on 3 devices: mirror and MQTT right after {took:.1f} s; "
+          f"(registers, requests per cycle, cycle ms) per device: {figures}")
+    # Per device: holding 0..149 int16 (2 requests of <= 125), holding 200..259 uint32 (1),
+    # holding 300..307 string (1: 40 unmapped registers before it, more than max_gap 8),
+    # input 0..99 float32 (1), input 200..215 float64 (1), 20 coils (1): 255 values, 7 reads.
+    for _registers, requests, _ms in figures.values():
+        assert requests == 7
+
+    # A value changes on plc0 while plc1 is unplugged: plc0 and plc2 go on unhindered.
+    plcs[1].stop()
+    plcs[0].set(1, "holding", 0, [1234])  # temp000 = 123.4
+    ua_expected["ns=1;s=plc0/temp000"] = mqtt_expected["modbus/plc/plc0/temp000"] = 123.4
+    ua_bad = {k for k in ua_expected if k.startswith("ns=1;s=plc1/")}
+    mqtt_bad = {k for k in mqtt_expected if k.startswith("modbus/plc/plc1/")}
+    _mirror_matches(endpoint, ua_expected, 20, bad=ua_bad)
+    _mqtt_matches(sub, mqtt_expected, 20, bad=mqtt_bad)
+    st = diode.wait_status(tx, lambda s: s["sources"]["modbus:plc"] == "disconnected", 5,
+                           "source disconnected while a device is down")
+    assert st["queues"]["modbus:plc"]["devices"]["plc1"]["state"] == "down"
+    assert st["queues"]["modbus:plc"]["devices"]["plc0"]["state"] == "up"
+
+    plcs[1].start()  # plugged back in: Good again within the backoff
+    _mirror_matches(endpoint, ua_expected, 20)
+
+    counts = [p.counts() for p in plcs]
+    assert all(set(c) <= {1, 3, 4} for c in counts), counts  # reads only: coils, holding, input
+    assert sum(p.writes() for p in plcs) == 0
+    tx_counters = diode.wait_status(tx, lambda s: True, 5, "status")["counters"]
+    assert tx_counters["modbus:plc.sent_fc2"] == 0 and tx_counters["modbus:plc.sent_fc3"] > 0
+    diode.stop(tx)
+    diode.stop(rx)
+
+
+async def _check_nodes(endpoint: str) -> None:
+    """Folders per device under Objects/Modbus; names, units, types; and no writes."""
+    async with Client(endpoint, timeout=5) as c:
+        ns = await c.get_namespace_index("urn:diode:modbus:plc")
+        assert ns == 1
+        folder = await c.nodes.objects.get_child([f"{ns}:Modbus"])
+        names = sorted([(await d.read_browse_name()).Name for d in await folder.get_children()])
+        assert names == ["plc0", "plc1", "plc2"]
+        temp = c.get_node("ns=1;s=plc0/temp000")
+        assert (await temp.read_display_name()).Text == "temp000"
+        assert await temp.read_data_type() == ua.NodeId(ua.ObjectIds.Double)
+        eu = await temp.get_child(["0:EngineeringUnits"])
+        info = await eu.read_value()
+        assert isinstance(info, ua.EUInformation) and info.DisplayName.Text == "°C"
+        assert await c.get_node("ns=1;s=plc0/flow01").read_data_type() == ua.NodeId(
+            ua.ObjectIds.Float)
+        assert await c.get_node("ns=1;s=plc0/run00").read_data_type() == ua.NodeId(
+            ua.ObjectIds.Boolean)
+        with pytest.raises(ua.UaStatusCodeError):
+            await temp.write_value(ua.Variant(1.0, ua.VariantType.Double))
+
+
+def test_rtu_over_a_serial_line_and_an_rx_restart_converges(
+        diode: Diode, it_broker: Broker, collector: Callable[..., Collector],
+        pty_link: tuple[str, str]) -> None:  # noqa: F811
+    """Modbus RTU: the PLC on one end of a pseudo-terminal pair, TX on the other, two
+    units on the line; then RX restarts and the mirror and broker refill from the carousel."""
+    plc_end, tx_end = pty_link
+    # parity none: a pseudo-terminal refuses even parity (EINVAL), a real line takes it
+    plc = SimulatedPlc(serial_port=plc_end, baudrate=19200, parity="N", units=(1, 2))
+    values1 = sample_map(1, 200)
+    values2 = [(t, v) for t, v in sample_map(2, 200) if t["type"] in ("float32", "bits")]
+    try:
+        plc.start()
+        load_map(plc, values1, unit=1)
+        load_map(plc, values2, unit=2)
+        dev = {"name": "line", "serial_port": tx_end, "baudrate": 19200, "parity": "N",
+               "poll_period": 0.5,
+               "timeout": 0.5, "backoff_min": 0.5, "backoff_max": 2.0}
+        merged = [(t, v) for t, v in values1] + [({**t, "name": f"u2{t['name']}", "unit_id": 2},
+                                                  v) for t, v in values2]
+        port = free_port()
+        tx_conf, rx_conf = _configs(diode, [(dev, merged)], port)
+        sub = collector(it_broker, ["modbus/#"])
+        rx = diode.start("rx", rx_conf)
+        tx = diode.start("tx", tx_conf)
+        endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
+        ua_expected, mqtt_expected = _expected([(dev, merged)])
+        _mirror_matches(endpoint, ua_expected, 45)
+        _mqtt_matches(sub, mqtt_expected, 30)
+        st = diode.wait_status(tx, lambda s: s["sources"].get("modbus:plc") == "connected", 10,
+                               "RTU device connected")
+        line = st["queues"]["modbus:plc"]["devices"]["line"]
+        print(f"RTU, 2 units, {line['registers']} registers: {line['requests_per_cycle']} "
+              f"requests per cycle, cycle {line['cycle_ms']} ms")
+
+        diode.stop(rx)  # RX restart: the carousel (3 s) alone brings everything back
+        it_broker_fresh = sub  # the IT broker kept its retained store; the mirror is empty
+        rx2 = diode.start("rx", rx_conf, "rx-back")
+        _mirror_matches(endpoint, ua_expected, 30)
+        _mqtt_matches(it_broker_fresh, mqtt_expected, 10)
+        assert set(plc.counts()) <= {1, 3, 4} and plc.writes() == 0
+        diode.stop(tx)
+        diode.stop(rx2)
+    finally:
+        plc.stop()
