@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.config import BoardConfig, LinkConfig, MetricsConfig, SpoolConfig, StatusConfig
 from agent.config_reader import markdown_rows
+from agent.modbus.config import ModbusChannel, ModbusDevice, ModbusValue
 from agent.mqtt.config import BrokerConfig, RxMqttChannel, TlsConfig, TxMqttChannel
 from agent.opcua.config import OpcuaMirrorConfig, OpcuaSourceConfig
 from agent.syslog.config import RxSyslogChannel, TxSyslogChannel
@@ -47,6 +48,9 @@ def blocks() -> dict[str, str]:
         "opcua-rx": markdown_rows(OpcuaMirrorConfig),
         "syslog-tx": markdown_rows(TxSyslogChannel),
         "syslog-rx": markdown_rows(RxSyslogChannel),
+        "modbus-tx": markdown_rows(ModbusChannel),
+        "modbus-device": markdown_rows(ModbusDevice),
+        "modbus-value": markdown_rows(ModbusValue),
     }
     return {name: "\n".join(_HEAD + rows) for name, rows in tables.items()}
 

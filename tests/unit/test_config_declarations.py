@@ -11,6 +11,7 @@ import pytest
 from agent.config import BoardConfig, LinkConfig, SpoolConfig, StatusConfig
 from agent.config_reader import REQUIRED, Table, declared, read
 from agent.errors import ConfigError
+from agent.modbus.config import ModbusChannel, ModbusDevice, ModbusValue
 from agent.mqtt.config import BrokerConfig, RxMqttChannel, TlsConfig, TxMqttChannel
 from agent.opcua.config import OpcuaMirrorConfig, OpcuaSourceConfig
 from agent.syslog.config import RxSyslogChannel, TxSyslogChannel
@@ -18,7 +19,7 @@ from diode_tools.config_tables import README, render
 
 ALL = (LinkConfig, SpoolConfig, BoardConfig, StatusConfig, BrokerConfig, TlsConfig,
        TxMqttChannel, RxMqttChannel, OpcuaSourceConfig, OpcuaMirrorConfig, TxSyslogChannel,
-       RxSyslogChannel)
+       RxSyslogChannel, ModbusChannel, ModbusDevice, ModbusValue)
 
 
 def test_readme_tables_are_generated_from_the_declarations() -> None:

@@ -4,6 +4,7 @@ merging of reads into as few requests as the device allows."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,20 @@ def test_a_refused_merged_read_splits_into_its_contiguous_runs() -> None:
     values = [_v(address=0), _v(address=1), _v(address=5, type="int32")]
     (r,) = merge(3, 1, list(enumerate(values)), 125, 8)
     assert split(r, values) == [Read(3, 1, 0, 2, ((0, 0), (1, 1))), Read(3, 1, 5, 2, ((2, 0),))]
+
+
+def test_the_commented_examples_in_board_config_load_once_uncommented(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    for role, marker in (("tx", "# [[modbus]]"), ("rx", "# [[opcua]]")):
+        text = (repo / "board" / "config" / f"{role}.toml").read_text()
+        head, _, tail = text.partition(marker)
+        assert tail, f"{role}.toml has no commented {marker}"
+        (tmp_path / f"{role}.toml").write_text(
+            head + re.sub(r"^# ?", "", marker + tail, flags=re.M))
+    (tmp_path / "it-ca.crt").write_text("dummy")
+    tx = config.load(tmp_path / "tx.toml", "tx")
+    rx = config.load(tmp_path / "rx.toml", "rx")
+    (ch,) = tx.channels["modbus"]
+    assert ch.opcua_mirror in {m.name for m in rx.channels["opcua"]}
+    assert ch.mqtt_channel in {m.name for m in rx.channels["mqtt"]}
+    assert [v.name for _, v in ch.values] == ["oil_temperature", "flow"]
