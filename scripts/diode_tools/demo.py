@@ -3,7 +3,8 @@
 ```
 plant sim ─► OT Mosquitto ─► diode tx ══ UDP (loopback, optional loss) ══► diode rx ─► IT Mosquitto ─► counter
 OPC UA plant (asyncua) ──────┤                                                   ├──► read-only OPC UA mirror
-syslog devices (udp, tcp) ───┘                                                   └──► syslog collector
+syslog devices (udp, tcp) ───┤                                                   ├──► syslog collector
+Modbus PLC (pymodbus) ───────┘ (reads only, requests counted)                      └──► own mirror, MQTT
 ```
 """
 
@@ -17,9 +18,17 @@ from pathlib import Path
 
 from diode_tools.sim.agents import AgentPair, free_udp_port
 from diode_tools.sim.mosquitto import Broker, free_port
+from diode_tools.sim.plant_modbus import SimulatedPlc, channel_toml, demo_values, load_map, sample_map
 from diode_tools.sim.plant_mqtt import DeliveryCounter, PlantPublisher
 from diode_tools.sim.plant_opcua import PlantProcess
 from diode_tools.sim.plant_syslog import SyslogCounter, SyslogSender
+
+
+def _plc_counts(plc: SimulatedPlc) -> str:
+    """The PLC's requests by function code; writes (5, 6, 15, 16, 22, 23) must stay 0."""
+    counts = plc.counts()
+    reads = "  ".join(f"fc{fc} {counts.get(fc, 0)}" for fc in (1, 2, 3, 4))
+    return f"PLC requests {sum(counts.values()):6d} ({reads})  writes {plc.writes()}"
 
 
 def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
@@ -31,24 +40,36 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
         mirror = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
         syslog_udp, syslog_tcp = free_udp_port(), free_port()
         syslog_counter = SyslogCounter()
+        plc = SimulatedPlc(port=free_port(), changing=True)
+        plc_map = sample_map(0)
+        plc_mirror = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
+        modbus = channel_toml({"name": "plc", "opcua_mirror": "plc", "mqtt_channel": "plant",
+                               "carousel_period": 10.0},
+                              [({"name": "press1", "host": "127.0.0.1", "port": plc.port},
+                                [t for t, _ in plc_map] + demo_values())])
         pair = AgentPair(
             work, ot, it, link_extra=link_extra, carousel_period=10.0,
             tx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{opcua_plant.endpoint}"\n'
                      f'\n[[syslog]]\nname = "plant"\nlisten = ["udp://127.0.0.1:{syslog_udp}", '
-                     f'"tcp://127.0.0.1:{syslog_tcp}"]\n',
+                     f'"tcp://127.0.0.1:{syslog_tcp}"]\n\n' + modbus,
             rx_extra=f'\n[[opcua]]\nname = "plant"\nendpoint = "{mirror}"\n'
+                     f'\n[[opcua]]\nname = "plc"\nendpoint = "{plc_mirror}"\n'
                      f'\n[[syslog]]\nname = "plant"\ncollectors = ["{syslog_counter.endpoint}"]\n')
         counter = None
         plant = None
         syslog = None
         try:
+            plc.start()
+            load_map(plc, plc_map)
             print(f"demo: OT broker {ot.host}:{ot.port}, IT broker {it.host}:{it.port}, "
                   f"link loss {loss:.1%}, plant {rate:.0f} msg/s, {duration:.0f} s; "
                   f"work dir {work}\ndemo: OPC UA plant {opcua_plant.endpoint} (2,000 "
                   f"variables) mirrored read-only at {mirror}\ndemo: syslog devices to TX's "
                   f"listeners udp 127.0.0.1:{syslog_udp} and tcp 127.0.0.1:{syslog_tcp} "
                   f"({max(1.0, rate / 10):.0f} msg/s), forwarded to a collector at "
-                  f"{syslog_counter.endpoint}", file=out, flush=True)
+                  f"{syslog_counter.endpoint}\ndemo: Modbus PLC {plc.where} "
+                  f"({len(plc_map) + len(demo_values())} values, pymodbus server) mirrored at "
+                  f"{plc_mirror} and on the IT broker under modbus/plc/", file=out, flush=True)
             pair.start("rx")
             pair.start("tx")
             pair.wait_up()
@@ -71,6 +92,9 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                       f"mirror {ua_st.get('state', '-')} {ua_st.get('variables', 0)} variables, "
                       f"{ua_st.get('values_applied', 0)} values  syslog sent {syslog.sent} "
                       f"delivered {syslog_counter.delivered}", file=out, flush=True)
+                print(f"        modbus: {_plc_counts(plc)}  mirror "
+                      f"{st.get('opcua', {}).get('plc', {}).get('state', '-')}", file=out,
+                      flush=True)
             plant.stop()
             syslog.stop()
             settle = time.monotonic() + 5
@@ -95,12 +119,16 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                 "syslog_lost": syslog.sent - syslog_counter.delivered,
                 "syslog_tx_dropped": sum(v for k, v in (tx_st.get("counters") or {}).items()
                                          if k.startswith("syslog:") and "dropped" in k),
+                "modbus_requests": sum(plc.counts().values()),
+                "modbus_writes": plc.writes(),
+                "modbus_mirror_variables": st.get("opcua", {}).get("plc", {}).get("variables"),
             }
         except Exception as exc:
             print(f"demo failed: {exc}\n--- tx log ---\n{pair.log('tx')}\n--- rx log ---\n"
                   f"{pair.log('rx')}", file=sys.stderr)
             return 1
         finally:
+            plc.stop()
             opcua_plant.stop()
             if plant is not None:
                 plant.stop()

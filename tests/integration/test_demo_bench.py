@@ -23,6 +23,9 @@ def test_demo_delivers_everything_on_a_clean_link() -> None:
     assert out["link_state"] == "UP"
     assert out["retained_topics_at_it"] == 100
     assert out["syslog_sent"] > 0 and out["syslog_delivered"] == out["syslog_sent"]
+    # the simulated Modbus PLC: polled, mirrored, and never written to
+    assert out["modbus_requests"] > 0 and out["modbus_writes"] == 0
+    assert out["modbus_mirror_variables"] == 267
 
 
 @pytest.mark.slow

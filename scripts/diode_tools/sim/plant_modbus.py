@@ -14,9 +14,9 @@ a thread of its own with its own event loop, so a synchronous test can drive
 it; `stop()` is the device being unplugged (its server stops, its connections
 close), `start()` plugs it back in.
 
-`changing=True` (the demo) makes holding register 0 of every unit count the
-seconds and input registers 0..9 follow a slow sine, so the mirror shows
-values moving.
+`changing=True` (the demo) makes holding register 1000 of every unit count the
+seconds, input registers 1000..1009 follow slow sines and coil 1000 blink, so
+the mirror shows values moving (`demo_values` maps them).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 SIZE = 4000
+CHANGING = 1000  # first address of the registers `changing=True` moves
 FUNCTION = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 WRITE_FUNCTIONS = (5, 6, 15, 16, 22, 23)
 
@@ -169,10 +170,10 @@ class SimulatedPlc:
         while True:
             t = time.monotonic() - start
             for unit in self.units:
-                await self._set(unit, 3, 0, [int(t) & 0xFFFF])
-                await self._set(unit, 4, 0, [int(1000 + 500 * math.sin(t / 10 + i)) & 0xFFFF
-                                             for i in range(10)])
-                await self._set(unit, 1, 0, [int(t) % 2])
+                await self._set(unit, 3, CHANGING, [int(t) & 0xFFFF])
+                await self._set(unit, 4, CHANGING, [int(500 + 400 * math.sin(t / 10 + i))
+                                                    for i in range(10)])
+                await self._set(unit, 1, CHANGING, [int(t) % 2])
             await asyncio.sleep(1.0)
 
 
@@ -213,6 +214,14 @@ def sample_map(device: int, registers: int = 334) -> list[tuple[dict[str, Any], 
         out.append(({"name": f"run{i:02d}", "table": "coil", "address": i, "type": "bits"},
                     (i + device) % 3 == 0))
     return out
+
+
+def demo_values() -> list[dict[str, Any]]:
+    """The registers `changing=True` moves, as [[modbus.devices.values]] tables."""
+    return [{"name": "uptime", "address": CHANGING, "unit": "s"},
+            *({"name": f"level{i}", "table": "input", "address": CHANGING + i, "type": "int16",
+               "scale": 0.1, "unit": "%"} for i in range(10)),
+            {"name": "pulse", "table": "coil", "address": CHANGING, "type": "bits"}]
 
 
 def load_map(plc: SimulatedPlc, values: list[tuple[dict[str, Any], Any]], unit: int = 1) -> None:
