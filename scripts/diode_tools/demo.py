@@ -72,7 +72,7 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                   f"{plc_mirror} and on the IT broker under modbus/plc/", file=out, flush=True)
             pair.start("rx")
             pair.start("tx")
-            pair.wait_up()
+            pair.wait_up(timeout=45.0)  # two mirrors and a 2,000-node crawl: slow on a busy box
             counter = DeliveryCounter(it.host, it.port)
             plant = PlantPublisher(ot.host, ot.port, rate)
             plant.start()
