@@ -36,6 +36,22 @@ from agent.modbus.plan import Read, requests_per_cycle, split
 
 log = logging.getLogger("diode.source.modbus")
 
+async def stop(pollers: Sequence[DevicePoller], tasks: Sequence[asyncio.Task[None]]) -> None:
+    """End the pollers' tasks. A flag as well as cancel(): Python 3.11's wait_for (inside
+    pymodbus) swallows a cancel that arrives as the answer does, and the task would poll
+    on; the flag ends it at the next request, and cancel() is repeated until it has."""
+    for p in pollers:
+        p.stopping = True
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    for p in pollers:
+        if p.bus is not None:
+            p.bus.close()
+
+
 # (value index, value or None, status code)
 Result = tuple[int, Any, int]
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS = 1, 2
@@ -97,13 +113,14 @@ class DevicePoller:
             "connects", "outages", "requests", "answers", "no_answers", "exceptions",
             "cycles", "overruns", "splits"), 0)
         self.cycle_ms: dict[float, float] = {}
+        self.stopping = False
 
     # -- the loop ------------------------------------------------------------------
 
     async def run(self) -> None:
         dev = self.device
         delay = dev.backoff_min
-        while True:
+        while not self.stopping:
             self.bus = self._new_bus()
             try:
                 await self.bus.connect()
@@ -127,7 +144,7 @@ class DevicePoller:
     async def _poll(self, answered: list[bool]) -> None:
         now = self._clock()
         due = dict.fromkeys(self.reads, now)
-        while True:
+        while not self.stopping:
             period = min(due, key=lambda p: due[p])
             wait = due[period] - self._clock()
             if wait > 0:
@@ -147,7 +164,7 @@ class DevicePoller:
         reads = self.reads[period]
         answered = False
         i = 0
-        while i < len(reads):
+        while i < len(reads) and not self.stopping:
             r = reads[i]
             unit = self._units.setdefault(r.unit_id, _Unit())
             if unit.down and self._clock() < unit.down_until:

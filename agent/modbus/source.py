@@ -23,7 +23,6 @@ re-send is byte for byte what it repeats and RX's MQTT sink skips it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -34,6 +33,7 @@ from agent.modbus import outputs
 from agent.modbus.config import ModbusChannel, ModbusDevice
 from agent.modbus.plan import plan
 from agent.modbus.poller import Bus, DevicePoller, Result
+from agent.modbus.poller import stop as stop_pollers
 from agent.mqtt.codec import encode_mqtt
 from agent.opcua.codec import OpcuaValue, OpcuaValues
 
@@ -113,14 +113,8 @@ class ModbusSource:
                        for p in self.pollers]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_pollers(self.pollers, self._tasks)
         self._tasks = []
-        for p in self.pollers:
-            if p.bus is not None:
-                with contextlib.suppress(Exception):
-                    p.bus.close()
 
     def take(self, wall: float, limit: int) -> list[tuple[bytes | None, object]]:
         out: list[tuple[bytes | None, object]] = []

@@ -207,3 +207,26 @@ def test_the_bus_refuses_to_put_anything_but_a_read_on_the_wire() -> None:
         bus.close()
     asyncio.run(go())
     assert sent == Counter({3: 1})
+
+
+def test_stop_ends_a_poller_whose_cancel_was_swallowed() -> None:
+    """Python 3.11's wait_for (inside pymodbus) can swallow a cancel that arrives as the
+    answer does; the task would poll on and stop() would wait forever."""
+    class Swallowing(FakeBus):
+        async def read(self, function: int, unit_id: int, address: int,
+                       count: int) -> Sequence[int]:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass  # the answer came anyway
+            return [0] * count
+
+    ctx = TxContext(wake=lambda: None, fail=lambda m: None, open_spool=lambda n: None)
+    src = ModbusSource(_channel(), ctx, bus=lambda d, s: Swallowing(d, s, {}, set()))
+
+    async def go() -> None:
+        await src.start()
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(src.stop(), 5)
+    asyncio.run(go())
+    assert src.state == SourceState.STOPPED
