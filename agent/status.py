@@ -106,6 +106,12 @@ def render(st: dict[str, Any], now: float) -> str:
         for name, queue in (st.get("queues") or {}).items():
             lines.append(f"queued          {name}: {queue.get('queued')}")
             lines.extend(_spool_lines(queue.get("spool")))
+            for dev, d in (queue.get("devices") or {}).items():  # polled sources (Modbus)
+                cycles = ", ".join(f"{ms} ms (every {p} s)"
+                                   for p, ms in (d.get("cycle_ms") or {}).items())
+                lines.append(f"device          {name}/{dev}: {d.get('state')}  "
+                             f"{d.get('requests_per_cycle')} requests a cycle  cycle "
+                             f"{cycles or '-'}  no answers {d.get('no_answers')}")
         c = st.get("counters", {})
         lines.append("counters        " + "  ".join(f"{k} {v}" for k, v in c.items()))
     board = st.get("board") or {}

@@ -146,9 +146,7 @@ class DevicePoller:
         due = dict.fromkeys(self.reads, now)
         while not self.stopping:
             period = min(due, key=lambda p: due[p])
-            wait = due[period] - self._clock()
-            if wait > 0:
-                await self._sleep(wait)
+            await self._sleep(max(0.0, due[period] - self._clock()))  # yields even when late
             started = self._clock()
             if await self._cycle(period):
                 answered[0] = True

@@ -33,10 +33,15 @@ def test_tx_screen_and_stale_file(tmp_path: Path) -> None:
     st = {"role": "tx", "time": time.time() - 60, "epoch": "01", "counters": {"frames": 5},
           "sources": {"mqtt:plant": "connecting", "mqtt:lab": "connected"},
           "queue": {"queued": 9},
-          "queues": {"mqtt:plant": {"queued": 7, "spool": SPOOL}, "mqtt:lab": {"queued": 2}}}
+          "queues": {"mqtt:plant": {"queued": 7, "spool": SPOOL}, "mqtt:lab": {"queued": 2},
+                     "modbus:plc": {"queued": 0, "devices": {"press1": {
+                         "state": "down", "requests_per_cycle": 7, "cycle_ms": {"1": 302.5},
+                         "no_answers": 3}}}}}
     text = render(st, time.time())
     assert "STALE" in text and "mqtt:plant: connecting" in text
     assert "queued          mqtt:plant: 7" in text and "queued          mqtt:lab: 2" in text
+    assert "device          modbus:plc/press1: down  7 requests a cycle  cycle 302.5 ms " \
+        "(every 1 s)  no answers 3" in text
     assert "1200 records" in text
     path = tmp_path / "tx.json"
     path.write_text(json.dumps(st))
