@@ -230,3 +230,15 @@ def test_stop_ends_a_poller_whose_cancel_was_swallowed() -> None:
         await asyncio.wait_for(src.stop(), 5)
     asyncio.run(go())
     assert src.state == SourceState.STOPPED
+
+
+def test_pymodbus_only_with_a_channel_and_never_asyncua_for_modbus() -> None:
+    import subprocess
+    import sys
+    code = ("import sys, agent.protocols, agent.tx, agent.rx\n"
+            "assert 'pymodbus' not in sys.modules\n"
+            "import agent.modbus.source, agent.modbus.bus\n"
+            "assert 'pymodbus' in sys.modules and 'asyncua' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
