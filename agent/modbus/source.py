@@ -147,6 +147,9 @@ class ModbusSource:
     def framed(self, tags: list[object]) -> None:
         pass
 
+    def rewind(self) -> None:
+        pass  # values are state: the carousel re-sends them
+
     def waiting(self) -> int:
         return len(self._live) + len(self._pending)
 
