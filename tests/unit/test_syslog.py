@@ -267,8 +267,9 @@ def test_spool_folders_never_collide_with_a_channel_name() -> None:
 def test_the_example_configs_syslog_block_loads_once_uncommented(tmp_path: Path,
                                                                  role: str) -> None:
     text = (Path(__file__).resolve().parents[2] / "board" / "config" / f"{role}.toml").read_text()
-    block = text[text.index("# [[syslog]]"):]
-    lines = [ln[2:] for ln in block.splitlines() if ln.startswith("# ")
-             and not ln.startswith("# tls")]  # its TLS lines name files not here
+    block = text[text.index("# [[syslog]]"):].splitlines()
+    block = block[:next((i for i, ln in enumerate(block) if not ln.startswith("# ")),
+                        len(block))]  # up to the next section of the example
+    lines = [ln[2:] for ln in block if not ln.startswith("# tls")]  # TLS files are not here
     cfg = load(tmp_path, role, "\n".join(lines) + "\n")
     assert cfg.channels["syslog"][0].name == "plant"
