@@ -20,6 +20,7 @@ before it was truncated. The key check names a wrong key as such.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -114,12 +115,18 @@ class StateFile:
         return self.decode(data)
 
     def write(self, st: SpoolState) -> None:
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.encode(st))
-            f.flush()
-            if self._fsync:
-                os.fsync(fd)
+        """Replace the state file; on an error (a full disk) the old one stays as it was."""
+        try:
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.encode(st))
+                f.flush()
+                if self._fsync:
+                    os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            raise
         os.replace(self._tmp, self.path)
         if self._fsync:
             os.fsync(self._dir_fd)
