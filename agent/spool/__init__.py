@@ -12,6 +12,7 @@ spool directory (mode 0700)
   0000000000000001.seg  ─┐  segments: append-only, one subkey each (segment.py)
   0000000000000002.seg  ─┤  oldest ... newest; the newest one is being appended
   state                 ─── ack point, manifest of segments (state.py), atomic
+  reserve               ─── room kept for state files when the disk fills (store.py)
   lock                  ─── flock: one process at a time
   damaged/              ─── evidence: files set aside after damage was reported
 ```
@@ -22,9 +23,16 @@ Modules: `store` (the Spool), `segment` (file layout and sealing), `state`
 """
 
 from agent.spool.keyfile import load_spool_key, write_spool_key
-from agent.spool.model import SpoolDamage, SpoolDamaged, SpoolError, SpoolRecord, SpoolStats
+from agent.spool.model import (
+    SpoolDamage,
+    SpoolDamaged,
+    SpoolError,
+    SpoolFull,
+    SpoolRecord,
+    SpoolStats,
+)
 from agent.spool.store import FsyncMode, Spool
 from agent.spool.wipe import wipe
 
-__all__ = ["FsyncMode", "Spool", "SpoolDamage", "SpoolDamaged", "SpoolError", "SpoolRecord",
-           "SpoolStats", "load_spool_key", "wipe", "write_spool_key"]
+__all__ = ["FsyncMode", "Spool", "SpoolDamage", "SpoolDamaged", "SpoolError", "SpoolFull",
+           "SpoolRecord", "SpoolStats", "load_spool_key", "wipe", "write_spool_key"]

@@ -1,10 +1,13 @@
 """What the spool hands out and reports: records, damage facts, stats, errors.
 
 Two kinds of error, as in h11: `SpoolError` is ours (misuse, wrong key, a
-spool already in use) and is raised; damage found on disk is theirs (a
-tampered, truncated or replayed file) and becomes a `SpoolDamage` fact that is
-counted, logged and kept in `Spool.damage`, unless the spool was opened
-`strict`, when `SpoolDamaged` is raised before anything is touched.
+spool already in use) and is raised; `SpoolFull` is one of them, for a record
+the spool could not keep on a full disk, which its caller counts as dropped.
+Damage found on disk is theirs (a tampered, truncated or replayed file) and
+becomes a `SpoolDamage` fact that is counted, logged and kept in
+`Spool.damage`, unless the spool was opened `strict`, when `SpoolDamaged` is
+raised before anything is touched. A full disk is neither: it is never raised
+(see `agent/spool/store.py`, "Full disk").
 """
 
 from __future__ import annotations
@@ -53,8 +56,17 @@ class SpoolStats:
     durable_ack: int
     dropped_oldest: int
     dropped_conflated: int
+    dropped_full: int            # appends refused: the disk was full and nothing left to drop
+    disk_full: bool              # its file system is full now (a full-disk episode)
+    disk_full_episodes: int
+    limit_bytes: int             # the bound in force: max_bytes, or lower when the disk holds less
     torn_tail: int
     damaged: int
+
+
+class SpoolFull(SpoolError):
+    """An append the spool could not keep at all: its file system is full and the spool
+    has nothing left to drop to make room. The caller counts the record as dropped."""
 
 
 class SpoolDamaged(SpoolError):

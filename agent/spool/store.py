@@ -21,6 +21,26 @@ are deleted; sealed segments are rewritten without records superseded by a
 newer record with the same key (`dropped_conflated`); then the oldest segments
 are dropped whole (`dropped_oldest`). Records with no key are events, records
 with a key (an MQTT topic) are state, where only the latest per key matters.
+A drop never counts a record the consumer has already taken (`mark_taken`):
+that one is on its way, so `dropped_oldest` is exactly what will never be
+delivered. After a drop `acked_seq` has jumped past the dropped records, which
+is how a consumer holding copies of them knows to skip them.
+
+Full disk: a write that fails with ENOSPC or EDQUOT is never raised. The spool
+keeps a small reserve file (`reserve`, RESERVE_BYTES, outside max_bytes) so
+that there is always room for one more state file; on a full disk it
+releases the reserve, bounds itself by what the disk holds (`limit_bytes`,
+below max_bytes, with segments sized to it), drops its oldest segments down
+to that (`dropped_oldest`; no conflation meanwhile, it needs room to rewrite)
+and finishes the write where it stopped (`_write_all` consumed what was
+written). Only what is written is ever changed: a drop writes no segment data,
+just the state file, then unlinks. With nothing older left to drop, the open
+segment and its buffer go too. If not even a state file fits, the drop is made
+in memory (appends are then refused with `SpoolFull`, counted in
+`dropped_full`) and reaches the disk once there is room. Once a second
+(`maybe_sync`) it looks at the free space: the bound rises again as space
+returns, the reserve is remade, and the episode ends (`disk_full`), each end
+logged once.
 """
 
 from __future__ import annotations
@@ -28,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -38,8 +59,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from agent.spool.model import DAMAGE_KINDS, SpoolDamage, SpoolDamaged, SpoolError, SpoolRecord, SpoolStats
+from agent.spool.model import (
+    DAMAGE_KINDS,
+    SpoolDamage,
+    SpoolDamaged,
+    SpoolError,
+    SpoolFull,
+    SpoolRecord,
+    SpoolStats,
+)
 from agent.spool.recover import DAMAGED_DIR, Recovery, SegmentInfo, recover
+from agent.spool.room import FULL_ERRNOS as _FULL
+from agent.spool.room import MARGIN as _MARGIN
+from agent.spool.room import RESERVE_BYTES, RESERVE_NAME, Room
 from agent.spool.segment import (
     DATA,
     END,
@@ -51,6 +83,7 @@ from agent.spool.segment import (
     Data,
     SegmentCodec,
     SegmentHeader,
+    Torn,
     body_key,
     decode_body,
     encode_body,
@@ -63,6 +96,8 @@ FsyncMode = Literal["always", "interval", "never"]
 LOCK_NAME = "lock"
 _FLUSH_BYTES = 256 * 1024
 _READ_BYTES = 256 * 1024
+_RETRY_S = 0.1                 # state-file retries while not even that fits
+__all__ = ["LOCK_NAME", "RESERVE_BYTES", "RESERVE_NAME", "FsyncMode", "Spool"]
 log = logging.getLogger("diode.spool")
 
 
@@ -74,14 +109,16 @@ class Spool:
     `maybe_sync()` from a timer, at `sync_due()`, so a quiet spool syncs too);
     "never" hands data to the OS without fsync (survives kill -9, not power loss;
     for tests). `strict` raises SpoolDamaged on damage instead of reporting it.
-    `clock` (monotonic) and `wall` (Unix time, stored in records, ms resolution) are
-    injectable. Not thread-safe: use it from one thread (the agent's event loop); a
-    sync blocks the caller for an fsync or three (well under a millisecond here).
+    `reserve_bytes` is the size of the reserve file (0: none). `clock` (monotonic)
+    and `wall` (Unix time, stored in records, ms resolution) are injectable. Not
+    thread-safe: use it from one thread (the agent's event loop); a sync blocks the
+    caller for an fsync or three (well under a millisecond here).
     """
 
     def __init__(self, directory: Path | str, key: bytes, *, max_bytes: int = 64 << 20,
                  segment_bytes: int | None = None, fsync: FsyncMode = "interval",
                  fsync_interval_ms: float = 10.0, strict: bool = False,
+                 reserve_bytes: int = RESERVE_BYTES,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         if len(key) != 32:
@@ -95,6 +132,8 @@ class Spool:
                              f"segment_bytes={segment_bytes}, max_bytes={max_bytes}")
         if fsync_interval_ms < 0:
             raise SpoolError(f"fsync_interval_ms must be >= 0, got {fsync_interval_ms}")
+        if reserve_bytes < 0:
+            raise SpoolError(f"reserve_bytes must be >= 0, got {reserve_bytes}")
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
@@ -105,15 +144,27 @@ class Spool:
         self._key = key
         self.counters: dict[str, int] = {
             "appended": 0, "acked": 0, "syncs": 0, "fsyncs": 0, "state_writes": 0,
-            "dropped_oldest": 0, "dropped_conflated": 0, "compactions": 0,
-            "segments_deleted": 0, "torn_tail": 0, "damaged": 0,
-            **{f"damage_{kind}": 0 for kind in DAMAGE_KINDS}}
+            "dropped_oldest": 0, "dropped_conflated": 0, "dropped_full": 0, "compactions": 0,
+            "segments_deleted": 0, "torn_tail": 0, "damaged": 0, "full_errors": 0,
+            "disk_full_episodes": 0, **{f"damage_{kind}": 0 for kind in DAMAGE_KINDS}}
         self.damage: list[SpoolDamage] = []
         self.durable_seq = 0
         self.durable_ack = 0
+        # Every record up to dropped_seq was acknowledged or dropped for room: a producer
+        # waiting for one of them to be durable (to acknowledge it upstream) need not wait.
+        self.dropped_seq = 0
+        # Called with the seqs of records conflation removed from the middle of the log,
+        # for a consumer that holds copies of them (drops move acked_seq instead).
+        self.on_conflated: Callable[[list[int]], None] | None = None
 
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.directory)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = _lock(self.directory)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            raise SpoolError(f"{self.directory}: cannot create the spool: {exc.strerror}. Fix: "
+                             "free space on its file system") from None
         self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         self._closed = False
         self._fd: int | None = None            # write fd of the open segment
@@ -125,6 +176,7 @@ class Spool:
         self._latest: dict[str, int] = {}
         self._fill = 0
         self._ack = 0
+        self._taken = 0                         # the consumer has taken every record up to it
         self._next_seq = 1
         self._next_segment_id = 1
         self._spool_id = b""
@@ -134,9 +186,18 @@ class Spool:
         self._listed_deleting = False          # the state file names segments being deleted
         self._ahead: list[SpoolRecord] = []    # read, unacked records, in order
         self._cursor: tuple[int, int, int] | None = None  # (segment id, offset, prev seq)
+        # Full disk (see the module docstring, and room.py).
+        self._room = Room(self.directory, self._dir_fd, max_bytes=max_bytes,
+                          segment_bytes=segment_bytes, reserve_bytes=reserve_bytes,
+                          clock=clock, counters=self.counters)
+        self._stuck = False                     # a drop made in memory only: appends refused
+        self._unsealed: SegmentInfo | None = None  # newest segment not sealed at open (full)
+        self._retry_at = -math.inf
         self._state_file = StateFile(self.directory, key, self._dir_fd, fsync != "never")
         try:
             self._open(recover(self.directory, key, self._state_file, self._wrong_key))
+            self._room.make()
+            self._room.review(self._fill, len(self._segs), at_open=True, stuck=self._stuck)
         except BaseException:
             self._close_fds()
             raise
@@ -145,6 +206,7 @@ class Spool:
 
     @property
     def acked_seq(self) -> int:
+        """Every record up to it is done: acknowledged, or dropped for room."""
         return self._ack
 
     @property
@@ -152,22 +214,39 @@ class Spool:
         """The seq of the last record appended (0 if none ever)."""
         return self._next_seq - 1
 
+    @property
+    def disk_full(self) -> bool:
+        """In a full-disk episode: from a write that met a full disk until there is room again."""
+        return self._room.full
+
+    @property
+    def limit_bytes(self) -> int:
+        """The bound in force: max_bytes, or less while the disk holds less."""
+        return self._room.limit
+
     def append(self, payload: bytes, key: str | None = None) -> int:
-        """Seal and buffer one record; its seq. Durable once durable_seq >= seq."""
+        """Seal and buffer one record; its seq. Durable once durable_seq >= seq.
+
+        SpoolFull when the disk is full and nothing is left to drop: the record is
+        not kept (counted in dropped_full)."""
         self._check_open()
         body = encode_body(int(self._wall() * 1000), key, payload)
         size = REC_SIZE + len(body) + TAG_SIZE
         if HEADER_SIZE + size + TRAILER_SIZE > self.segment_bytes:
             raise ValueError(f"record of {size} bytes does not fit a segment of "
                              f"{self.segment_bytes} bytes; raise segment_bytes")
+        if self._stuck and not self._retry_stuck():
+            raise self._refuse()
         cur = self._cur
-        if cur is not None and cur.size + size + TRAILER_SIZE > self.segment_bytes:
+        if cur is not None and cur.count and cur.size + size + TRAILER_SIZE > self._room.segment:
             self._roll()
-        if self._fill + size + HEADER_SIZE + TRAILER_SIZE > self.max_bytes:
+        if self._fill + size + HEADER_SIZE + TRAILER_SIZE > self._room.limit:
             self._make_room(size + HEADER_SIZE + TRAILER_SIZE)
         cur = self._cur
         if cur is None:
             cur = self._new_segment()
+            if cur is None:
+                raise self._refuse()
         seq = self._next_seq
         sealed = cur.codec.seal(DATA, seq, self._prev, body)
         self._buf += sealed
@@ -182,6 +261,8 @@ class Spool:
         if len(self._buf) >= _FLUSH_BYTES:
             self._flush()
         self._changed()
+        if self._room.full:
+            self._repay_reserve()
         return seq
 
     def ack(self, seq: int) -> None:
@@ -198,6 +279,12 @@ class Spool:
             del ahead[:bisect_right(ahead, seq, key=_seq_of)]
         self._state_dirty = True
         self._changed()
+
+    def mark_taken(self, seq: int) -> None:
+        """The consumer has taken every record up to `seq` (it may go back, e.g. to resend
+        after a reconnect): a drop for room counts only records after it, since the ones
+        taken are on their way."""
+        self._taken = seq
 
     def peek(self, n: int = 1, after: int | None = None) -> list[SpoolRecord]:
         """Up to n unacked records, oldest first (with seq > `after` if given)."""
@@ -222,12 +309,19 @@ class Spool:
         self._check_open()
         done = [s for s in self._segs if s is not self._cur and s.end is not None
                 and s.end - 1 <= self._ack]
+        committed = True
         if done or self._state_dirty or self._listed_deleting:
-            self._commit(done)
+            committed = self._commit(done)
         else:
             self._sync_files()
         self.counters["syncs"] += 1
-        self._unsynced = False
+        if committed:
+            self._unsynced = False
+        else:   # the state file did not fit: try again, but not at every append
+            self._due = self._clock() + max(self._interval, _RETRY_S)
+        if self._room.full:
+            self._repay_reserve()
+        self._check_disk()
         return self.durable_seq
 
     def flush(self) -> None:
@@ -243,9 +337,12 @@ class Spool:
         return self._due
 
     def maybe_sync(self, now: float | None = None) -> bool:
-        """Sync if the batched sync is due (fsync="interval"); for a driver's timer."""
+        """Sync if the batched sync is due (fsync="interval"); for a driver's timer. Also
+        where a spool bounded by a full disk notices that space came back."""
         due = self.sync_due()
         if due is None or (self._clock() if now is None else now) < due:
+            if not self._closed:
+                self._check_disk()
             return False
         self.sync()
         return True
@@ -261,6 +358,8 @@ class Spool:
             segments=len(self._segs), last_seq=self._next_seq - 1, acked_seq=self._ack,
             durable_seq=self.durable_seq, durable_ack=self.durable_ack,
             dropped_oldest=c["dropped_oldest"], dropped_conflated=c["dropped_conflated"],
+            dropped_full=c["dropped_full"], disk_full=self._room.full,
+            disk_full_episodes=c["disk_full_episodes"], limit_bytes=self._room.limit,
             torn_tail=c["torn_tail"], damaged=c["damaged"])
 
     def durable_sizes(self) -> dict[str, int]:
@@ -296,13 +395,14 @@ class Spool:
         for path in rec.remove:
             path.unlink(missing_ok=True)
         for path in rec.quarantine:
-            os.replace(path, _evidence_path(self.directory, path.name))
+            self._set_aside(path, move=True)
         for path in rec.evidence:
-            shutil.copyfile(path, _evidence_path(self.directory, path.name))
+            self._set_aside(path, move=False)
         for path, size in rec.truncate.items():
             os.truncate(path, size)
         self._spool_id = rec.spool_id or secrets.token_bytes(16)
         self._ack = rec.ack
+        self._taken = rec.ack
         self._next_seq = rec.next_seq
         self._next_segment_id = rec.next_segment_id
         self._segs = rec.segments
@@ -311,31 +411,74 @@ class Spool:
         for seg in rec.rewrite:
             if seg.end is None:
                 seg.end = self._next_seq
-            self._rewrite(seg, lambda seq, body: seq > self._ack)
-        if self._segs and self._segs[-1].end is None:
-            self._seal_at_open(self._segs[-1])
+            if not self._rewrite(seg, lambda seq, body: seq > self._ack):
+                log.error("%s: no room to repair segment %s (the disk is full); its damaged "
+                          "records are skipped when read", self.directory, seg.path.name)
+        if self._segs and self._segs[-1].end is None and not self._seal_at_open(self._segs[-1]):
+            self._unsealed = self._segs[-1]     # sealed once there is room; appends wait
+            self._stuck = True
         if self.fsync_mode != "never":
             for seg in self._segs:
                 fd = os.open(seg.path, os.O_RDONLY)
                 try:
                     os.fsync(fd)
+                except OSError as exc:
+                    if exc.errno not in _FULL:
+                        raise
+                    self._room.note(exc, self._fill)
                 finally:
                     os.close(fd)
         self._dir_dirty = True
         self.durable_seq = self._next_seq - 1
-        self._commit([s for s in self._segs if s.end is not None and s.end - 1 <= self._ack])
+        if not self._commit([s for s in self._segs if s.end is not None
+                             and s.end - 1 <= self._ack]):
+            self._state_dirty = True
         self.durable_ack = self._ack
 
-    def _seal_at_open(self, seg: SegmentInfo) -> None:
-        """Close the newest segment with its end record: it is never appended to again."""
+    def _seal_at_open(self, seg: SegmentInfo) -> bool:
+        """Close the newest segment with its end record: it is never appended to again.
+        False when the disk has no room even for that (nothing written then)."""
         prev = seg.last if seg.last is not None else seg.base - 1
-        trailer = seg.codec.seal(END, self._next_seq, prev, b"")
-        with open(seg.path, "ab") as f:
-            f.write(trailer)
+        trailer = bytearray(seg.codec.seal(END, self._next_seq, prev, b""))
+        size = len(trailer)
+        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            while trailer:
+                try:
+                    _write_all(fd, trailer)
+                except OSError as exc:
+                    if exc.errno not in _FULL:
+                        raise
+                    self._room.note(exc, self._fill)
+                    if not self._room.release():
+                        os.ftruncate(fd, seg.size)
+                        return False
+        finally:
+            os.close(fd)
         seg.end = self._next_seq
-        seg.size += len(trailer)
+        seg.size += size
         seg.synced = seg.size
-        self._fill += len(trailer)
+        self._fill += size
+        return True
+
+    def _set_aside(self, path: Path, *, move: bool) -> None:
+        """A damaged file (move) or a copy of one about to be repaired, into damaged/."""
+        dest: Path | None = None
+        try:
+            dest = _evidence_path(self.directory, path.name)
+            if move:
+                os.replace(path, dest)
+            else:
+                shutil.copyfile(path, dest)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            self._room.note(exc, self._fill)
+            if dest is not None and not move:
+                dest.unlink(missing_ok=True)
+            log.error("%s: no room to keep %s as evidence under %s/ (the disk is full)%s",
+                      self.directory, path.name, DAMAGED_DIR,
+                      "; left where it is" if move else "")
 
     def _wrong_key(self, message: str) -> SpoolError:
         return SpoolError(f"{message}. Fix: use the spool key this spool was created with, or "
@@ -343,13 +486,24 @@ class Spool:
 
     # --- writing ------------------------------------------------------------------
 
-    def _new_segment(self) -> SegmentInfo:
+    def _new_segment(self) -> SegmentInfo | None:
+        """A new open segment; None when the disk is full and nothing is left to drop."""
+        if self._stuck:
+            return None
         sid = self._next_segment_id
-        self._next_segment_id += 1
+        path = self.directory / segment_name(sid)
+        while True:
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except OSError as exc:
+                if exc.errno not in _FULL:
+                    raise
+                if not self._free_space(exc):
+                    return None
+        self._next_segment_id = sid + 1
         header = SegmentHeader(self._spool_id, sid, 0, self._next_seq, secrets.token_bytes(16))
         codec = SegmentCodec(self._key, header)
-        path = self.directory / segment_name(sid)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         raw = codec.header_bytes()
         seg = SegmentInfo(codec, path, len(raw), 0)
         self._buf += raw
@@ -370,15 +524,25 @@ class Spool:
         self._fill += len(trailer)
         cur.end = self._next_seq
         self._sync_files()
-        os.close(self._fd)
-        self._fd = None
-        self._cur = None
+        if self._cur is cur:    # not dropped for room meanwhile (_abandon closed it then)
+            assert self._fd is not None
+            os.close(self._fd)
+            self._fd = None
+            self._cur = None
 
     def _flush(self) -> None:
-        if self._buf and self._fd is not None:
+        """Write the buffer out. On a full disk: make room and write on where it stopped,
+        or, with nothing left to drop, drop the open segment and its buffer too."""
+        while self._buf and self._fd is not None:
             try:
                 _write_all(self._fd, self._buf)
-            finally:
+            except OSError as exc:
+                self._file_dirty = True
+                if exc.errno not in _FULL:
+                    raise
+                if not self._free_space(exc):
+                    self._abandon()
+            else:
                 self._file_dirty = True
 
     def _sync_files(self) -> None:
@@ -386,35 +550,103 @@ class Spool:
         self._flush()
         if self.fsync_mode != "never":
             if self._file_dirty and self._fd is not None:
-                os.fsync(self._fd)
-                self.counters["fsyncs"] += 1
+                self._fsync_open_segment()
             if self._dir_dirty:
-                os.fsync(self._dir_fd)
-                self.counters["fsyncs"] += 1
-        self._file_dirty = self._dir_dirty = False
+                self._fsync_dir()       # on a full disk it may wait for the next sync
+        else:
+            self._dir_dirty = False
+        self._file_dirty = False
         if self._cur is not None:
             self._cur.synced = self._cur.size
         self.durable_seq = self._next_seq - 1
 
-    def _commit(self, delete: list[SegmentInfo]) -> None:
+    def _fsync_open_segment(self) -> None:
+        assert self._fd is not None
+        try:
+            os.fsync(self._fd)
+            self.counters["fsyncs"] += 1
+            return
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            # Some file systems (network, copy-on-write) report a full disk only here.
+            # Make room and ask once more; Linux may forget the failed pages after it
+            # reported them, so a second failure drops the segment rather than trusting it.
+            if self._free_space(exc) and self._fd is not None:
+                try:
+                    os.fsync(self._fd)
+                    self.counters["fsyncs"] += 1
+                    return
+                except OSError as again:
+                    if again.errno not in _FULL:
+                        raise
+            if self._cur is not None:
+                self._abandon()
+
+    def _fsync_dir(self) -> bool:
+        try:
+            os.fsync(self._dir_fd)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            self._room.note(exc, self._fill)
+            return False
+        self.counters["fsyncs"] += 1
+        self._dir_dirty = False
+        return True
+
+    def _commit(self, delete: list[SegmentInfo]) -> bool:
         """Data durable, then the state file (ack, manifest, what is deleted), then unlink.
+        False when the disk had no room for the state file (nothing deleted then).
 
         Segments unlinked by an earlier commit are surely gone once _sync_files has
         synced the directory, so this state file no longer lists them: a copy put back
         later is then reported as replayed rather than removed as a crash leftover."""
         self._sync_files()
-        gone = {s.id for s in delete}
-        self._state_file.write(SpoolState(
-            spool_id=self._spool_id, ack_seq=self._ack, synced_seq=self.durable_seq,
-            next_segment_id=self._next_segment_id,
-            manifest={s.id: s.codec.header.generation for s in self._segs if s.id not in gone},
-            deleting=frozenset(gone)))
-        self.counters["state_writes"] += 1
-        self._state_dirty = False
+        delete = [s for s in delete if s in self._segs]   # a drop for room took the rest
+        if not self._write_state(self._ack, {s.id for s in delete}):
+            return False
         self.durable_ack = self._ack
+        if self._unsealed is None:
+            self._stuck = False
+        self._remove(delete)
+        return True
+
+    def _write_state(self, ack: int, gone: set[int]) -> bool:
+        """The state file with this ack point, without the segments `gone` (listed as being
+        deleted). False when not even that fits on the disk, the reserve released.
+
+        The open segment is listed only once its header is on disk: a state file that
+        names a segment a crash then leaves without a header would be damage. Unlisted,
+        and at or above next_segment_id, it is simply a new segment."""
+        cur = self._cur
+        hide = cur is not None and cur.id not in gone and cur.synced < HEADER_SIZE
+        st = SpoolState(
+            spool_id=self._spool_id, ack_seq=ack, synced_seq=self.durable_seq,
+            next_segment_id=cur.id if hide and cur is not None else self._next_segment_id,
+            manifest={s.id: s.codec.header.generation for s in self._segs
+                      if s.id not in gone and not (hide and s is cur)},
+            deleting=frozenset(gone))
+        while True:
+            try:
+                self._state_file.write(st)
+                break
+            except OSError as exc:
+                if exc.errno not in _FULL:
+                    raise
+                self._room.note(exc, self._fill)
+                if not self._room.release():
+                    return False
+        self.counters["state_writes"] += 1
+        self._state_dirty = hide
+        return True
+
+    def _remove(self, delete: list[SegmentInfo]) -> None:
+        """Unlink segments the state file just listed as being deleted."""
         self._listed_deleting = bool(delete)
         if not delete:
             return
+        gone = {s.id for s in delete}
         if self._rfd is not None and self._rfd[0] in gone:
             self._close_reader()
         for seg in delete:
@@ -445,7 +677,11 @@ class Spool:
                     break
 
     def _make_room(self, need: int) -> None:
-        goal = self.max_bytes - self.segment_bytes // 2 - need
+        self._check_disk()      # a bound lowered by a full disk rises as space returns
+        room = self._room
+        if self._fill + need <= room.limit:
+            return
+        goal = room.limit - room.segment // 2 - need
 
         def fits() -> bool:
             return self._fill <= goal
@@ -455,47 +691,83 @@ class Spool:
         if acked:
             self._commit(acked)
         for seg in list(self._segs):
-            if fits():
-                return
+            if fits() or room.full:     # no conflation on a full disk: it needs room
+                break
             if seg is not self._cur and seg.superseded > 0 and seg in self._segs:
                 self._conflate(seg)
         while not fits():
-            sealed = [s for s in self._segs if s is not self._cur]
+            sealed = self._sealed()
             if not sealed:
                 if self._cur is None:
                     break
                 self._roll()
                 continue
-            self._drop(sealed[0])
+            if not self._drop(sealed[0]):
+                break
         self._reset_reader()
 
     def _conflate(self, seg: SegmentInfo) -> None:
-        ack, latest = self._ack, self._latest
-        dropped = 0
+        ack, latest, taken = self._ack, self._latest, self._taken
+        removed: list[int] = []
 
         def keep(seq: int, body: bytes) -> bool:
-            nonlocal dropped
             if seq <= ack:
                 return False
             key = body_key(body)
             if key is None or latest.get(key) == seq:
                 return True
-            dropped += 1
+            if seq > taken:     # one already taken is on its way: not a loss
+                removed.append(seq)
             return False
 
-        self._rewrite(seg, keep)
-        self.counters["dropped_conflated"] += dropped
+        if not self._rewrite(seg, keep):
+            return
+        self.counters["dropped_conflated"] += len(removed)
         self.counters["compactions"] += 1
+        if removed and self.on_conflated is not None:
+            self.on_conflated(removed)
 
-    def _drop(self, seg: SegmentInfo) -> None:
+    def _drop(self, seg: SegmentInfo) -> bool:
+        """Drop the oldest segment for room (its data durable first). False when the disk
+        had no room for the state file."""
         assert seg.end is not None
-        self.counters["dropped_oldest"] += seg.live_after(self._ack)
-        self._ack = max(self._ack, seg.end - 1)
-        self._commit([seg])
+        self._sync_files()
+        if seg not in self._segs:   # a full disk met while syncing dropped it already
+            return True
+        return self._drop_now(self._segs[:self._segs.index(seg) + 1])
 
-    def _rewrite(self, seg: SegmentInfo, keep: Callable[[int, bytes], bool]) -> None:
+    def _drop_now(self, segs: list[SegmentInfo]) -> bool:
+        """Drop these segments, the oldest ones: the ack point moves past them, the state
+        file says so, then they are unlinked. No segment data is written, so this works
+        on a full disk (the reserve keeps room for the state file). False if even that
+        did not fit: then nothing changed."""
+        end = segs[-1].end
+        assert end is not None
+        ack = max(self._ack, end - 1)
+        self._sync_written()
+        if not self._write_state(ack, {s.id for s in segs}):
+            return False
+        self._dropped(segs, ack)
+        self.durable_ack = ack
+        self._remove(segs)
+        self._reset_reader()
+        return True
+
+    def _dropped(self, segs: list[SegmentInfo], ack: int) -> None:
+        """Count what these segments lose (only records not taken yet) and move the ack."""
+        floor = max(self._ack, self._taken)
+        lost = sum(s.live_after(floor) for s in segs)
+        self.counters["dropped_oldest"] += lost
+        self._ack = ack
+        self.dropped_seq = max(self.dropped_seq, ack)
+        ahead = self._ahead
+        if ahead:
+            del ahead[:bisect_right(ahead, ack, key=_seq_of)]
+
+    def _rewrite(self, seg: SegmentInfo, keep: Callable[[int, bytes], bool]) -> bool:
         """Rewrite a sealed segment with only the records `keep` accepts: a new generation
-        and salt, the same id, base and end; atomically replaced (tmp, fsync, rename)."""
+        and salt, the same id, base and end; atomically replaced (tmp, fsync, rename).
+        False, with nothing changed, when the disk has no room for the copy."""
         assert seg.end is not None
         if self._rfd is not None and self._rfd[0] == seg.id:
             self._close_reader()
@@ -520,8 +792,14 @@ class Spool:
             _write_all(fd, out)
             if self.fsync_mode != "never":
                 os.fsync(fd)
-        finally:
+        except OSError as exc:
             os.close(fd)
+            tmp.unlink(missing_ok=True)
+            if exc.errno not in _FULL:
+                raise
+            self._room.note(exc, self._fill)
+            return False
+        os.close(fd)
         os.replace(tmp, seg.path)
         self._fill += size - seg.size
         seg.codec, seg.size, seg.synced = codec, size, size
@@ -529,9 +807,169 @@ class Spool:
         seg.superseded = 0
         self._dir_dirty = self._state_dirty = True
         self._reset_reader()
+        return True
+
+    def _sealed(self) -> list[SegmentInfo]:
+        """The segments with their end record, oldest first: what a drop may take."""
+        return [s for s in self._segs if s is not self._cur and s.end is not None]
 
     def _live_between(self, lo: int, hi: int) -> int:
         return sum(s.live_after(lo) - s.live_after(hi) for s in self._segs)
+
+    # --- full disk ------------------------------------------------------------------
+
+    def _free_space(self, exc: OSError) -> bool:
+        """A write met a full disk: release the reserve (room for state files), bound the
+        spool by what the disk holds, and drop the oldest sealed segments down to that, at
+        least one, and until the pending write and a new reserve fit; then remake the
+        reserve at once, before another writer (another channel's spool) takes the room.
+        True when something was dropped."""
+        room = self._room
+        room.note(exc, self._fill)
+        room.release()
+        free = room.lower(self._fill - len(self._buf), len(self._segs))
+        need = len(self._buf) + _MARGIN + room.reserve_bytes
+        dropped = False
+        while True:
+            sealed = self._sealed()
+            if not sealed or dropped and (free is None or free >= need):
+                break
+            goal = room.limit - room.segment // 2
+            n = 1
+            fill = self._fill - sealed[0].size
+            while n < len(sealed) and fill > goal:
+                fill -= sealed[n].size
+                n += 1
+            if not self._drop_now(sealed[:n]):
+                break
+            dropped = True
+            free = room.free()
+        if free is None or free >= need:
+            room.make()
+        return dropped
+
+    def _repay_reserve(self) -> None:
+        """After a state file took the reserve's room on a full disk: drop the oldest sealed
+        segments until the reserve fits again, and remake it. Without it, the next drop
+        for room might find no room for its state file."""
+        room = self._room
+        if not room.reserve_owed or self._stuck:
+            return
+        need = room.reserve_bytes + _MARGIN
+        free = room.free()
+        while free is not None and free < need:
+            sealed = self._sealed()
+            if not sealed or not self._drop_now(sealed[:1]):
+                break
+            free = room.free()
+        if free is None or free >= need:
+            room.make()
+
+    def _abandon(self) -> None:
+        """The open segment cannot be written and nothing older is left to drop: it goes
+        too, with what its buffer held. If not even the state file fits, the drop is made
+        in memory and appends are refused until it does (sync() retries)."""
+        cur = self._cur
+        assert cur is not None
+        written = cur.size - len(self._buf)
+        self._fill -= len(self._buf)
+        self._buf.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._cur = None
+        self._file_dirty = False
+        cur.size = written
+        cur.synced = min(cur.synced, written)
+        if cur.end is None:
+            cur.end = self._next_seq
+        segs = list(self._segs)
+        if self._drop_now(segs):
+            self._repay_reserve()
+            return
+        self._tidy_abandoned(cur)
+        self._dropped(segs, cur.end - 1)
+        self._latest = {}
+        self._state_dirty = True
+        self._stuck = True
+        self._reset_reader()
+        log.error("%s: the disk is full and has no room left even for the spool's state "
+                  "file: every record it held is dropped (%d so far) and new ones are refused "
+                  "until there is room. Fix: free space on its file system", self.directory,
+                  self.counters["dropped_oldest"])
+
+    def _tidy_abandoned(self, seg: SegmentInfo) -> None:
+        """An abandoned segment that stays until the state file fits: no state file ever
+        listed it while its header was not on disk, so then it just goes; otherwise a
+        half-written record is cut off its end, so that a restart before its deletion
+        finds a clean end (and seals it), not a torn one."""
+        try:
+            if seg.synced < HEADER_SIZE:
+                seg.path.unlink(missing_ok=True)
+                self._fill -= seg.size
+                self._segs.remove(seg)
+                return
+            with open(seg.path, "rb") as f:
+                raw = f.read(seg.size)
+            for item in walk(seg.codec, raw, newest=True):
+                if isinstance(item, Torn):
+                    os.truncate(seg.path, item.offset)
+                    self._fill -= seg.size - item.offset
+                    seg.size = seg.synced = item.offset
+                    break
+        except OSError:
+            pass
+
+    def _retry_stuck(self) -> bool:
+        """Appends wait while a drop exists only in memory; try to commit it now and then."""
+        now = self._clock()
+        if now < self._retry_at:
+            return False
+        self._retry_at = now + _RETRY_S
+        return self._unstick()
+
+    def _unstick(self) -> bool:
+        if self._unsealed is not None:
+            if not self._seal_at_open(self._unsealed):
+                return False
+            self._unsealed = None
+        self._commit([s for s in self._segs if s is not self._cur and s.end is not None
+                      and s.end - 1 <= self._ack])
+        return not self._stuck
+
+    def _refuse(self) -> SpoolFull:
+        self.counters["dropped_full"] += 1
+        return SpoolFull(f"{self.directory}: the disk is full and the spool has nothing left "
+                         "to drop; record not kept. Fix: free space on its file system")
+
+    def _check_disk(self) -> None:
+        """While the disk bounds the spool (room.py): a drop waiting in memory is retried,
+        and the bound follows the free space; at most once a second."""
+        if not self._room.due(self._stuck):
+            return
+        if self._stuck and not self._unstick():
+            return
+        self._room.review(self._fill - len(self._buf), len(self._segs), stuck=self._stuck)
+
+    def _sync_written(self) -> None:
+        """What the open segment has on disk, and its directory entry, made durable
+        without writing anything, so a state file may list it."""
+        cur = self._cur
+        if cur is None or self._fd is None:
+            return
+        written = cur.size - len(self._buf)
+        if self.fsync_mode != "never":
+            try:
+                os.fsync(self._fd)
+                self.counters["fsyncs"] += 1
+            except OSError as exc:
+                if exc.errno not in _FULL:
+                    raise
+                self._room.note(exc, self._fill)
+                return
+            if self._dir_dirty and not self._fsync_dir():
+                return
+        cur.synced = max(cur.synced, written)
 
     # --- reading ------------------------------------------------------------------
 
@@ -566,9 +1004,12 @@ class Spool:
             seg = self._segs[0]
             self._cursor = (seg.id, HEADER_SIZE, seg.base - 1)
             self._ahead.clear()
+        if seg.end is not None and seg.end - 1 <= self._ack:
+            return self._next_segment(seg)     # wholly acknowledged or dropped
         _, off, prev = self._cursor
-        if seg is self._cur:
+        if seg is self._cur and self._buf:
             self._flush()
+            return True     # a full disk met meanwhile may have dropped segments: look again
         if off >= seg.size:
             if seg.end is None:
                 return False

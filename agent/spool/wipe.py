@@ -6,8 +6,8 @@ unreadable is that the key is gone. Hence the key file is destroyed too, and a
 spool whose key came from a systemd credential should have that credential
 removed from the unit and the credential store as well.
 
-Only files the spool writes are touched (segments, state, lock, leftovers,
-``damaged/``), so a mistyped directory is refused rather than shredded.
+Only files the spool writes are touched (segments, state, lock, the reserve,
+leftovers, ``damaged/``), so a mistyped directory is refused rather than shredded.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from agent.spool.model import SpoolError
 from agent.spool.recover import DAMAGED_DIR
 from agent.spool.segment import parse_segment_name
 from agent.spool.state import STATE_NAME
-from agent.spool.store import LOCK_NAME, _lock
+from agent.spool.store import LOCK_NAME, RESERVE_NAME, _lock
 
 _CHUNK = 1 << 20
 
 
 def _is_spool_file(name: str) -> bool:
     base = name[:-4] if name.endswith(".tmp") else name
-    return base in (STATE_NAME, LOCK_NAME) or parse_segment_name(base) is not None
+    return base in (STATE_NAME, LOCK_NAME, RESERVE_NAME) or parse_segment_name(base) is not None
 
 
 def shred(path: Path) -> None:
