@@ -15,7 +15,13 @@ channel fills only its own queue.
   to the OT peer only once it is durable on disk, and leaves the spool once its
   frame went out. Items appended in this run are also kept in a bounded cache,
   so reading the spool back touches the disk only after a restart or a long
-  backlog.
+  backlog. The cache follows the spool: what the spool dropped for room (its
+  acked_seq jumped past our cursor) or conflated is skipped and forgotten, and
+  the spool is told how far we have taken (`mark_taken`), so `dropped()` is
+  exactly what will never go out. A dropped item, and one the spool refused
+  (its disk full with nothing left to drop), is acknowledged to the OT peer
+  all the same: it will never be durable, and an unacknowledged QoS 1/2
+  message holds a place in the broker's in-flight window for good.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Generic, TypeVar
 
-from agent.spool import Spool
+from agent.spool import Spool, SpoolFull
 
 T = TypeVar("T")
 Ack = Callable[[], object]
@@ -83,9 +89,16 @@ class SpoolQueue(Generic[T]):
         self._cache: dict[int, T] = {}
         self._cursor = spool.acked_seq
         self._acks: deque[tuple[int, Ack]] = deque()
+        spool.on_conflated = self._forget
 
     def put(self, item: T, ack: Ack | None) -> bool:
-        seq = self.spool.append(self._encode(item), self._conflate(item))
+        """Always True: a record the spool cannot keep is counted there (dropped_full)."""
+        try:
+            seq = self.spool.append(self._encode(item), self._conflate(item))
+        except SpoolFull:
+            if ack is not None:
+                ack()
+            return True
         if len(self._cache) < _CACHE:
             self._cache[seq] = item
         if ack is not None:
@@ -96,12 +109,14 @@ class SpoolQueue(Generic[T]):
     def take(self, limit: int) -> list[tuple[int | None, T]]:
         out: list[tuple[int | None, T]] = []
         cache = self._cache
+        self._skip_dropped()    # drops happen only inside spool calls: here and after peek
         while len(out) < limit:
             item = cache.pop(self._cursor + 1, None)
             if item is not None:
                 self._cursor += 1
                 out.append((self._cursor, item))
                 continue
+            self.spool.mark_taken(self._cursor)     # the read may meet a full disk and drop
             found = self.spool.peek(min(limit - len(out), 1000), after=self._cursor)
             if not found:
                 break
@@ -109,7 +124,22 @@ class SpoolQueue(Generic[T]):
                 cache.pop(rec.seq, None)
                 self._cursor = rec.seq
                 out.append((rec.seq, self._decode(rec.payload)))
+            self._skip_dropped()
+        self.spool.mark_taken(self._cursor)
         return out
+
+    def _skip_dropped(self) -> None:
+        """The spool dropped records we had not taken (its ack point jumped past us)."""
+        acked = self.spool.acked_seq
+        if self._cursor < acked:
+            if self._cache:
+                for seq in range(self._cursor + 1, acked + 1):
+                    self._cache.pop(seq, None)
+            self._cursor = acked
+
+    def _forget(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            self._cache.pop(seq, None)
 
     def framed(self, tags: list[object]) -> None:
         seqs = [t for t in tags if isinstance(t, int)]
@@ -126,20 +156,21 @@ class SpoolQueue(Generic[T]):
         self._release()
 
     def _release(self) -> None:
-        """Acknowledge to the OT peer what is now durable."""
-        acks, durable = self._acks, self.spool.durable_seq
-        while acks and acks[0][0] <= durable:
+        """Acknowledge to the OT peer what is now durable, or dropped for room."""
+        acks, spool = self._acks, self.spool
+        done = max(spool.durable_seq, spool.dropped_seq)
+        while acks and acks[0][0] <= done:
             acks.popleft()[1]()
 
     def __len__(self) -> int:
-        return self.spool.last_seq - self._cursor
+        return self.spool.last_seq - max(self._cursor, self.spool.acked_seq)
 
     def close(self) -> None:
         self.spool.close()
 
     def dropped(self) -> int:
         c = self.spool.counters
-        return c["dropped_oldest"] + c["dropped_conflated"]
+        return c["dropped_oldest"] + c["dropped_conflated"] + c["dropped_full"]
 
     def stats(self) -> dict[str, Any]:
         return {"queued": len(self), "spool": asdict(self.spool.stats())}

@@ -13,12 +13,15 @@ taken WRITE_BACKLOG bytes), messages wait in a bounded queue (drop-oldest,
 counted and logged) and go out in order once it takes them again.
 
 SpoolOutbox: everything is published at QoS 1, since only an acknowledgement
-says what may be deleted. While the broker is away the spool fills (bounded;
-drops counted by the spool); on reconnect everything not yet acknowledged is
-sent again, in order, so IT may see a message twice but never misses one of
-those that reached the spool. Messages appended in this run are cached in
-memory as received, so the drain reads (and decodes) from disk only after a
-restart or a long outage.
+says what may be deleted. While the broker is away the spool fills (bounded
+by max_bytes and by what its disk holds; drops counted by the spool, and a
+message it cannot keep at all, on a full disk, too); on reconnect everything
+not yet acknowledged is sent again, in order, so IT may see a message twice
+but never misses one of those that the spool kept. Messages appended in this
+run are cached in memory as received, so the drain reads (and decodes) from
+disk only after a restart or a long outage; what the spool dropped or
+conflated is skipped and forgotten there too, and the spool knows how far the
+drain has published (`mark_taken`), so its drop counts are exact.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from agent.link import records
 from agent.mqtt.codec import MqttMessage, encode_message
-from agent.spool import Spool
+from agent.spool import Spool, SpoolFull
 
 if TYPE_CHECKING:
     from agent.mqtt.sink import MqttSink
@@ -73,6 +76,9 @@ class MemoryOutbox:
 
     def tick(self) -> None:
         pass
+
+    def dropped(self) -> int:
+        return 0    # counted by the sink (queue_dropped)
 
     def stats(self) -> dict[str, Any] | None:
         return None
@@ -119,19 +125,28 @@ class SpoolOutbox:
         self._scheduled = False
         self._refused_logged = 0.0
         sink.counters["refused"] = 0
+        spool.on_conflated = self._forget
 
     def submit(self, msg: MqttMessage, now: float) -> None:
         # retained topics are state: when the spool is full, keep only their latest
-        seq = self.spool.append(encode_message(msg), msg.topic if msg.retain else None)
+        try:
+            seq = self.spool.append(encode_message(msg), msg.topic if msg.retain else None)
+        except SpoolFull:
+            return  # its disk is full with nothing left to drop: counted by the spool
         if len(self._cache) < _CACHE:
             self._cache[seq] = (msg, time.time())
         self._kick()
 
     def connected(self) -> None:
         self._cursor = self.spool.acked_seq  # resend whatever was not acknowledged
+        self.spool.mark_taken(self._cursor)
         self._inflight.clear()
         self._done.clear()
         self._kick()
+
+    def dropped(self) -> int:
+        c = self.spool.counters
+        return c["dropped_oldest"] + c["dropped_conflated"] + c["dropped_full"]
 
     def writable(self) -> None:
         pass  # the drain is driven by acknowledgements and the tick
@@ -156,9 +171,19 @@ class SpoolOutbox:
         self._scheduled = False
         conn = self.sink.conn
         if not conn.connected:
+            # what was in flight may never be acknowledged: it is resent from the spool
+            # on reconnect, so a drop meanwhile loses (and counts) it
+            self.spool.mark_taken(self.spool.acked_seq)
             return
-        client = conn.client
-        room = conn.receive_maximum - len(self._inflight)
+        try:
+            self._publish(conn.client, conn.receive_maximum - len(self._inflight))
+        finally:
+            self.spool.mark_taken(self._cursor)
+        self._advance()
+
+    def _publish(self, client: Any, room: int) -> None:
+        """Up to `room` messages after the cursor, in order, each PUBLISHed at QoS 1."""
+        self._skip_dropped()    # drops happen only inside spool calls: here and after peek
         while room > 0:
             seq = self._cursor + 1
             cached = self._cache.pop(seq, None)
@@ -166,6 +191,7 @@ class SpoolOutbox:
             if cached is not None:
                 batch = [(seq, *cached)]
             else:
+                self.spool.mark_taken(self._cursor)  # the read may meet a full disk and drop
                 batch = [(r.seq, records.decode(r.payload), r.time)
                          for r in self.spool.peek(min(room, 500), after=self._cursor)]
                 if not batch:
@@ -184,7 +210,21 @@ class SpoolOutbox:
                 room -= 1
                 if prepared is None:
                     self._done.add(seq)
-        self._advance()
+            if cached is None:
+                self._skip_dropped()
+
+    def _skip_dropped(self) -> None:
+        """The spool dropped messages the drain had not reached (its ack point jumped)."""
+        acked = self.spool.acked_seq
+        if self._cursor < acked:
+            if self._cache:
+                for seq in range(self._cursor + 1, acked + 1):
+                    self._cache.pop(seq, None)
+            self._cursor = acked
+
+    def _forget(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            self._cache.pop(seq, None)
 
     def _on_ack(self, seq: int) -> Callable[[int], None]:
         return lambda reason: self._acked(seq, reason)

@@ -78,7 +78,7 @@ class MqttSink:
         self.outbox.tick()
 
     def dropped(self) -> int:
-        return self.counters["queue_dropped"]
+        return self.counters["queue_dropped"] + self.outbox.dropped()
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, **self.counters, **self.conn.counters,
