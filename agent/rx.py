@@ -28,7 +28,7 @@ from agent.link.seal import key_fingerprint
 from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
 from agent.rxcore import RxCore
-from agent.spool.channels import channel_spools
+from agent.spool.channels import ChannelSpools
 from agent.transport.base import RxTransport
 
 log = logging.getLogger("diode.rx")
@@ -56,12 +56,14 @@ class RxAgent:
         self.board = BoardSignals("rx", cfg.board, {"timers": 5.0})
         self.sinks: dict[tuple[str, str], Sink] = {}
         self.core = RxCore(self.receiver, self.health, self.sinks, cfg.path)
+        self.spools = ChannelSpools(cfg, self.key)
 
     def _open_sinks(self, rt: Runtime) -> None:
-        ctx = RxContext(fail=rt.fail, open_spool=channel_spools(self.cfg, self.key))
+        ctx = RxContext(fail=rt.fail, open_spool=self.spools)
         for adapter in ADAPTERS:
             for ch in self.cfg.channels.get(adapter.name, ()):
                 self.sinks[(adapter.name, ch.name)] = adapter.sink(ch, ctx)
+        self.spools.warn_if_no_room()
 
     async def _stop_sinks(self) -> None:
         for sink in self.sinks.values():
@@ -156,7 +158,7 @@ class RxAgent:
         dropped = sum(s.dropped() for s in self.sinks.values())
         fault = self.board.fault({"auth_failed": c["auth_failed"],
                                   "unrouted": self.core.counters["unrouted"],
-                                  "dropped": dropped}, now)
+                                  "dropped": dropped}, now, active=self.spools.disk_full())
         connected = sum(s.state in HEALTHY_SINK for s in self.sinks.values())
         self.board.show(self.health.state.value, connected, len(self.sinks), fault)
 

@@ -29,11 +29,18 @@ def _spool_lines(sp: dict[str, Any] | None) -> list[str]:
     if not sp:
         return ["spool           none (in-memory queue)"]
     age = sp.get("oldest_age_s")
-    return [f"spool           {sp['fill_bytes'] / 1e6:.1f} MB of {sp['max_bytes'] / 1e6:.0f} MB "
-            f"({sp['fill_fraction']:.0%}), {sp['records']} records, oldest "
-            f"{'-' if age is None else f'{age:.1f} s'}",
-            f"spool drops     oldest {sp['dropped_oldest']}  conflated "
-            f"{sp['dropped_conflated']}  torn tail {sp['torn_tail']}  damaged {sp['damaged']}"]
+    lines = [f"spool           {sp['fill_bytes'] / 1e6:.1f} MB of {sp['max_bytes'] / 1e6:.0f} MB "
+             f"({sp['fill_fraction']:.0%}), {sp['records']} records, oldest "
+             f"{'-' if age is None else f'{age:.1f} s'}",
+             f"spool drops     oldest {sp['dropped_oldest']}  conflated "
+             f"{sp['dropped_conflated']}  disk full {sp.get('dropped_full', 0)}  torn tail "
+             f"{sp['torn_tail']}  damaged {sp['damaged']}"]
+    limit = sp.get("limit_bytes", sp["max_bytes"])
+    if sp.get("disk_full") or limit < sp["max_bytes"]:
+        lines.append(f"spool disk      {'FULL, ' if sp.get('disk_full') else ''}bounded at "
+                     f"{limit / 1e6:.1f} MB by its file system (full {sp.get('disk_full_episodes', 0)}"
+                     " times). Fix: free space or lower [spool] max_bytes")
+    return lines
 
 
 def _numbers(d: dict[str, Any]) -> str:

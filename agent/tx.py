@@ -31,8 +31,7 @@ from agent.link.seal import key_fingerprint
 from agent.link.sender import LinkSender, SenderParams
 from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
-from agent.spool import Spool
-from agent.spool.channels import channel_spools
+from agent.spool.channels import ChannelSpools
 from agent.transport.base import TxTransport
 from agent.txcore import TxCore
 from agent.txlog import TxLogHandler, TxLogSource
@@ -112,22 +111,16 @@ class TxAgent:
         self._wake = asyncio.Event()
         self.sources: list[Source] = []
         self.keeper = TxInterfaceKeeper(link)
-        self._spools: set[str] = set()  # spool folders the sources opened
         self.log_handler = TxLogHandler()
         self.log_source = TxLogSource(self.log_handler)
+        self.spools = ChannelSpools(cfg, self.key)
 
     def _open_sources(self, rt: Runtime) -> None:
-        opener = channel_spools(self.cfg, self.key)
-
-        def open_spool(folder: str) -> Spool | None:
-            spool = opener(folder)
-            if spool is not None:
-                self._spools.add(folder)
-            return spool
-        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=open_spool)
+        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=self.spools)
         for adapter in ADAPTERS:
             for ch in self.cfg.channels.get(adapter.name, ()):
                 self.sources.append(adapter.source(ch, ctx))
+        self.spools.warn_if_no_room()
 
     async def run(self) -> int:
         rt = Runtime()
@@ -149,7 +142,7 @@ class TxAgent:
                 src.close()
             transport.close()
             return EXIT_FATAL
-        warn_orphaned_spools(self.cfg, self._spools)
+        warn_orphaned_spools(self.cfg, set(self.spools.opened))
         # TX's own log goes beside the channels, last in each pass (agent/txlog.py)
         self.core = TxCore(self.sender, [*self.sources, self.log_source],
                            CarouselScheduler(rate, link.mtu * 4), time.monotonic())
@@ -289,7 +282,7 @@ class TxAgent:
             now = time.monotonic()
             dropped = sum(s.dropped() for s in self.sources)
             fault = self.board.fault({"send_errors": self.counters["send_errors"],
-                                      "dropped": dropped}, now)
+                                      "dropped": dropped}, now, active=self.spools.disk_full())
             states = self._source_states().values()
             connected = sum(s == SourceState.CONNECTED for s in states)
             datagrams = self.sender.counters["datagrams"]

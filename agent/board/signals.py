@@ -81,11 +81,13 @@ class BoardSignals:
     def ready(self, status: str) -> None:
         self.notifier.ready(status)
 
-    def fault(self, counters: dict[str, int], now: float, fatal: bool = False) -> Fault:
-        """FATAL, or RECOVERABLE while any of these counters grew in the last 10 s."""
+    def fault(self, counters: dict[str, int], now: float, fatal: bool = False,
+              active: bool = False) -> Fault:
+        """FATAL, or RECOVERABLE while any of these counters grew in the last 10 s or a
+        condition is `active` (e.g. a spool on a full disk)."""
         if fatal:
             return Fault.FATAL
-        grew = False
+        grew = active
         for name, value in counters.items():
             grew |= self._faults.setdefault(name, RecentIncrease())(value, now)
         return Fault.RECOVERABLE if grew else Fault.NONE

@@ -347,6 +347,16 @@ def test_recent_increase_blinks_while_trouble_lasts() -> None:
     assert not recent(0, 17.0)  # a counter reset is not trouble
 
 
+def test_a_lasting_condition_holds_the_fault() -> None:
+    """A spool on a full disk keeps the FAULT LED on while it lasts, counters quiet or not."""
+    from agent.board.signals import BoardSignals
+    from agent.config import BoardConfig
+    board = BoardSignals("tx", BoardConfig(), {})
+    assert board.fault({"dropped": 0}, 0.0) == Fault.NONE
+    assert board.fault({"dropped": 0}, 100.0, active=True) == Fault.RECOVERABLE
+    assert board.fault({"dropped": 0}, 200.0) == Fault.NONE
+
+
 def test_show_fatal_lights_the_fault_led_and_leaves_it() -> None:
     backend = SimulatedLedBackend()
     assert show_fatal("tx", 0.05, backend=backend)

@@ -65,3 +65,15 @@ def test_rx_screen_shows_every_protocols_sinks_and_tx_log() -> None:
                      "  spool           2.0 MB", "sink            opcua:plant: serving  variables 2000",
                      "WARNING diode.source.syslog: queue full (+4 suppressed)"):
         assert expected in text, (expected, text)
+
+
+def test_a_spool_on_a_full_disk_says_so_with_the_fix() -> None:
+    full = {**SPOOL, "dropped_full": 5, "disk_full": True, "disk_full_episodes": 2,
+            "limit_bytes": 1_500_000}
+    st = {"role": "tx", "time": time.time(), "queues": {"mqtt:plant": {"queued": 1, "spool": full}}}
+    text = render(st, time.time())
+    assert "disk full 5" in text
+    assert "FULL, bounded at 1.5 MB by its file system (full 2 times)" in text
+    assert "free space or lower [spool] max_bytes" in text
+    assert "bounded at" not in render({"role": "tx", "time": time.time(), "queues": {
+        "mqtt:plant": {"queued": 1, "spool": SPOOL}}}, time.time())  # an older status file
