@@ -60,21 +60,37 @@ class SeqCollector:
         missing = sorted(set(range(n)) - got)
         raise AssertionError(f"{len(got)} of {n} arrived; first missing {missing[:10]}")
 
+    def wait_unique_in(self, wanted: range, timeout: float) -> list[int]:
+        """Every payload number in `wanted` arrived (at least once); all that arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                seqs = list(self.seqs)
+            missing = set(wanted) - set(seqs)
+            if not missing:
+                return seqs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(wanted) - len(missing)} of {len(wanted)} in "
+                                     f"{wanted} arrived; first missing {sorted(missing)[:10]}")
+            time.sleep(0.1)
+
     def stop(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
 
 
-def _publisher(broker: Broker, n: int, rate: float, topic: str = "s/x") -> threading.Thread:
+def _publisher(broker: Broker, n: int, rate: float, topic: str = "s/x",
+               start: int = 0) -> threading.Thread:
+    """QoS 1 messages numbered start..n-1 ("<i>:..."), at `rate` per second."""
     def run() -> None:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id="spool-pub")
         c.max_inflight_messages_set(100)
         c.connect(broker.host, broker.port)
         c.loop_start()
-        start = time.monotonic()
+        t0 = time.monotonic()
         infos = []
-        for i in range(n):
-            delay = start + i / rate - time.monotonic()
+        for i in range(start, n):
+            delay = t0 + (i - start) / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             infos.append(c.publish(topic, b"%d:" % i + MARKER + b"x" * 40, qos=1))
