@@ -20,6 +20,8 @@ How each thing on disk is judged:
     missing records          gap before the oldest segment, between segments, a segment
                              without its end record, a log ending before the state's
                              synced seq, a listed newest segment gone -> reported
+    reserve, lock            not judged: the store's own (room for state files on a
+                             full disk; the flock)
 """
 
 from __future__ import annotations
