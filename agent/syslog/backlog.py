@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any
 
-from agent.spool import Spool
+from agent.spool import Spool, SpoolFull
 
 _CACHE = 50_000
 
@@ -87,27 +87,31 @@ class SpoolBacklog:
         self.spool = spool
         self._cache: dict[int, bytes] = {}
         self._cursor = spool.acked_seq
+        self.full_dropped = 0  # messages the spool could not keep at all (its disk is full)
+        spool.on_conflated = self._forget
 
-    def push(self, payload: bytes) -> int:
-        seq = self.spool.append(payload)
-        cache = self._cache
-        if len(cache) >= _CACHE:  # entries the spool dropped (full) are never read: prune
-            floor = self._cursor
-            for k in [k for k in cache if k <= floor]:
-                del cache[k]
-        if len(cache) < _CACHE:
-            cache[seq] = payload
+    def push(self, payload: bytes) -> int | None:
+        """The message's seq; None when the spool could not keep it (counted)."""
+        try:
+            seq = self.spool.append(payload)
+        except SpoolFull:
+            self.full_dropped += 1
+            return None
+        if len(self._cache) < _CACHE:
+            self._cache[seq] = payload
         return seq
 
     def next(self, n: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
         cache = self._cache
+        self._skip_dropped()    # drops happen only inside spool calls: here and after peek
         while len(out) < n:
             payload = cache.pop(self._cursor + 1, None)
             if payload is not None:
                 self._cursor += 1
                 out.append((self._cursor, payload))
                 continue
+            self.spool.mark_taken(self._cursor)  # the read may meet a full disk and drop
             found = self.spool.peek(min(n - len(out), 500), after=self._cursor)
             if not found:
                 break
@@ -115,7 +119,22 @@ class SpoolBacklog:
                 cache.pop(rec.seq, None)
                 self._cursor = rec.seq
                 out.append((rec.seq, rec.payload))
+            self._skip_dropped()
+        self.spool.mark_taken(self._cursor)
         return out
+
+    def _skip_dropped(self) -> None:
+        """The spool dropped records not yet taken (its ack point jumped past them): they
+        are gone, so they are not sent from the cache either."""
+        acked = self.spool.acked_seq
+        if self._cursor < acked:
+            for seq in range(self._cursor + 1, acked + 1):
+                self._cache.pop(seq, None)
+            self._cursor = acked
+
+    def _forget(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            self._cache.pop(seq, None)
 
     def ack(self, seq: int) -> None:
         self.spool.ack(seq)
@@ -129,7 +148,7 @@ class SpoolBacklog:
 
     @property
     def dropped(self) -> int:
-        return self.spool.counters["dropped_oldest"]
+        return self.spool.counters["dropped_oldest"] + self.full_dropped
 
     def __len__(self) -> int:
         return self.spool.last_seq - self.spool.acked_seq
