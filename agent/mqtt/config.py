@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config_reader import Table, read, setting
+from agent.mqtt import topics
 
 
 @dataclass(frozen=True)
@@ -49,21 +50,49 @@ class BrokerConfig:
         return f"{self.host}:{self.port}"
 
 
+# The largest payload a channel carries unless configured: big enough for images and
+# JSON documents, small enough that a spool segment holds several.
+MAX_MESSAGE_SIZE = 1 << 20
+# What a spooled or framed message adds to its payload at most: the topic (up to
+# 65,535 bytes, twice when it is also the spool's conflation key), v5 properties
+# (bounded here, not by MQTT) and the record's own fields.
+RECORD_OVERHEAD = 2 * 65_535 + 64 * 1024 + 1024
+
+
 @dataclass(frozen=True)
-class TxMqttChannel:
+class _MqttChannel:
+    """The keys both sides read, declared once."""
     name: str = setting(doc="channel name: a TX channel goes to the RX channel of the same name",
                         example='"plant"')
     broker: BrokerConfig = field(default_factory=BrokerConfig)
-    topics: tuple[str, ...] = setting(("#",), doc="topic filters to subscribe",
-                                      example='["plant/#"]')
-    qos: int = setting(1, doc="subscription QoS", example="1", choices=(0, 1, 2))
     queue_limit: int = setting(100_000, doc="messages held while the link (TX) or the IT "
                                "broker (RX) is slower; overflow is counted", example="100000",
                                lo=1)
+    max_message_size: int = setting(
+        MAX_MESSAGE_SIZE, doc="largest payload carried, in bytes (set it alike on both sides). "
+        "A larger one is refused on TX: counted (`too_large`), logged with its topic, and "
+        "acknowledged to the OT broker so it is not redelivered; spool segments are sized "
+        "to hold one", example="1048576", lo=1, hi=256 << 20)
+
+    @property
+    def largest_record(self) -> int:
+        """Bytes a queued, spooled or framed message of this channel may take."""
+        return self.max_message_size + RECORD_OVERHEAD
+
+
+@dataclass(frozen=True)
+class TxMqttChannel(_MqttChannel):
+    topics: tuple[str, ...] = setting(("#",), doc="topic filters to subscribe; overlapping "
+                                      "ones are refused (the broker would deliver a message "
+                                      "once per matching filter)", example='["plant/#"]')
+    qos: int = setting(1, doc="subscription QoS", example="1", choices=(0, 1, 2))
     carousel_period: float = setting(60.0, doc="seconds between re-sends of the retained state",
                                      example="60.0", lo=0.1)
     carousel_share: float = setting(0.1, doc="share of the link the re-sends may use",
                                     example="0.1", lo=0.001, hi=1.0)
+    tombstone_period: float = setting(3600.0, doc="seconds a cleared retained topic is still "
+                                      "re-sent as a deletion, so an RX that was down or lost "
+                                      "the clear clears it on IT too", example="3600", lo=0)
     overflow: str = setting("drop-oldest", doc='spool full: `"drop-oldest"` (events) or '
                             '`"conflate"` (keep each topic\'s latest first)', example='"conflate"',
                             choices=("drop-oldest", "conflate"))
@@ -73,10 +102,7 @@ class TxMqttChannel:
 
 
 @dataclass(frozen=True)
-class RxMqttChannel:
-    name: str = setting(doc="channel name: a TX channel goes to the RX channel of the same name",
-                        example='"plant"')
-    broker: BrokerConfig = field(default_factory=BrokerConfig)
+class RxMqttChannel(_MqttChannel):
     topic_prefix: str = setting("", doc="put before every topic", example='"ot/"')
     topic_rewrite: tuple[tuple[str, str], ...] = setting(
         (), doc="`[from, to]` topic prefix pairs, the first match applies",
@@ -84,9 +110,6 @@ class RxMqttChannel:
     status_topic: str = setting("", doc='retained JSON status; `""` for none',
                                 example='"diode/status/plant"',
                                 default_doc="`diode/status/<name>`")
-    queue_limit: int = setting(100_000, doc="messages held while the link (TX) or the IT "
-                               "broker (RX) is slower; overflow is counted", example="100000",
-                               lo=1)
 
 
 def _broker(t: Table, role: str, name: str) -> BrokerConfig:
@@ -111,8 +134,34 @@ def _broker(t: Table, role: str, name: str) -> BrokerConfig:
 
 def _tx_channel(t: Table, spooled: bool) -> TxMqttChannel:
     name = t.get("name", str, example='"plant"')
-    return read(t, TxMqttChannel, {"session_expiry": 3600 if spooled else 0},
-                broker=_broker(t, "tx", name))
+    ch = read(t, TxMqttChannel, {"session_expiry": 3600 if spooled else 0},
+              broker=_broker(t, "tx", name))
+    _check_filters(t, ch.topics)
+    return ch
+
+
+def _check_filters(t: Table, filters: tuple[str, ...]) -> None:
+    """Valid filters, and no two that match the same topic: the broker would deliver
+    such a message once per matching filter, and IT would see it as many times."""
+    for f in filters:
+        problem = topics.filter_problem(f)
+        if problem:
+            t.fail("topics", f"{f!r} is not a valid MQTT topic filter: {problem}",
+                   'write filters like "plant/#" or "plant/+/temp"')
+    for i, a in enumerate(filters):
+        for b in filters[i + 1:]:
+            if a == b:
+                t.fail("topics", f"{a!r} is listed twice", "list each filter once")
+            if topics.covers(a, b) or topics.covers(b, a):
+                wide, narrow = (a, b) if topics.covers(a, b) else (b, a)
+                t.fail("topics", f"{wide!r} covers {narrow!r}: the broker would deliver "
+                       f"every message of {narrow!r} twice, and IT would see it twice",
+                       f"drop {narrow!r} (keep {wide!r})")
+            if topics.overlap(a, b):
+                t.fail("topics", f"{a!r} and {b!r} overlap (both match e.g. "
+                       f"{topics.example_common(a, b)!r}): the broker would deliver such a "
+                       "message once per filter, and IT would see it twice",
+                       "make the filters disjoint, or replace them by one that covers both")
 
 
 def _rx_channel(t: Table) -> RxMqttChannel:
