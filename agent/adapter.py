@@ -156,13 +156,15 @@ class TxContext:
     """What a TX source gets from the agent."""
     wake: Callable[[], None]           # new records are waiting
     fail: Callable[[str], None]        # a fatal error (thread-safe); the agent stops
-    open_spool: Callable[[str], Any]   # the channel's own Spool, or None without [spool]
+    # (channel, largest_record=0) -> the channel's own Spool, or None without [spool];
+    # its segments fit a record of largest_record bytes
+    open_spool: Callable[..., Any]
 
 
 @dataclass(frozen=True)
 class RxContext:
     fail: Callable[[str], None]
-    open_spool: Callable[[str], Any]
+    open_spool: Callable[..., Any]     # as TxContext.open_spool
 
 
 @dataclass(frozen=True)
@@ -180,3 +182,6 @@ class Adapter:
     channel_of: Callable[[Record], str | None]     # None: not one of this protocol's records
     record_types: tuple[type, ...]
     status_section: str                            # where RX's status lists its sinks
+    # (channel config) -> bytes the largest record of that channel may take; RX
+    # reassembles fragmented records up to the largest of every channel's
+    largest_record: Callable[[Any], int] | None = None

@@ -42,6 +42,16 @@ def open_transport(link: LinkConfig) -> RxTransport:
     return UdpRx(link.host, link.port, interface=link.interface)
 
 
+def largest_record(cfg: AgentConfig) -> int:
+    """The largest record RX reassembles: the receiver's default, or more when a
+    channel carries larger messages (each adapter says how large its records get)."""
+    sizes = [ReceiverParams().max_record]
+    for adapter in ADAPTERS:
+        if adapter.largest_record is not None:
+            sizes += [adapter.largest_record(ch) for ch in cfg.channels.get(adapter.name, ())]
+    return max(sizes)
+
+
 class RxAgent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -49,7 +59,8 @@ class RxAgent:
         self.key = read_key(link.key_file)
         self.receiver = LinkReceiver(ReceiverParams(link_id=link.link_id,
                                                     reorder_timeout=link.gap_wait,
-                                                    epoch_takeover=link.timeout or 3.0),
+                                                    epoch_takeover=link.timeout or 3.0,
+                                                    max_record=largest_record(cfg)),
                                     self.key)
         self.health = LinkHealth(HealthParams(timeout=link.timeout,
                                               degraded_loss=link.degraded_loss))

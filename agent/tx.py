@@ -38,6 +38,10 @@ from agent.txlog import TxLogHandler, TxLogSource
 
 log = logging.getLogger("diode.tx")
 
+# Seconds of link time taken from the sources per pump pass: a backlog waits in the
+# sources' queues (where message expiry counts down), not in the sender's output.
+HORIZON = 0.05
+
 
 def new_epoch() -> int:
     """Start time in milliseconds in the high 42 bits, 22 random bits below.
@@ -191,10 +195,12 @@ class TxAgent:
     async def _pump(self, transport: TxTransport) -> None:
         core = self.core
         overhead = transport.overhead_bytes
+        # record bytes the link carries in HORIZON, with every frame sent `repeat` times
+        budget = max(self.cfg.link.mtu, int(self.bucket.rate * HORIZON / self.cfg.link.repeat))
         backoff = 0.0
         while True:
             self._wake.clear()
-            more = core.poll(time.monotonic(), time.time())
+            more = core.poll(time.monotonic(), time.time(), budget=budget)
             ok = True
             for d in core.datagrams():
                 cost = len(d) + overhead

@@ -9,7 +9,11 @@ Source[i].rewind()     ◄──────── failed() ◄─────�
 ```
 
 Each pass takes at most `batch` records from every source in turn, so a source
-with a deep backlog never holds back the others.
+with a deep backlog never holds back the others, and at most `budget` bytes in
+all: what the link sends in a short while (the driver's HORIZON). A backlog
+then waits in the sources' queues, where its age is known (an MQTT message's
+expiry counts down there), not in the sender's output, where a slow link would
+hold it for seconds after its expiry was worked out.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from agent.carousel import CarouselScheduler
 from agent.link.sender import LinkSender
 
 BATCH = 5000
+CHUNK = 512  # most records taken from a source at a time while a budget is left
 
 
 class TxCore:
@@ -30,22 +35,41 @@ class TxCore:
         self.sender = sender
         self.sources = list(sources)
         self.carousels = carousels
+        self._record_size = [100.0] * len(self.sources)  # recent record sizes, per source
         for src in self.sources:
             for c in src.carousels:
                 carousels.add(src.key, c, now)
 
-    def poll(self, now: float, wall: float, batch: int = BATCH) -> bool:
-        """Move what is waiting into the sender; True when more waits (poll again soon)."""
+    def poll(self, now: float, wall: float, batch: int = BATCH,
+             budget: int | None = None) -> bool:
+        """Move what is waiting into the sender, up to `batch` records per source and
+        `budget` bytes in all (shared fairly); True when more waits (poll again soon)."""
         sender = self.sender
         more = False
+        share = None if budget is None else max(1, budget // max(1, len(self.sources)))
         for i, src in enumerate(self.sources):
-            for data, tag in src.take(wall, batch):
-                wrapped = None if tag is None else (i, tag)
-                if data is None:
-                    if wrapped is not None:
-                        sender.tag(wrapped)
-                else:
-                    sender.push(data, now, tag=wrapped)
+            taken = size = 0
+            while taken < batch and (share is None or size < share):
+                n = batch - taken
+                if share is not None:  # as many as the budget left holds, by recent sizes
+                    n = min(n, CHUNK, max(1, int((share - size) / self._record_size[i])))
+                got = src.take(wall, n)
+                if not got:
+                    break
+                taken += len(got)
+                before = size
+                for data, tag in got:
+                    wrapped = None if tag is None else (i, tag)
+                    if data is None:
+                        if wrapped is not None:
+                            sender.tag(wrapped)
+                    else:
+                        size += len(data)
+                        sender.push(data, now, tag=wrapped)
+                mean = (size - before) / len(got)
+                self._record_size[i] = max(mean, 0.75 * self._record_size[i] + 0.25 * mean, 1.0)
+                if share is None:
+                    break
             more = more or src.waiting() > 0
         for data in self.carousels.poll(now, batch):
             sender.push(data, now)

@@ -35,4 +35,5 @@ def _check(tables: list[Table], configs: list[Any]) -> None:
 
 
 ADAPTER = Adapter(name="mqtt", parse=config.parse, check=_check, source=_source, sink=_sink,
-                  channel_of=_channel_of, record_types=(MqttMessage,), status_section="sinks")
+                  channel_of=_channel_of, record_types=(MqttMessage,), status_section="sinks",
+                  largest_record=lambda ch: ch.largest_record)

@@ -21,6 +21,15 @@ paho's traps, handled here once for both sides (docs/ARCHITECTURE.md, "Traps in 
   `publish_qos1` does the same with a callback for the broker's PUBACK, which
   the store-and-forward path needs to know what it may delete.
 - TCP_NODELAY is set, since Nagle plus delayed ACKs gave 44 ms latency spikes.
+- A v5 broker's CONNACK limits are kept: Receive Maximum becomes paho's own
+  in-flight window (paho ignores it: QoS 2 beyond a default Mosquitto's 20 in
+  flight was lost silently) and `receive_maximum` for the fast paths; Maximum
+  Packet Size is `max_packet_size`, which senders check before they publish
+  (a larger PUBLISH gets the client disconnected, again and again).
+- A DISCONNECT from the broker is logged with its reason code (paho reports
+  "No error."), and a broker that closes the socket on CONNECT several times in
+  a row without a CONNACK (RabbitMQ 3.10 does so on an MQTT 5 CONNECT) is a loud,
+  fatal error naming the protocol version and the fix.
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ _FIXES = {
 }
 
 _WRITE_CHUNK = 256 * 1024
+# Connections closed before any CONNACK, in a row, before that is taken for a refusal.
+NO_CONNACK_LIMIT = 3
 # Bytes written but not yet taken by a broker that is slower than the link (or
 # stalled with its socket open): beyond this, QoS 0 waits in the sink's bounded
 # queue (overflow counted) instead of growing this buffer until the board runs
@@ -91,6 +102,8 @@ class _BufferedClient(paho.Client):
     on_publish_fast: FastMessageHandler | None = None
     # packet id -> called with the PUBACK reason code (>= 0x80: refused)
     fast_acks: dict[int, Callable[[int], None]]
+    # packet id -> the reason code of a PUBREC that refused it
+    pubrec_refused: dict[int, int]
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Read what the socket has and handle every complete packet in it.
@@ -130,6 +143,10 @@ class _BufferedClient(paho.Client):
             if not complete or i + length > n:
                 break  # incomplete: wait for more bytes
             end = i + length
+            if (command & 0xF0) == 0x50 and length > 2 and buf[i + 2] >= 0x80:
+                # a v5 PUBREC refusing a QoS 2 PUBLISH: paho ignores its reason code and
+                # goes on (PUBREL, then a PUBCOMP "not found"); keep the real reason
+                self.pubrec_refused[(buf[i] << 8) | buf[i + 1]] = buf[i + 2]
             if (command & 0xF0) == 0x40 and length >= 2 \
                     and (mid := (buf[i] << 8) | buf[i + 1]) in self.fast_acks:
                 self.fast_acks.pop(mid)(buf[i + 2] if length > 2 else 0)
@@ -227,6 +244,10 @@ class _BufferedClient(paho.Client):
             self._call_socket_register_write()
         return True
 
+    def inflight(self) -> int:
+        """QoS 1/2 messages paho's own flow has in flight (not the fast paths')."""
+        return self._inflight_messages
+
     def backlogged(self) -> bool:
         """True while the broker lags: more than WRITE_BACKLOG bytes it has not taken,
         or a long queue of paho's own packets behind them (paho bounds QoS 1/2 only;
@@ -274,12 +295,19 @@ class MqttConnection:
                  on_fatal: Callable[[str], None] | None = None,
                  will: tuple[str, bytes] | None = None, manual_ack: bool = False,
                  session_expiry: int = 0,
-                 on_written: Callable[[], None] | None = None) -> None:
+                 on_written: Callable[[], None] | None = None, quiet: bool = False) -> None:
         self.cfg = cfg
         self.what = what  # e.g. "OT broker 'plant' (127.0.0.1:1883)"
         self.state = "connecting"
         self.fatal: str | None = None
         self.counters = {"connects": 0, "outages": 0}
+        # quiet: a helper connection (a retained-store read) logs its comings and goings
+        # at debug level, and a refusal as a warning that stops nothing
+        self._info = logging.DEBUG if quiet else logging.INFO
+        self._error = logging.DEBUG if quiet else logging.ERROR
+        self._quiet = quiet
+        self.max_packet_size = 0  # announced by a v5 broker in its CONNACK; 0: none
+        self._disconnect_reason: str | None = None
         self._on_connected = on_connected
         self._on_written = on_written  # after each write to the socket: room again?
         self._on_fatal = on_fatal
@@ -300,6 +328,7 @@ class MqttConnection:
                                       else not session_expiry)
         self.client._wbuf = bytearray()
         self.client.fast_acks = {}
+        self.client.pubrec_refused = {}
         self.receive_maximum = 1000  # in flight at once; a v5 broker may ask for fewer
         self.client.max_inflight_messages_set(1000)
         if will is not None:
@@ -319,6 +348,7 @@ class MqttConnection:
                             "broker", what)
         c = self.client
         c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
         c.on_socket_open = self._in_loop(self._socket_open)
         c.on_socket_close = self._in_loop(self._socket_close)
         c.on_socket_register_write = self._in_loop(self._register_write)
@@ -357,9 +387,11 @@ class MqttConnection:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         delay = cfg.reconnect_min
+        no_connack = 0  # connections in a row the broker closed before any CONNACK
         while True:
             self._closed = asyncio.Event()
             self._last_rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+            self._disconnect_reason = None
             try:
                 await loop.run_in_executor(None, self._connect)
             except ssl.SSLCertVerificationError as exc:
@@ -388,9 +420,30 @@ class MqttConnection:
                 return
             if got_connack:
                 delay = cfg.reconnect_min
-            self._lost(f"connection lost ({paho.error_string(self._last_rc)})", delay)
+                no_connack = 0
+            else:
+                no_connack += 1
+                if no_connack >= NO_CONNACK_LIMIT:
+                    self._refuse(self._closed_on_connect(no_connack))
+                    return
+            why = (f"the broker sent DISCONNECT: {self._disconnect_reason}"
+                   if self._disconnect_reason else paho.error_string(self._last_rc))
+            self._lost(f"connection lost ({why})" if got_connack else
+                       f"closed the connection before answering CONNECT ({why})", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, cfg.reconnect_max)
+
+    def _closed_on_connect(self, times: int) -> str:
+        if self.cfg.protocol == "5":
+            return (f"{self.what} closed the connection {times} times in a row without "
+                    "answering CONNECT: it most likely does not speak MQTT 5 (RabbitMQ's "
+                    "MQTT plugin, for one, just closes the socket on an MQTT 5 CONNECT). "
+                    'Fix: set protocol = "3.1.1" for this broker (or, if it expects TLS, '
+                    "tls = true)")
+        return (f"{self.what} closed the connection {times} times in a row without answering "
+                "CONNECT: it may not be an MQTT broker, expect TLS, or refuse MQTT 3.1.1. Fix: "
+                "check host and port, set tls = true if the port is a TLS one, and check the "
+                "broker's log")
 
     def _connect(self) -> None:
         cfg = self.cfg
@@ -415,12 +468,12 @@ class MqttConnection:
 
     def _lost(self, why: str, delay: float) -> None:
         self._mark_down()
-        log.error("%s: %s; retrying in %.1f s", self.what, why, delay)
+        log.log(self._error, "%s: %s; retrying in %.1f s", self.what, why, delay)
 
     def _refuse(self, message: str) -> None:
         self.state = "refused"
         self.fatal = message
-        log.critical(message)
+        log.log(logging.WARNING if self._quiet else logging.CRITICAL, message)
         if self._on_fatal is not None:
             self._on_fatal(message)
 
@@ -494,7 +547,22 @@ class MqttConnection:
             return
         self.state = "connected"
         self.receive_maximum = min(1000, getattr(properties, "ReceiveMaximum", 1000))
+        # paho's own QoS 1/2 window (its setter refuses while connected; this runs
+        # before paho sends what waited, so the window applies to those too)
+        client._max_inflight_messages = self.receive_maximum
+        self.max_packet_size = getattr(properties, "MaximumPacketSize", 0)
         self.counters["connects"] += 1
-        log.info("%s: connected (MQTT %s)", self.what, self.cfg.protocol)
+        log.log(self._info, "%s: connected (MQTT %s%s)", self.what, self.cfg.protocol,
+                f", receive maximum {self.receive_maximum}, maximum packet size "
+                f"{self.max_packet_size}" if self.receive_maximum < 1000
+                or self.max_packet_size else "")
         if self._on_connected is not None:
             self._on_connected(client)
+
+    def _handle_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
+                           reason: ReasonCode, properties: Any) -> None:
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            self._disconnect_reason = str(reason)
+            text = getattr(properties, "ReasonString", None)
+            if text:
+                self._disconnect_reason += f", {text}"

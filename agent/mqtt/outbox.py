@@ -104,7 +104,10 @@ class MemoryOutbox:
             return True
         info = client.publish(topic, msg.payload, msg.qos, msg.retain, props)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            sink.counters["published"] += 1
+            if msg.qos:
+                sink.awaiting_ack(info.mid, topic)  # published (or refused) on its ack
+            else:
+                sink.counters["published"] += 1
             return True
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             sink.count_dropped(now)
@@ -123,8 +126,6 @@ class SpoolOutbox:
         self._inflight: deque[int] = deque()
         self._done: set[int] = set()
         self._scheduled = False
-        self._refused_logged = 0.0
-        sink.counters["refused"] = 0
         spool.on_conflated = self._forget
 
     def submit(self, msg: MqttMessage, now: float) -> None:
@@ -176,7 +177,8 @@ class SpoolOutbox:
             self.spool.mark_taken(self.spool.acked_seq)
             return
         try:
-            self._publish(conn.client, conn.receive_maximum - len(self._inflight))
+            self._publish(conn.client, conn.receive_maximum - len(self._inflight)
+                          - conn.client.inflight())
         finally:
             self.spool.mark_taken(self._cursor)
         self._advance()
@@ -203,7 +205,7 @@ class SpoolOutbox:
                 if prepared is not None:
                     topic, props = prepared
                     if not client.publish_qos1(topic, msg.payload, msg.retain, props,
-                                               self._on_ack(seq)):
+                                               self._on_ack(seq, topic)):
                         return  # paho's own queue is busy or we are disconnected: next tick
                 self._cursor = seq
                 self._inflight.append(seq)
@@ -226,21 +228,14 @@ class SpoolOutbox:
         for seq in seqs:
             self._cache.pop(seq, None)
 
-    def _on_ack(self, seq: int) -> Callable[[int], None]:
-        return lambda reason: self._acked(seq, reason)
+    def _on_ack(self, seq: int, topic: str) -> Callable[[int], None]:
+        return lambda reason: self._acked(seq, reason, topic)
 
-    def _acked(self, seq: int, reason: int) -> None:
-        counters = self.sink.counters
+    def _acked(self, seq: int, reason: int, topic: str) -> None:
         if reason >= 0x80:
-            counters["refused"] += 1
-            now = time.monotonic()
-            if now - self._refused_logged > 5:
-                self._refused_logged = now
-                log.error("%s refused a PUBLISH (reason 0x%02x); %d refused so far. Fix: check "
-                          "the broker's ACL for this client", self.sink.conn.what, reason,
-                          counters["refused"])
+            self.sink.count_refused(topic, reason)
         else:
-            counters["published"] += 1
+            self.sink.counters["published"] += 1
         self._done.add(seq)
         self._advance()
         self._kick()

@@ -10,7 +10,10 @@
 | expiry           | MessageExpiryInterval   |
 
 `expiry` is reduced by the time the message spent in each agent, so an IT
-subscriber sees the same deadline the OT publisher set.
+subscriber sees the same deadline the OT publisher set. On the link it is the
+seconds left, to the millisecond (a float), when TX framed the message; only
+the IT PUBLISH rounds it, up to whole seconds (MQTT's unit; 0 would not mean
+"expired"), and a message with nothing left is dropped instead.
 """
 
 from __future__ import annotations
@@ -43,11 +46,18 @@ def age(props: dict[str, Any] | None, seconds: float) -> dict[str, Any] | None:
     """Reduce the expiry by time spent here; see `expired`."""
     if props is None or "expiry" not in props:
         return props
-    return {**props, "expiry": max(0, math.ceil(props["expiry"] - seconds))}
+    expiry = props["expiry"]
+    if not isinstance(expiry, int | float) or isinstance(expiry, bool):
+        return {k: v for k, v in props.items() if k != "expiry"}  # not ours: drop it
+    return {**props, "expiry": max(0.0, round(expiry - seconds, 3))}
 
 
 def expired(props: dict[str, Any] | None) -> bool:
-    return props is not None and props.get("expiry") == 0
+    """Nothing left of its expiry (a message without one never expires)."""
+    if props is None:
+        return False
+    expiry = props.get("expiry")
+    return expiry is not None and expiry <= 0
 
 
 def to_paho(props: dict[str, Any] | None) -> Properties | None:
@@ -60,5 +70,5 @@ def to_paho(props: dict[str, Any] | None) -> Properties | None:
     if "user" in props:
         out.UserProperty = [tuple(p) for p in props["user"]]
     if "expiry" in props:
-        out.MessageExpiryInterval = int(props["expiry"])
+        out.MessageExpiryInterval = max(1, min(0xFFFFFFFF, math.ceil(props["expiry"])))
     return out

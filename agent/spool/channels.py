@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from agent.errors import ConfigError
 from agent.spool.keyfile import load_spool_key
+from agent.spool.segment import BODY_OVERHEAD, HEADER_SIZE, TRAILER_SIZE
 from agent.spool.store import Spool
 
 if TYPE_CHECKING:
@@ -27,8 +28,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("diode.spool")
 
 
+def segment_bytes(max_bytes: int, largest_record: int) -> int:
+    """The Spool's own default segment size, raised so that a record of
+    `largest_record` bytes (payload and key) fits one segment."""
+    default = min(max(max_bytes // 16, 64 << 10), 8 << 20)
+    return max(default, largest_record + HEADER_SIZE + TRAILER_SIZE + BODY_OVERHEAD)
+
+
 class ChannelSpools:
-    """`spools(channel)`: that channel's Spool, or None without [spool]."""
+    """`spools(channel, largest_record=0)`: that channel's Spool, or None without [spool].
+    Its segments hold a record of `largest_record` bytes (the channel's largest message
+    with its topic and fields), so no record the channel accepts is refused by the spool."""
 
     def __init__(self, cfg: AgentConfig, link_key: bytes) -> None:
         self.cfg = cfg
@@ -36,7 +46,7 @@ class ChannelSpools:
         self._key: bytes | None = None
         self.opened: dict[str, Spool] = {}
 
-    def __call__(self, channel: str) -> Spool | None:
+    def __call__(self, channel: str, largest_record: int = 0) -> Spool | None:
         s = self.cfg.spool
         if s is None:
             return None
@@ -47,7 +57,15 @@ class ChannelSpools:
                                   "key. Fix: make a key of its own for this board with `diode "
                                   "keygen -o spool.key`; it never leaves the board")
             self._key = key
-        spool = Spool(s.dir / channel, self._key, max_bytes=s.max_bytes,
+        segment = segment_bytes(s.max_bytes, largest_record)
+        if s.max_bytes < 4 * segment:
+            raise ConfigError(
+                f"{self.cfg.path}: [spool] max_bytes: {s.max_bytes} bytes is too small for "
+                f"channel '{channel}', whose messages may take {largest_record} bytes (its "
+                f"max_message_size and topic): the spool needs room for 4 segments of "
+                f"{segment} bytes. Fix: set [spool] max_bytes to at least {4 * segment}, or "
+                f"lower that channel's max_message_size")
+        spool = Spool(s.dir / channel, self._key, max_bytes=s.max_bytes, segment_bytes=segment,
                       fsync=s.fsync,  # type: ignore[arg-type]
                       fsync_interval_ms=s.fsync_interval_ms)
         self.opened[channel] = spool
