@@ -146,7 +146,7 @@ class LinkView:
     """What a sink may know of the link, at one moment."""
     state: str                         # UP | DEGRADED | DOWN | UNKNOWN
     heartbeat_age: float | None
-    tx_sources: Mapping[str, str]      # from TX's last heartbeat
+    tx_sources: Mapping[str, str]      # from TX's last heartbeat; "unknown" while DOWN
     tx_counters: Mapping[str, int] | None
     status: Mapping[str, Any]          # RX's whole status, for status topics
 

@@ -112,10 +112,16 @@ class RxCollector(Collector):
             txc.add_metric([_name(k)], float(v))
         yield txc
         src = GaugeMetricFamily("diode_tx_source_connected",
-                                "1 when TX reports the source connected", labels=["source"])
+                                "1 when TX reports the source connected (0 while the link is "
+                                "DOWN: its state is then unknown)", labels=["source"])
+        state = GaugeMetricFamily("diode_tx_source_state", "1 for the state TX reports for "
+                                  "the source; unknown while the link is DOWN",
+                                  labels=["source", "state"])
         for k, v in (tx.get("sources") or {}).items():
             src.add_metric([k], 1.0 if v == "connected" else 0.0)
+            state.add_metric([k, str(v)], 1.0)
         yield src
+        yield state
 
 
 def serve(status: Callable[[], dict[str, Any]], host: str, port: int) -> MetricsServer:

@@ -185,6 +185,7 @@ class RxAgent:
         age = self.health.heartbeat_age(now)
         out: dict[str, Any] = {
             "role": "rx", "time": time.time(), "config": str(self.cfg.path),
+            "status_interval": self.cfg.status_interval,
             "key_fingerprint": key_fingerprint(self.key),
             "link_state": self.health.state.value,
             "last_heartbeat_age_s": None if age is None else round(age, 3),
@@ -198,7 +199,7 @@ class RxAgent:
                          "tx_log": self.core.counters["tx_log"]},
             "link": dict(c),
             "transport": self._transport_counters(),
-            "tx": None if hb is None else {"sources": hb.sources, "counters": hb.counters},
+            "tx": None if hb is None else self._tx_view(hb.sources, hb.counters, age),
             "tx_log": list(self.core.tx_log),  # TX's latest warnings and errors, oldest first
             "board": self.board.describe(),
         }
@@ -207,6 +208,17 @@ class RxAgent:
                 {channel: sink.status() for (proto, channel), sink in self.sinks.items()
                  if proto == adapter.name})
         return out
+
+    def _tx_view(self, sources: dict[str, str], counters: dict[str, int],
+                 age: float | None) -> dict[str, Any]:
+        """TX's sources as its last heartbeat had them; while the link is DOWN that is
+        old news, so each is "unknown", with the last known state and its age."""
+        view: dict[str, Any] = {"sources": sources, "counters": counters,
+                                "heartbeat_age_s": None if age is None else round(age, 3)}
+        if self.health.state == LinkState.DOWN:
+            view["sources"] = dict.fromkeys(sources, "unknown")
+            view["last_known_sources"] = sources
+        return view
 
     def _transport_counters(self) -> dict[str, int]:
         """The transport's own counters (serial: framing and CRC errors, bytes read)."""
@@ -219,7 +231,7 @@ class RxAgent:
         hb = self.health.last_heartbeat
         view = LinkView(state=self.health.state.value,
                         heartbeat_age=self.health.heartbeat_age(time.monotonic()),
-                        tx_sources=hb.sources if hb else {},
+                        tx_sources=status["tx"]["sources"] if hb else {},
                         tx_counters=hb.counters if hb else None, status=status)
         for sink in self.sinks.values():
             await sink.on_link(view)

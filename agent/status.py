@@ -74,13 +74,27 @@ def _tx_log_lines(entries: list[dict[str, Any]], last: int = 5) -> list[str]:
     return out
 
 
+def stale(st: dict[str, Any], now: float) -> str | None:
+    """A warning when the file is older than its agent would let it get, else None."""
+    age = now - float(st.get("time", 0))
+    interval = st.get("status_interval")
+    limit = max(3 * float(interval), 5.0) if isinstance(interval, int | float) else 10.0
+    if age <= limit:
+        return None
+    every = f"every {float(interval):g} s" if isinstance(interval, int | float) else "regularly"
+    return (f"WARNING: STALE status: written {age:.0f} s ago, and the agent rewrites it "
+            f"{every}. The agent is stopped, stuck, or cannot write the file: what follows "
+            "is its last state, not the present one")
+
+
 def render(st: dict[str, Any], now: float) -> str:
     age = now - float(st.get("time", 0))
-    lines = [f"role            {st.get('role', '?').upper()}",
-             f"config          {st.get('config')}",
-             f"key fingerprint {st.get('key_fingerprint')}",
-             f"status age      {age:.1f} s" + ("   (STALE: is the agent running?)"
-                                               if age > 10 else "")]
+    warning = stale(st, now)
+    lines = ([warning] if warning else []) + [
+        f"role            {st.get('role', '?').upper()}",
+        f"config          {st.get('config')}",
+        f"key fingerprint {st.get('key_fingerprint')}",
+        f"status age      {age:.1f} s" + ("   (STALE: is the agent running?)" if warning else "")]
     if st.get("role") == "rx":
         hb = st.get("last_heartbeat_age_s")
         lines += [f"link state      {st.get('link_state')}",
@@ -93,7 +107,12 @@ def render(st: dict[str, Any], now: float) -> str:
             lines.append("transport       " + "  ".join(f"{k} {v}" for k, v in
                                                       st["transport"].items()))
         tx = st.get("tx") or {}
+        known = tx.get("last_known_sources") or {}
+        hb_age = tx.get("heartbeat_age_s")
         for name, state in (tx.get("sources") or {}).items():
+            if state == "unknown" and name in known:
+                ago = "" if hb_age is None else f", {float(hb_age):.0f} s ago"
+                state = f"unknown (link DOWN; last known {known[name]}{ago})"
             lines.append(f"TX source       {name}: {state}")
         for name, sink in (st.get("sinks") or {}).items():
             lines.append(f"sink            mqtt:{name}: {sink.get('state')}  published "
@@ -133,5 +152,9 @@ def show_status(path: Path, as_json: bool) -> int:
     st = _load(path)
     if st is None:
         return 1
-    print(json.dumps(st) if as_json else render(st, time.time()))
+    now = time.time()
+    warning = stale(st, now)
+    if warning and as_json:
+        print(f"diode status: {path}: {warning}", file=sys.stderr)
+    print(json.dumps(st) if as_json else render(st, now))
     return 0

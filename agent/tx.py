@@ -313,6 +313,7 @@ class TxAgent:
         queues = {s.key: s.stats() for s in self.sources}
         status: dict[str, Any] = {
             "role": "tx", "time": time.time(), "config": str(self.cfg.path),
+            "status_interval": self.cfg.status_interval,
             "epoch": f"{self.epoch:016x}", "key_fingerprint": key_fingerprint(self.key),
             "counters": self._counters(),
             "sources": self._source_states(),

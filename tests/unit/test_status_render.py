@@ -77,3 +77,22 @@ def test_a_spool_on_a_full_disk_says_so_with_the_fix() -> None:
     assert "free space or lower [spool] max_bytes" in text
     assert "bounded at" not in render({"role": "tx", "time": time.time(), "queues": {
         "mqtt:plant": {"queued": 1, "spool": SPOOL}}}, time.time())  # an older status file
+
+
+def test_rx_with_the_link_down_shows_tx_sources_unknown_and_a_stale_file_warns(
+        tmp_path: Path, capsys: object) -> None:
+    now = time.time()
+    st = {"role": "rx", "time": now, "status_interval": 1.0, "link_state": "DOWN",
+          "tx": {"sources": {"mqtt:plant": "unknown"}, "heartbeat_age_s": 42.0,
+                 "last_known_sources": {"mqtt:plant": "connected"}}}
+    text = render(st, now)
+    assert "mqtt:plant: unknown (link DOWN; last known connected, 42 s ago)" in text, text
+    assert "STALE" not in text
+    # written every second: 6 s old is stale already, and the warning comes first
+    text = render(st, now + 6)
+    assert text.splitlines()[0].startswith("WARNING: STALE status: written 6 s ago"), text
+    assert "every 1 s" in text
+    path = tmp_path / "rx.json"
+    path.write_text(json.dumps({**st, "time": now - 60}))
+    assert show_status(path, as_json=True) == 0
+    assert "STALE" in capsys.readouterr().err  # type: ignore[attr-defined]
