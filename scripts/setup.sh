@@ -23,6 +23,9 @@ command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || need+=(dos
 command -v mcopy >/dev/null 2>&1 || need+=(mtools)
 command -v sfdisk >/dev/null 2>&1 || [ -x /usr/sbin/sfdisk ] || need+=(fdisk)
 command -v debugfs >/dev/null 2>&1 || [ -x /usr/sbin/debugfs ] || need+=(e2fsprogs)
+# tests/integration/test_mqtt_aedes.py: aedes, an MQTT broker that is not Mosquitto (Node.js)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -44,4 +47,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyproject.t
   # the product (what a board runs) and, beside it, the demo, benches and simulators
   .venv/bin/python -m pip install -q -e '.[dev]' -e ./scripts >&2
   touch "$stamp"
+fi
+
+# aedes from the npm registry, at the version scripts/aedes/package-lock.json pins
+aedes=scripts/aedes
+if [ ! -d "$aedes/node_modules/aedes" ] || [ "$aedes/package-lock.json" -nt "$aedes/node_modules/.package-lock.json" ]; then
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$node_major" -lt 20 ]; then
+    echo "setup: Node.js $(node --version) is too old for aedes 1.x (needs 20 or later); the aedes test will fail" >&2
+  fi
+  echo "setup: installing aedes (npm ci in $aedes)" >&2
+  (cd "$aedes" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
