@@ -27,6 +27,7 @@ from agent.link.sender import LinkSender
 
 BATCH = 5000
 CHUNK = 512  # most records taken from a source at a time while a budget is left
+FIRST = 8    # most records of a pass's first take from a source, whatever their past sizes
 
 
 class TxCore:
@@ -35,7 +36,8 @@ class TxCore:
         self.sender = sender
         self.sources = list(sources)
         self.carousels = carousels
-        self._record_size = [100.0] * len(self.sources)  # recent record sizes, per source
+        # recent record sizes, per source; unknown at first, so the first take is of one
+        self._record_size = [float("inf")] * len(self.sources)
         for src in self.sources:
             for c in src.carousels:
                 carousels.add(src.key, c, now)
@@ -51,8 +53,10 @@ class TxCore:
             taken = size = 0
             while taken < batch and (share is None or size < share):
                 n = batch - taken
-                if share is not None:  # as many as the budget left holds, by recent sizes
-                    n = min(n, CHUNK, max(1, int((share - size) / self._record_size[i])))
+                if share is not None:  # as many as the budget left holds, by recent sizes;
+                    # a pass starts carefully, as the records may have grown since
+                    first = FIRST if taken == 0 else CHUNK
+                    n = min(n, first, max(1, int((share - size) / self._record_size[i])))
                 got = src.take(wall, n)
                 if not got:
                     break
@@ -67,7 +71,9 @@ class TxCore:
                         size += len(data)
                         sender.push(data, now, tag=wrapped)
                 mean = (size - before) / len(got)
-                self._record_size[i] = max(mean, 0.75 * self._record_size[i] + 0.25 * mean, 1.0)
+                old = self._record_size[i]
+                self._record_size[i] = max(mean, 1.0) if old == float("inf") else \
+                    max(mean, 0.75 * old + 0.25 * mean, 1.0)
                 if share is None:
                     break
             more = more or src.waiting() > 0

@@ -100,11 +100,12 @@ class MqttSink:
             return
         try:
             self.outbox.submit(record, now)
-        except ValueError as exc:  # the spool cannot hold it: never lose the rest of a frame
+        except ValueError:  # the spool cannot hold it: never lose the rest of a frame
             self.counters["too_large"] += 1
-            self._log_topic("too_large", record.topic, "%s: message on '%s' cannot be spooled "
-                            "(%s); it is not published. Fix: set max_message_size alike on "
-                            "TX and RX", self.conn.what, record.topic, exc)
+            self._log_topic("too_large", record.topic, "%s: message on '%s' (%d bytes with its "
+                            "topic and properties) is larger than a spool segment; it is not "
+                            "published. Fix: set max_message_size alike on TX and RX",
+                            self.conn.what, record.topic, len(record.payload))
 
     def tick(self) -> None:
         self.outbox.tick()

@@ -174,8 +174,9 @@ class MqttSource:
             ack = lambda: client.ack(mid, qos)  # noqa: E731 (a closure is the point)
         try:
             queued = self.queue.put((topic, payload, qos, retain, props, time.time()), ack)
-        except ValueError as exc:  # the spool cannot hold it (huge v5 properties)
-            self._too_large(topic, len(payload), qos, mid, str(exc))
+        except ValueError:  # the spool cannot hold it (huge v5 properties)
+            self._too_large(topic, len(payload), qos, mid, "with its properties, larger than "
+                            "a spool segment")
             return
         if not queued:
             self._counters["queue_dropped"] += 1

@@ -184,6 +184,26 @@ def test_a_flooded_source_does_not_hold_back_a_quiet_one() -> None:
     assert more and quiet.waiting() == 0 and flood.waiting() == 49_500
 
 
+def test_a_pass_takes_no_more_than_its_budget_so_a_backlog_ages_in_the_queue() -> None:
+    """With a byte budget, a pass takes about that much (records of any size, at least
+    one), shared between the sources; the rest stays queued, where its age is known."""
+    small, big = ListSource("mqtt:small"), ListSource("mqtt:big")
+    tx, _ = pair([small, big], {})
+    for _ in range(10_000):
+        small.put(encode_mqtt("small", "s", bytes(100), 0, False, None))
+    for _ in range(20):
+        big.put(encode_mqtt("big", "b", bytes(100_000), 0, False, None))
+    sent_before = tx.sender.counters["bytes"]
+    assert tx.poll(0.0, 0.0, budget=20_000)
+    taken_small, taken_big = 10_000 - small.waiting(), 20 - big.waiting()
+    assert 50 <= taken_small <= 120, taken_small  # about 10 kB of 120-byte records
+    assert taken_big == 1  # one record larger than its share, then no more
+    for _ in range(5):  # later passes learn the sizes: never a large overshoot
+        tx.poll(0.0, 0.0, budget=20_000)
+    assert 20 - big.waiting() == 6
+    assert tx.sender.counters["bytes"] >= sent_before
+
+
 def test_framed_tags_return_to_their_own_source_in_order() -> None:
     a, b = ListSource("mqtt:a", tagged=True), ListSource("mqtt:b", tagged=True)
     tx, rx = pair([a, b], {("mqtt", "a"): ListSink("a"), ("mqtt", "b"): ListSink("b")})
