@@ -13,21 +13,23 @@ datagram ─► header checks ─► epoch policy ─► dedupe ─► AEAD open
 ```
 
 Bad bytes from the wire are never raised: nobody could be told. They are
-counted by reason in `counters` and dropped. Copies of a frame that was
+counted by reason in `counters` and dropped; a datagram naming an epoch RX has
+no key for while a flood of new epochs is over the key-derivation budget is
+dropped unopened as `unverified` (see `ciphers.py`). Copies of a frame that was
 already delivered count as `duplicates`; frames from far behind the window or
 from a retired epoch count as `replayed`.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent.link import records, seal, wire
+from agent.link.ciphers import EpochCiphers
 from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
 
 # How many lost seqs are remembered, to tell a late copy from a duplicate.
@@ -35,8 +37,8 @@ _LOST_MEMORY = 4096
 # How many heartbeat frames' copy counts are kept (heartbeat_copies).
 _HEARTBEAT_MEMORY = 64
 
-REJECT_REASONS = ("truncated", "bad_version", "bad_flags", "wrong_link", "auth_failed",
-                  "replayed", "stale_epoch", "malformed_body")
+REJECT_REASONS = ("truncated", "bad_version", "bad_flags", "wrong_link", "unverified",
+                  "auth_failed", "replayed", "stale_epoch", "malformed_body")
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,16 @@ class ReceiverParams:
     epoch_takeover: float = 3.0    # silence after which an older-looking epoch is accepted
     replay_window: int = 1 << 16   # seqs behind the newest still told apart as duplicates
     max_record: int = 16 << 20     # largest reassembled record
+    key_trials_first: float = 20.0  # new-epoch key derivations per second (first sight)
+    key_trials_again: float = 50.0  # ... and for epoch values seen before (see ciphers.py)
 
 
 class LinkReceiver:
     def __init__(self, params: ReceiverParams, link_key: bytes) -> None:
         self.params = params
-        self._key = link_key
-        self._ciphers: OrderedDict[int, AESGCM] = OrderedDict()
+        self._ciphers = EpochCiphers(link_key, params.link_id,
+                                     first_rate=params.key_trials_first,
+                                     again_rate=params.key_trials_again)
         self.epoch: int | None = None
         self._retired: deque[int] = deque(maxlen=16)
         self._next = 0                      # lowest seq not yet delivered or lost
@@ -103,7 +108,7 @@ class LinkReceiver:
                     and now - self.last_valid_at < self.params.epoch_takeover):
                 c["stale_epoch"] += 1
                 return []
-            body = self._open(epoch, datagram, seq)
+            body = self._open(epoch, datagram, seq, now)
             if body is None:
                 return []
             events.extend(self._switch_epoch(epoch, seq, now))
@@ -118,7 +123,7 @@ class LinkReceiver:
                     if flags & wire.FLAG_HEARTBEAT:
                         self._heartbeat_copy(seq)
                 return []
-            body = self._open(epoch, datagram, seq)
+            body = self._open(epoch, datagram, seq, now)
             if body is None:
                 return []
         c["valid"] += 1
@@ -128,6 +133,11 @@ class LinkReceiver:
         self._buffer[seq] = (now, self._decode_body(body))
         events.extend(self._deliver_ready(now))
         return events
+
+    @property
+    def keys_derived(self) -> int:
+        """Epoch keys derived so far (HKDF): bounded by the budget under any flood."""
+        return self._ciphers.derived
 
     def next_deadline(self) -> float | None:
         if not self._buffer:
@@ -163,20 +173,16 @@ class LinkReceiver:
         if len(copies) > _HEARTBEAT_MEMORY:
             del copies[next(iter(copies))]
 
-    def _open(self, epoch: int, datagram: bytes, seq: int) -> bytes | None:
-        # Only ciphers that opened a frame are cached, so forged datagrams with
-        # random epochs cannot push the live epoch's key out.
-        cipher = self._ciphers.get(epoch)
-        fresh = cipher is None
+    def _open(self, epoch: int, datagram: bytes, seq: int, now: float) -> bytes | None:
+        cipher = self._ciphers.get(epoch, now)
         if cipher is None:
-            cipher = seal.derive_epoch_cipher(self._key, self.params.link_id, epoch)
+            self.counters["unverified"] += 1
+            return None
         body = seal.open_sealed(cipher, datagram, wire.HEADER_SIZE, seq)
         if body is None:
             self.counters["auth_failed"] += 1
-        elif fresh:
-            self._ciphers[epoch] = cipher
-            if len(self._ciphers) > 4:
-                self._ciphers.popitem(last=False)
+        else:
+            self._ciphers.trust(epoch, cipher)
         return body
 
     def _switch_epoch(self, epoch: int, seq: int, now: float) -> list[Event]:
@@ -189,6 +195,10 @@ class LinkReceiver:
                 events.extend(self._deliver_ready(now))
             self._retired.append(old)
         self.epoch = epoch
+        # No flood of other epochs may push the followed epoch's key out.
+        cipher = self._ciphers.get(epoch, now)
+        if cipher is not None:
+            self._ciphers.pin({epoch: cipher})
         self.counters["epochs"] += 1
         # After a TX restart the new stream is expected from seq 0, so its
         # first frames count as lost if they never come. An RX that just
