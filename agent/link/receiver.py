@@ -1,10 +1,10 @@
 """The sans-IO link receiver: datagrams in, records and events out.
 
 ```
-datagram ─► header checks ─► epoch policy ─► dedupe ─► AEAD open ─► CBOR body
-                 │                 │            │          │            │
-              counted           counted      counted    counted     reorder buffer
-              & dropped         & dropped   & dropped  & dropped        │
+datagram ─► header checks ─► epoch rules (epochs.py) ─► dedupe ─► AEAD open ─► CBOR body
+                 │           (other epochs: opened first)     │          │            │
+              counted           counted, dropped or held   counted    counted     reorder buffer
+              & dropped                                    & dropped  & dropped        │
                                                           gaps declared lost after
                                                           `reorder_window` frames or
                                                           `reorder_timeout` seconds
@@ -15,9 +15,12 @@ datagram ─► header checks ─► epoch policy ─► dedupe ─► AEAD open
 Bad bytes from the wire are never raised: nobody could be told. They are
 counted by reason in `counters` and dropped; a datagram naming an epoch RX has
 no key for while a flood of new epochs is over the key-derivation budget is
-dropped unopened as `unverified` (see `ciphers.py`). Copies of a frame that was
-already delivered count as `duplicates`; frames from far behind the window or
-from a retired epoch count as `replayed`.
+dropped unopened as `unverified` (see `ciphers.py`). A frame of an epoch RX
+does not follow is opened before anything is decided or counted: forged ones
+are `auth_failed`, genuine ones `replayed` (RX had it: see `epochs.py`, which
+also says which epoch RX follows) or `stale_epoch` (an epoch on probation,
+held). Copies of a frame that was already delivered count as `duplicates`;
+frames from far behind the window count as `replayed`.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent.link import records, seal, wire
 from agent.link.ciphers import EpochCiphers
+from agent.link.epochs import Decision, EpochBook, EpochMemory, Verdict
 from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
 
 # How many lost seqs are remembered, to tell a late copy from a duplicate.
@@ -46,7 +51,7 @@ class ReceiverParams:
     link_id: int = 1
     reorder_window: int = 512      # frames a gap may trail the newest before it is lost
     reorder_timeout: float = 0.5   # seconds a gap is waited for
-    epoch_takeover: float = 3.0    # silence after which an older-looking epoch is accepted
+    epoch_takeover: float = 3.0    # silence (and probation) before an older epoch is followed
     replay_window: int = 1 << 16   # seqs behind the newest still told apart as duplicates
     max_record: int = 16 << 20     # largest reassembled record
     key_trials_first: float = 20.0  # new-epoch key derivations per second (first sight)
@@ -54,19 +59,30 @@ class ReceiverParams:
 
 
 class LinkReceiver:
-    def __init__(self, params: ReceiverParams, link_key: bytes) -> None:
+    def __init__(self, params: ReceiverParams, link_key: bytes,
+                 memory: EpochMemory | None = None) -> None:
+        """`memory`: what an earlier run remembered of epochs (`memory()`), or None."""
+        if memory is not None and memory.link_id != params.link_id:
+            raise ValueError(f"epoch memory is for link id {memory.link_id}, "
+                             f"not {params.link_id}")
         self.params = params
         self._ciphers = EpochCiphers(link_key, params.link_id,
                                      first_rate=params.key_trials_first,
                                      again_rate=params.key_trials_again)
+        self._book = EpochBook(params.epoch_takeover, memory)
+        self._pins: dict[int, AESGCM] = {}
+        if self._book.restored is not None:
+            self._pin({self._book.restored: self._ciphers.derive(self._book.restored)})
         self.epoch: int | None = None
-        self._retired: deque[int] = deque(maxlen=16)
+        self._cipher: AESGCM | None = None
         self._next = 0                      # lowest seq not yet delivered or lost
+        self._floor = -1                    # seqs up to here RX had before (a restart)
         self._buffer: dict[int, tuple[float, list[Any]]] = {}
         self._lost: deque[int] = deque(maxlen=_LOST_MEMORY)
         self._lost_set: set[int] = set()
         self._frag: tuple[int, int, list[bytes], int] | None = None  # id, count, chunks, size
         self.last_valid_at: float | None = None
+        self._listening_since: float | None = None
         # The latest heartbeat frames of this epoch, seq -> [copies received, datagrams
         # received in the epoch up to its first copy]: LinkHealth compares TX's count
         # with RX's at that first copy, and only from a heartbeat whose every copy came
@@ -98,46 +114,33 @@ class LinkReceiver:
         if link_id != self.params.link_id:
             c["wrong_link"] += 1
             return []
-        events: list[Event] = []
         if epoch != self.epoch:
-            if epoch in self._retired:
-                c["replayed"] += 1
-                return []
-            if self.epoch is not None and epoch < self.epoch and (
-                    self.last_valid_at is not None
-                    and now - self.last_valid_at < self.params.epoch_takeover):
-                c["stale_epoch"] += 1
-                return []
-            body = self._open(epoch, datagram, seq, now)
-            if body is None:
-                return []
-            events.extend(self._switch_epoch(epoch, seq, now))
-        else:
-            if seq < self._next or seq in self._buffer:
-                if seq in self._lost_set:
-                    c["late"] += 1
-                elif self._next - seq > self.params.replay_window:
-                    c["replayed"] += 1
-                else:
-                    c["duplicates"] += 1
-                    if flags & wire.FLAG_HEARTBEAT:
-                        self._heartbeat_copy(seq)
-                return []
-            body = self._open(epoch, datagram, seq, now)
-            if body is None:
-                return []
+            return self._other_epoch(datagram, flags, epoch, seq, now)
+        if seq < self._next or seq in self._buffer:
+            self._behind(datagram, seq, flags)
+            return []
+        body = seal.open_sealed(self._cipher, datagram, wire.HEADER_SIZE, seq)  # type: ignore[arg-type]
+        if body is None:
+            c["auth_failed"] += 1
+            return []
         c["valid"] += 1
         self.last_valid_at = now
         if flags & wire.FLAG_HEARTBEAT:
             self._heartbeat_copy(seq)
         self._buffer[seq] = (now, self._decode_body(body))
-        events.extend(self._deliver_ready(now))
-        return events
+        return self._deliver_ready(now)
 
     @property
     def keys_derived(self) -> int:
         """Epoch keys derived so far (HKDF): bounded by the budget under any flood."""
         return self._ciphers.derived
+
+    def memory(self) -> EpochMemory:
+        """What to remember of epochs across a restart (plain data, for the driver)."""
+        high = None
+        if self.epoch is not None:
+            high = max(self._next - 1, max(self._buffer) if self._buffer else -1)
+        return self._book.memory(self.params.link_id, self.epoch, high)
 
     def next_deadline(self) -> float | None:
         if not self._buffer:
@@ -162,6 +165,18 @@ class LinkReceiver:
 
     # -- internals -----------------------------------------------------------
 
+    def _behind(self, datagram: bytes, seq: int, flags: int) -> None:
+        """A datagram of the followed epoch at a seq already delivered, buffered or lost."""
+        c = self.counters
+        if seq in self._lost_set:
+            c["late"] += 1
+        elif seq <= self._floor or self._next - seq > self.params.replay_window:
+            c["replayed"] += 1
+        else:
+            c["duplicates"] += 1
+            if flags & wire.FLAG_HEARTBEAT:
+                self._heartbeat_copy(seq)
+
     def _heartbeat_copy(self, seq: int) -> None:
         copies = self.heartbeat_copies
         seen = copies.get(seq)
@@ -173,44 +188,87 @@ class LinkReceiver:
         if len(copies) > _HEARTBEAT_MEMORY:
             del copies[next(iter(copies))]
 
-    def _open(self, epoch: int, datagram: bytes, seq: int, now: float) -> bytes | None:
+    def _other_epoch(self, datagram: bytes, flags: int, epoch: int, seq: int,
+                     now: float) -> list[Event]:
+        c = self.counters
         cipher = self._ciphers.get(epoch, now)
         if cipher is None:
-            self.counters["unverified"] += 1
-            return None
+            c["unverified"] += 1
+            return []
         body = seal.open_sealed(cipher, datagram, wire.HEADER_SIZE, seq)
         if body is None:
-            self.counters["auth_failed"] += 1
-        else:
-            self._ciphers.trust(epoch, cipher)
-        return body
+            c["auth_failed"] += 1
+            return []
+        self._ciphers.trust(epoch, cipher)
+        if self._listening_since is None:
+            self._listening_since = now
+        quiet = self.last_valid_at if self.last_valid_at is not None else self._listening_since
+        decision = self._book.judge(epoch, seq, flags, datagram, now, quiet)
+        if decision.verdict is Verdict.STALE:
+            c["replayed"] += 1
+            return []
+        if decision.verdict is Verdict.HOLD:
+            c["stale_epoch"] += 1
+            return []
+        return self._follow(epoch, cipher, seq, flags, datagram, body, decision, now)
 
-    def _switch_epoch(self, epoch: int, seq: int, now: float) -> list[Event]:
+    def _follow(self, epoch: int, cipher: AESGCM, seq: int, flags: int, datagram: bytes,
+                body: bytes, decision: Decision, now: float) -> list[Event]:
+        """Switch to `epoch`, whose authenticated frame `seq` decided it."""
         events: list[Event] = []
-        old = self.epoch
+        old, old_cipher = self.epoch, self._cipher
         if old is not None:
             # Deliver what the old epoch still holds; its missing frames are lost.
             while self._buffer:
                 events.extend(self._declare_lost_until(min(self._buffer)))
                 events.extend(self._deliver_ready(now))
-            self._retired.append(old)
-        self.epoch = epoch
-        # No flood of other epochs may push the followed epoch's key out.
-        cipher = self._ciphers.get(epoch, now)
-        if cipher is not None:
-            self._ciphers.pin({epoch: cipher})
-        self.counters["epochs"] += 1
-        # After a TX restart the new stream is expected from seq 0, so its
-        # first frames count as lost if they never come. An RX that just
-        # started cannot know what was sent before it: it starts where it joins.
-        self._next = 0 if old is not None and seq < self.params.reorder_window else seq
+        held = sorted(decision.candidate.held.items()) if decision.candidate else []
+        first = min(seq, held[0][0]) if held else seq
+        if decision.verdict is Verdict.TAKE_BACK:
+            start = decision.floor + 1       # the same stream, continuing: gaps are lost
+        elif old is not None and first < self.params.reorder_window:
+            start = 0   # a TX restart: its first frames count as lost if they never come
+        else:
+            start = first  # RX (re)joins a stream where it first hears it
+        start = max(start, decision.floor + 1)
+        self._book.followed(epoch, old, self._next - 1, decision.verdict)
+        pins = {epoch: cipher}
+        if old is not None and old_cipher is not None and self._book.displaced == old:
+            pins[old] = old_cipher   # it may come back: no flood may evict its key
+        self._pin(pins)
+        self.epoch, self._cipher = epoch, cipher
+        self._next = start
+        self._floor = decision.floor
+        self._buffer.clear()
         self._lost.clear()
         self._lost_set.clear()
         self.heartbeat_copies.clear()
         self._epoch_base = self.counters["valid"] + self.counters["duplicates"]
         self._frag = None
+        self.counters["epochs"] += 1
         events.append(EpochChanged(old, epoch))
+        # Of heartbeats held on probation only the newest is worth delivering: the
+        # others would all reach the health watchdog at once, as stale samples.
+        beats = [s for s, (_, f, _) in held if f] + ([seq] if flags else [])
+        newest_beat = max(beats, default=None)
+        for s, (arrival, f, d) in held:
+            opened = seal.open_sealed(cipher, d, wire.HEADER_SIZE, s)
+            if opened is None or s < start:  # (cannot be: it opened, and is fresh)
+                continue
+            self._buffer[s] = (arrival, [] if f and s != newest_beat
+                               else self._decode_body(opened))
+        self.counters["valid"] += 1
+        self.last_valid_at = now
+        if flags & wire.FLAG_HEARTBEAT:
+            self._heartbeat_copy(seq)
+        self._buffer[seq] = (now, [] if flags and seq != newest_beat else self._decode_body(body))
+        events.extend(self._deliver_ready(now))
         return events
+
+    def _pin(self, pins: dict[int, AESGCM]) -> None:
+        """The followed, restored and displaced epochs' ciphers: safe from floods."""
+        self._pins = pins
+        self._ciphers.pin(pins)
 
     def _decode_body(self, body: bytes) -> list[Any]:
         try:

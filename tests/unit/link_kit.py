@@ -52,8 +52,8 @@ class Tx:
         return [d for i in indices for d in self.frame(message(tag, i), now)]
 
 
-def receiver(**params: Any) -> LinkReceiver:
-    return LinkReceiver(ReceiverParams(link_id=LINK_ID, **params), KEY)
+def receiver(memory: Any = None, **params: Any) -> LinkReceiver:
+    return LinkReceiver(ReceiverParams(link_id=LINK_ID, **params), KEY, memory)
 
 
 def feed(rx: LinkReceiver, datagrams: Iterable[bytes], now: float = 0.0) -> list[Event]:

@@ -1,0 +1,282 @@
+"""Epoch rules (agent/link/epochs.py): replays never pin RX to an old epoch, never
+cost a live frame and are never delivered twice, across RX restarts; a new TX
+whose clock is behind is still followed.
+
+The attacker of these tests holds no key: they replay recorded datagrams (at any
+time, any pace, any order) and forge headers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.link.epochs import MEMORY_EPOCHS, EpochMemory
+from agent.link.events import EpochChanged, FramesLost, RecordReceived
+from agent.link.receiver import LinkReceiver
+
+from .link_kit import T0, Tx, epoch_at, feed, forged, message, outcomes, receiver, topics
+
+TAKEOVER = 3.0
+
+
+def test_one_replayed_datagram_after_a_quiet_spell_changes_nothing() -> None:
+    # The issue's attack: the link is quiet for longer than epoch_takeover, and one
+    # datagram recorded from an epoch this RX never followed arrives.
+    recorded = Tx(epoch_at(T0 - 3600)).frame(message("old", 0))
+    live = Tx(epoch_at(T0))
+    rx = receiver(epoch_takeover=TAKEOVER)
+    assert topics(feed(rx, live.frames("live", range(10)), now=0.0)) == \
+        [f"live/{i}" for i in range(10)]
+    assert feed(rx, recorded, now=5.0) == []
+    assert rx.epoch == live.epoch
+    assert rx.counters["stale_epoch"] == 1
+    # Genuine traffic keeps flowing: nothing is taken for a replay.
+    assert topics(feed(rx, live.frames("live", range(10, 20)), now=5.1)) == \
+        [f"live/{i}" for i in range(10, 20)]
+    assert rx.counters["replayed"] == 0 and rx.counters["epochs"] == 1
+
+
+def test_a_recorded_burst_cannot_switch_either() -> None:
+    recorded = Tx(epoch_at(T0 - 3600)).frames("old", range(200))
+    live = Tx(epoch_at(T0))
+    rx = receiver(epoch_takeover=TAKEOVER)
+    feed(rx, live.frames("live", range(3)), now=0.0)
+    # Long silence, then the whole recording at once: its fresh frames span no time.
+    assert feed(rx, recorded, now=60.0) == []
+    assert rx.epoch == live.epoch and rx.counters["stale_epoch"] == 200
+    assert topics(feed(rx, live.frames("live", range(3, 5)), now=60.5)) == ["live/3", "live/4"]
+
+
+def _merge(*streams: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
+    return sorted((x for s in streams for x in s), key=lambda x: x[0])
+
+
+def test_a_whole_session_replayed_at_its_own_pace_never_displaces_a_live_epoch() -> None:
+    old = Tx(epoch_at(T0 - 3600))
+    replay = [(5.0 + 0.1 * i, d) for i in range(300) for d in old.frame(message("old", i))]
+    live = Tx(epoch_at(T0))
+    genuine = [(float(t), d) for t in range(40) for d in live.heartbeat(float(t))]
+    rx = receiver(epoch_takeover=TAKEOVER)
+    events = [e for t, d in _merge(replay, genuine) for e in rx.receive(d, t)]
+    assert rx.epoch == live.epoch and rx.counters["epochs"] == 1
+    assert topics(events) == []                       # nothing of the old session
+    assert sum(isinstance(e, RecordReceived) for e in events) == 40  # every heartbeat
+    assert rx.counters["stale_epoch"] == 300
+
+
+def test_live_epoch_comes_back_after_a_replay_won_during_a_pause() -> None:
+    """The attack that remains: the genuine TX pauses longer than epoch_takeover and a
+    complete recording of an epoch RX never followed is played meanwhile. RX then
+    follows it (and delivers what it never had), but the genuine epoch is not
+    retired: it is followed again at its second fresh frame, and loses nothing."""
+    old = Tx(epoch_at(T0 - 3600))
+    live = Tx(epoch_at(T0))
+    rx = receiver(epoch_takeover=TAKEOVER)
+    events = feed(rx, live.frames("live", range(10)), now=0.0)
+    replay = [(4.0 + 0.1 * i, d) for i in range(60) for d in old.frame(message("old", i))]
+    resumed = [(10.0 + 0.1 * (i - 10), d) for i in range(10, 30)
+               for d in live.frame(message("live", i))]
+    late_replay = [(10.05 + 0.1 * (i - 60), d) for i in range(60, 80)
+                   for d in old.frame(message("old", i))]
+    events += [e for t, d in _merge(replay, resumed, late_replay) for e in rx.receive(d, t)]
+    assert EpochChanged(live.epoch, old.epoch) in events   # the replay did win at t=7...
+    assert EpochChanged(old.epoch, live.epoch) in events   # ...and lost at live's 2nd frame
+    # What it delivered meanwhile is the documented limit: frames RX never had.
+    assert topics(events) == ([f"live/{i}" for i in range(10)] + [f"old/{i}" for i in range(61)]
+                              + [f"live/{i}" for i in range(10, 30)])
+    assert rx.epoch == live.epoch
+    assert not any(isinstance(e, FramesLost) for e in events)
+    # Held: the replay's first 3 s, live/10, then the replay again (on probation).
+    assert rx.counters["stale_epoch"] == 30 + 1 + 19
+
+
+def test_new_tx_with_its_clock_behind_is_followed_and_loses_nothing() -> None:
+    rx = receiver(epoch_takeover=TAKEOVER)
+    old_board = Tx(epoch_at(T0))
+    feed(rx, old_board.frames("a", range(5)), now=0.0)
+    # Board swapped; the new one has no RTC and no NTP: its clock is a month behind.
+    new_board = Tx(epoch_at(T0 - 30 * 86400))
+    stream: list[tuple[float, bytes]] = []
+    for i in range(60):   # from t=40 s: data every 0.1 s, a heartbeat every second
+        t = 40.0 + 0.1 * i
+        stream += [(t, d) for d in new_board.frame(message("b", i), t)]
+        if i % 10 == 0:
+            stream += [(t, d) for d in new_board.heartbeat(t)]
+    calls = [(t, rx.receive(d, t)) for t, d in stream]
+    events = [e for _, evs in calls for e in evs]
+    switched_at, at_switch = next((t, evs) for t, evs in calls
+                                  if EpochChanged(old_board.epoch, new_board.epoch) in evs)
+    assert topics(events) == [f"b/{i}" for i in range(60)]      # all of it, in order
+    assert rx.epoch == new_board.epoch and rx.counters["lost"] == 0
+    # Followed once the old board had been silent, and the new one heard, for 3 s;
+    # what it sent meanwhile was held (3 s of frames and heartbeats). Of the held
+    # heartbeats only the newest reaches the watchdog (the others: stale samples).
+    assert switched_at == pytest.approx(43.0)
+    assert rx.counters["stale_epoch"] == 30 + 3
+    assert sum(isinstance(e, RecordReceived) and not hasattr(e.record, "topic")
+               for e in at_switch) == 1
+
+
+def test_restart_keeps_replays_of_what_rx_had_as_replays() -> None:
+    first, second = Tx(epoch_at(T0 - 60)), Tx(epoch_at(T0))
+    rx = receiver(epoch_takeover=TAKEOVER)
+    recorded = first.frames("a", range(10)) + second.frames("b", range(20))
+    assert len(topics(feed(rx, recorded, now=0.0))) == 30
+    memory = rx.memory()
+    # A restarted RX, while the recording loops at it.
+    restarted = receiver(memory=memory, epoch_takeover=TAKEOVER)
+    events = feed(restarted, recorded * 3, now=100.0)
+    assert events == []
+    assert restarted.counters["replayed"] == 90 and restarted.counters["lost"] == 0
+    # The genuine TX went on meanwhile: RX joins it at its next frame, no loss counted.
+    events = feed(restarted, second.frames("b", range(20, 30))[5:], now=100.5)
+    assert events[0] == EpochChanged(None, second.epoch)
+    assert topics(events) == [f"b/{i}" for i in range(25, 30)]
+    assert restarted.counters["lost"] == 0
+    # Without its memory, the same RX would have published the recording again.
+    amnesiac = receiver(epoch_takeover=TAKEOVER)
+    assert len(topics(feed(amnesiac, recorded, now=100.0))) > 0
+
+
+def test_restarted_rx_while_an_unseen_epoch_loops_follows_the_genuine_one() -> None:
+    live = Tx(epoch_at(T0))
+    rx = receiver(epoch_takeover=TAKEOVER)
+    feed(rx, live.frames("live", range(10)), now=0.0)
+    restarted = receiver(memory=rx.memory(), epoch_takeover=TAKEOVER)
+    # Recorded before RX ever ran: RX cannot place it, but it is older than the newest.
+    recording = Tx(epoch_at(T0 - 7200)).frames("old", range(100))
+    loop = [(50.0 + 0.05 * i, recording[i % 100]) for i in range(400)]
+    genuine = [(50.0 + 0.5 * i, d) for i in range(40)
+               for d in live.frame(message("live", 10 + i))]
+    events = [e for t, d in _merge(loop, genuine) for e in restarted.receive(d, t)]
+    assert topics(events) == [f"live/{i}" for i in range(10, 50)]
+    assert restarted.counters["lost"] == 0 and restarted.epoch == live.epoch
+
+
+def test_tx_restart_is_followed_at_once_even_while_replays_loop() -> None:
+    first, second = Tx(epoch_at(T0)), Tx(epoch_at(T0 + 30))
+    rx = receiver(epoch_takeover=TAKEOVER)
+    beat = first.heartbeat()          # it says: one copy per frame
+    recorded = first.frames("a", range(10))
+    feed(rx, beat + recorded, now=0.0)
+    events = feed(rx, recorded + second.frames("b", range(3)) + recorded, now=1.0)
+    assert EpochChanged(first.epoch, second.epoch) in events
+    assert topics(events) == ["b/0", "b/1", "b/2"]
+
+
+def test_forged_datagrams_never_change_what_rx_follows() -> None:
+    live = Tx(epoch_at(T0))
+    rx = receiver(epoch_takeover=TAKEOVER)
+    feed(rx, live.frames("live", range(5)), now=0.0)
+    rng = random.Random(4)
+    for t in range(100):
+        epoch = rng.choice([live.epoch, live.epoch - 1, live.epoch + 1, rng.getrandbits(64)])
+        assert rx.receive(forged(epoch, rng.randrange(10)), 10.0 + t) == []
+    assert rx.epoch == live.epoch and rx.counters["valid"] == 5
+    assert topics(feed(rx, live.frames("live", range(5, 7)), now=200.0)) == ["live/5", "live/6"]
+
+
+# -- the memory -------------------------------------------------------------------------
+
+
+def test_memory_is_bounded_keeps_the_newest_and_round_trips_through_json() -> None:
+    rx = receiver()
+    epochs = [epoch_at(T0 + 10 * i) for i in range(MEMORY_EPOCHS + 6)]
+    for i, e in enumerate(epochs):
+        feed(rx, Tx(e).frames("x", range(3)), now=float(i))
+    memory = rx.memory()
+    assert len(memory.seen) == MEMORY_EPOCHS
+    assert memory.current == epochs[-1] == memory.newest
+    assert dict(memory.seen)[epochs[-1]] == 2
+    again = EpochMemory.from_dict(json.loads(json.dumps(memory.to_dict())))
+    assert again == memory
+
+
+@pytest.mark.parametrize("doc", [
+    None, [], {}, {"version": 2}, {"version": 1, "link_id": -1, "seen": []},
+    {"version": 1, "link_id": 7, "seen": [[1]]},
+    {"version": 1, "link_id": 7, "seen": [[1, "2"]]},
+    {"version": 1, "link_id": 7, "seen": [[2**64, 0]]},
+    {"version": 1, "link_id": 7, "seen": [[1, 2]], "current": 3},
+    {"version": 1, "link_id": 7, "seen": "x"},
+    {"version": 1, "link_id": True, "seen": []},
+])
+def test_malformed_memory_is_refused(doc: object) -> None:
+    with pytest.raises(ValueError):
+        EpochMemory.from_dict(doc)
+
+
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2**65) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["version", "link_id", "current", "newest", "seen", "x"]), inner,
+        max_size=6), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_value)
+def test_any_json_is_a_memory_or_a_value_error(doc: object) -> None:
+    try:
+        memory = EpochMemory.from_dict(doc)
+    except ValueError:
+        return
+    assert len(memory.seen) <= MEMORY_EPOCHS
+    assert memory.current is None or memory.current in dict(memory.seen)
+    receiver(memory=memory) if memory.link_id == 7 else None
+
+
+def test_memory_of_another_link_is_refused() -> None:
+    with pytest.raises(ValueError, match="link id"):
+        receiver(memory=EpochMemory(link_id=8))
+
+
+# -- property: whatever is injected ---------------------------------------------------------
+
+LIVE = Tx(epoch_at(T0))
+SEEN = Tx(epoch_at(T0 - 600))          # followed by RX before the live one
+UNSEEN = Tx(epoch_at(T0 - 86400))      # recorded before RX ever ran
+SEEN_FRAMES = SEEN.frames("seen", range(10))
+UNSEEN_FRAMES = UNSEEN.frames("unseen", range(40))
+LIVE_FRAMES = [LIVE.frame(message("live", i)) for i in range(60)]  # one every 0.5 s
+LIVE_PERIOD = 0.5
+
+attack = st.tuples(st.floats(0.0, 30.0), st.sampled_from(["seen", "unseen", "live", "forged"]),
+                   st.integers(0, 10_000))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(attack, max_size=120), st.one_of(st.none(), st.floats(0.1, 29.0)))
+def test_injected_packets_never_cost_a_live_frame_nor_deliver_anything_twice(
+        attacks: list[tuple[float, str, int]], restart_at: float | None) -> None:
+    rx: LinkReceiver = receiver(epoch_takeover=TAKEOVER)
+    feed(rx, SEEN_FRAMES, now=-1.0)
+    schedule: list[tuple[float, int, bytes]] = []
+    for i, copies in enumerate(LIVE_FRAMES):
+        schedule += [(i * LIVE_PERIOD, 0, d) for d in copies]
+    for t, kind, n in attacks:
+        if kind == "seen":
+            d = SEEN_FRAMES[n % len(SEEN_FRAMES)]
+        elif kind == "unseen":
+            d = UNSEEN_FRAMES[n % len(UNSEEN_FRAMES)]
+        elif kind == "live":   # a replay of a live datagram already sent
+            sent = min(len(LIVE_FRAMES) - 1, int(t / LIVE_PERIOD))
+            d = LIVE_FRAMES[n % (sent + 1)][0]
+        else:
+            d = forged(LIVE.epoch if n % 2 else LIVE.epoch - n, n % 70)
+        schedule.append((t, 1, d))
+    schedule.sort(key=lambda x: (x[0], x[1]))
+    got: list[str] = []
+    restarted = False
+    for t, _, d in schedule:
+        if restart_at is not None and not restarted and t >= restart_at:
+            rx = receiver(memory=rx.memory(), epoch_takeover=TAKEOVER)  # a clean restart
+            restarted = True
+        got += topics(rx.receive(d, t))
+        assert outcomes(rx) == rx.counters["datagrams"]
+    assert got == [f"live/{i}" for i in range(len(LIVE_FRAMES))]
+    assert rx.epoch == LIVE.epoch and rx.counters["lost"] == 0
