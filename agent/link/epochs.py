@@ -71,6 +71,11 @@ What remains possible, and why (no back channel means freshness cannot be proven
 - Flooding RX with garbage or replays costs RX CPU; `ciphers.py` keeps that cost
   at the price of garbage, but a flood large enough to fill RX's socket buffer
   still loses genuine datagrams in the kernel, before RX sees them.
+- Recorded copies of the last frames can be sent again to fill each frame up to
+  the `repeat` copies TX announced, which makes the datagram-loss figure look as
+  if those copies had arrived (the copies are byte-identical by design, so
+  nothing tells them apart). Frames lost in every copy still count as lost, and
+  forged datagrams count as `auth_failed` and mask nothing.
 """
 
 from __future__ import annotations

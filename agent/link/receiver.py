@@ -1,10 +1,10 @@
 """The sans-IO link receiver: datagrams in, records and events out.
 
 ```
-datagram ─► header checks ─► epoch rules (epochs.py) ─► dedupe ─► AEAD open ─► CBOR body
-                 │           (other epochs: opened first)     │          │            │
-              counted           counted, dropped or held   counted    counted     reorder buffer
-              & dropped                                    & dropped  & dropped        │
+datagram ─► header checks ─► AEAD open ─► epoch rules (epochs.py) ─► dedupe ─► CBOR body
+                 │                │                  │                  │            │
+              counted          counted     `replayed`/`stale_epoch`  counted   reorder buffer
+              & dropped        & dropped       & dropped (or held)   & dropped       │
                                                           gaps declared lost after
                                                           `reorder_window` frames or
                                                           `reorder_timeout` seconds
@@ -13,14 +13,30 @@ datagram ─► header checks ─► epoch rules (epochs.py) ─► dedupe ─�
 ```
 
 Bad bytes from the wire are never raised: nobody could be told. They are
-counted by reason in `counters` and dropped; a datagram naming an epoch RX has
-no key for while a flood of new epochs is over the key-derivation budget is
-dropped unopened as `unverified` (see `ciphers.py`). A frame of an epoch RX
-does not follow is opened before anything is decided or counted: forged ones
-are `auth_failed`, genuine ones `replayed` (RX had it: see `epochs.py`, which
-also says which epoch RX follows) or `stale_epoch` (an epoch on probation,
-held). Copies of a frame that was already delivered count as `duplicates`;
-frames from far behind the window count as `replayed`.
+counted by reason in `counters` and dropped, and nothing is counted as anything
+but `auth_failed` before it authenticated (or `unverified`, when a flood of new
+epochs is over the key-derivation budget of `ciphers.py`). So forged datagrams
+can neither hide loss nor change state: RX's datagram loss compares TX's count
+of datagrams sent with `valid + duplicates`, both authenticated only.
+
+- `valid`: a fresh frame of the followed epoch.
+- `duplicates`: a byte-identical copy of a frame RX has, up to the `repeat`
+  copies TX announces in its heartbeats (`max_copies` until one came). Copies
+  are compared with the kept datagram (`copy_window` of them), which costs a
+  memcmp instead of an AES open.
+- `replayed`: an authenticated frame RX had: a copy beyond `repeat`, a frame
+  older than the copy window, or one of an epoch RX followed, at or below its
+  high-water mark (remembered across restarts, see `epochs.py`).
+- `late`: an authenticated frame RX never had that comes after its gap was
+  given up (or was sent long before RX joined the stream): never delivered.
+  Copies of the frames sent just before RX joined (within `copy_window`) count
+  as `duplicates`: not delivered either, but the link carried them and TX
+  counted them, so the datagram loss stays exact on a clean link.
+- `stale_epoch`: an authenticated frame of an epoch RX does not follow (yet).
+
+The hot path (a fresh frame of the followed epoch) is header, one dict look-up,
+the AES open, a CBOR decode and the reorder buffer; everything about other
+epochs is off it.
 """
 
 from __future__ import annotations
@@ -52,7 +68,8 @@ class ReceiverParams:
     reorder_window: int = 512      # frames a gap may trail the newest before it is lost
     reorder_timeout: float = 0.5   # seconds a gap is waited for
     epoch_takeover: float = 3.0    # silence (and probation) before an older epoch is followed
-    replay_window: int = 1 << 16   # seqs behind the newest still told apart as duplicates
+    copy_window: int = 1024        # latest frames kept to recognise their copies
+    max_copies: int = 5            # copies per frame believed until a heartbeat says `repeat`
     max_record: int = 16 << 20     # largest reassembled record
     key_trials_first: float = 20.0  # new-epoch key derivations per second (first sight)
     key_trials_again: float = 50.0  # ... and for epoch values seen before (see ciphers.py)
@@ -76,17 +93,23 @@ class LinkReceiver:
         self.epoch: int | None = None
         self._cipher: AESGCM | None = None
         self._next = 0                      # lowest seq not yet delivered or lost
+        self._joined_at = 0                 # seqs below were sent before RX joined the epoch
         self._floor = -1                    # seqs up to here RX had before (a restart)
         self._buffer: dict[int, tuple[float, list[Any]]] = {}
         self._lost: deque[int] = deque(maxlen=_LOST_MEMORY)
         self._lost_set: set[int] = set()
+        # seq -> [the datagram accepted for it, copies received], for the last frames
+        self._copies: dict[int, list[Any]] = {}
+        self._repeat = params.max_copies
+        self._copy_window = params.copy_window
+        self._prejoin: dict[int, int] = {}   # copies of frames sent before RX joined
         self._frag: tuple[int, int, list[bytes], int] | None = None  # id, count, chunks, size
         self.last_valid_at: float | None = None
         self._listening_since: float | None = None
         # The latest heartbeat frames of this epoch, seq -> [copies received, datagrams
         # received in the epoch up to its first copy]: LinkHealth compares TX's count
         # with RX's at that first copy, and only from a heartbeat whose every copy came
-        # (health.py), so the two line up.
+        # (health.py), so the two line up. Authenticated copies only, `repeat` at most.
         self.heartbeat_copies: dict[int, list[int]] = {}
         self._epoch_base = 0  # valid + duplicates before this epoch's first datagram
         self.counters: dict[str, int] = dict.fromkeys(
@@ -117,7 +140,18 @@ class LinkReceiver:
         if epoch != self.epoch:
             return self._other_epoch(datagram, flags, epoch, seq, now)
         if seq < self._next or seq in self._buffer:
-            self._behind(datagram, seq, flags)
+            kept = self._copies.get(seq)
+            if kept is not None and kept[0] == datagram \
+                    and self._next - seq <= self._copy_window:
+                kept[1] += 1   # a copy of a frame RX has: authentic, no AES open needed
+                if kept[1] > self._repeat:
+                    c["replayed"] += 1
+                else:
+                    c["duplicates"] += 1
+                    if flags & wire.FLAG_HEARTBEAT:
+                        self._heartbeat_copy(seq)
+            else:
+                self._behind(datagram, seq, kept is not None)
             return []
         body = seal.open_sealed(self._cipher, datagram, wire.HEADER_SIZE, seq)  # type: ignore[arg-type]
         if body is None:
@@ -127,7 +161,17 @@ class LinkReceiver:
         self.last_valid_at = now
         if flags & wire.FLAG_HEARTBEAT:
             self._heartbeat_copy(seq)
-        self._buffer[seq] = (now, self._decode_body(body))
+        # A compact copy: the driver's datagram may sit in a far larger allocation
+        # (recv(65535), shrunk in place), and 1024 of those pinned 26 MB here.
+        copies = self._copies
+        copies[seq] = [bytes(memoryview(datagram)), 1]
+        copies.pop(seq - self._copy_window, None)
+        if len(copies) > 2 * self._copy_window:
+            self._sweep_copies(seq)
+        items = self._decode_body(body)
+        if flags:
+            self._learn_repeat(items)
+        self._buffer[seq] = (now, items)
         return self._deliver_ready(now)
 
     @property
@@ -165,18 +209,6 @@ class LinkReceiver:
 
     # -- internals -----------------------------------------------------------
 
-    def _behind(self, datagram: bytes, seq: int, flags: int) -> None:
-        """A datagram of the followed epoch at a seq already delivered, buffered or lost."""
-        c = self.counters
-        if seq in self._lost_set:
-            c["late"] += 1
-        elif seq <= self._floor or self._next - seq > self.params.replay_window:
-            c["replayed"] += 1
-        else:
-            c["duplicates"] += 1
-            if flags & wire.FLAG_HEARTBEAT:
-                self._heartbeat_copy(seq)
-
     def _heartbeat_copy(self, seq: int) -> None:
         copies = self.heartbeat_copies
         seen = copies.get(seq)
@@ -187,6 +219,24 @@ class LinkReceiver:
         copies[seq] = [1, c["valid"] + c["duplicates"] - self._epoch_base]
         if len(copies) > _HEARTBEAT_MEMORY:
             del copies[next(iter(copies))]
+
+    def _behind(self, datagram: bytes, seq: int, kept: bool) -> None:
+        """A datagram of the followed epoch at a seq already delivered, buffered or lost,
+        that is not a copy of the datagram RX keeps for it (`kept`: RX keeps one)."""
+        c = self.counters
+        if seal.open_sealed(self._cipher, datagram, wire.HEADER_SIZE, seq) is None:  # type: ignore[arg-type]
+            c["auth_failed"] += 1
+        elif kept:
+            c["replayed"] += 1
+        elif self._floor < seq < self._joined_at and seq >= self._joined_at - self._copy_window:
+            # Sent just before RX joined, never delivered; but the link carried it and
+            # TX counted it, so it counts as received (health), `repeat` copies at most.
+            n = self._prejoin[seq] = self._prejoin.get(seq, 0) + 1
+            c["duplicates" if n <= self._repeat else "replayed"] += 1
+        elif seq in self._lost_set or self._floor < seq < self._joined_at:
+            c["late"] += 1
+        else:
+            c["replayed"] += 1
 
     def _other_epoch(self, datagram: bytes, flags: int, epoch: int, seq: int,
                      now: float) -> list[Event]:
@@ -237,11 +287,13 @@ class LinkReceiver:
             pins[old] = old_cipher   # it may come back: no flood may evict its key
         self._pin(pins)
         self.epoch, self._cipher = epoch, cipher
-        self._next = start
+        self._next = self._joined_at = start
         self._floor = decision.floor
         self._buffer.clear()
         self._lost.clear()
         self._lost_set.clear()
+        self._copies.clear()
+        self._prejoin.clear()
         self.heartbeat_copies.clear()
         self._epoch_base = self.counters["valid"] + self.counters["duplicates"]
         self._frag = None
@@ -255,13 +307,18 @@ class LinkReceiver:
             opened = seal.open_sealed(cipher, d, wire.HEADER_SIZE, s)
             if opened is None or s < start:  # (cannot be: it opened, and is fresh)
                 continue
+            self._keep_copy(s, d)
             self._buffer[s] = (arrival, [] if f and s != newest_beat
                                else self._decode_body(opened))
         self.counters["valid"] += 1
         self.last_valid_at = now
         if flags & wire.FLAG_HEARTBEAT:
             self._heartbeat_copy(seq)
-        self._buffer[seq] = (now, [] if flags and seq != newest_beat else self._decode_body(body))
+        self._keep_copy(seq, bytes(memoryview(datagram)))
+        items = [] if flags and seq != newest_beat else self._decode_body(body)
+        if flags:
+            self._learn_repeat(items)
+        self._buffer[seq] = (now, items)
         events.extend(self._deliver_ready(now))
         return events
 
@@ -269,6 +326,30 @@ class LinkReceiver:
         """The followed, restored and displaced epochs' ciphers: safe from floods."""
         self._pins = pins
         self._ciphers.pin(pins)
+
+    def _keep_copy(self, seq: int, datagram: bytes) -> None:
+        """`datagram` must be compact (see `receive`): it is kept."""
+        copies = self._copies
+        copies[seq] = [datagram, 1]
+        copies.pop(seq - self._copy_window, None)
+        if len(copies) > 2 * self._copy_window:
+            self._sweep_copies(seq)
+
+    def _sweep_copies(self, seq: int) -> None:
+        """Drop kept datagrams a gap left behind (their seq + window was never accepted)."""
+        horizon = seq - self._copy_window
+        for s in [s for s in self._copies if s <= horizon]:
+            del self._copies[s]
+
+    def _learn_repeat(self, items: list[Any]) -> None:
+        """A heartbeat frame: TX's `repeat` bounds how many copies of a frame are genuine."""
+        for item in items:
+            try:
+                rec = records.decode_item(item)
+            except (records.RecordError, ValueError, TypeError, OverflowError):
+                continue
+            if isinstance(rec, records.Heartbeat) and 1 <= rec.repeat <= 5:
+                self._repeat = rec.repeat
 
     def _decode_body(self, body: bytes) -> list[Any]:
         try:

@@ -37,6 +37,8 @@ def test_random_epoch_flood_derives_a_bounded_number_of_keys_and_misses_no_live_
             sent += 1
     assert got == [f"live/{i}" for i in range(sent)]
     assert rx.keys_derived <= _budget(n / FLOOD_RATE) + 1
+    assert rx.counters["unverified"] > 0.99 * n
+    assert rx.counters["unverified"] + rx.counters["auth_failed"] == n
     assert rx.counters["valid"] == sent
     assert outcomes(rx) == rx.counters["datagrams"]
 
