@@ -75,6 +75,11 @@ class LinkConfig:
         None, doc="RX: seconds a gap is waited for", example="0.5", lo=0.001, hi=60,
         default_doc="1.5 times the time the copies of a frame span at the link's rate, at "
         "least 0.5 (115200 baud, repeat 3, interleave 8: about 3 s)")
+    state_file: Path | None = setting(
+        None, doc="RX: the epochs it followed, kept so that replays stay replays across "
+        "restarts ([docs/link-replays.md](docs/link-replays.md))",
+        example='"/var/lib/diode/link-state.json"',
+        default_doc="unset (boards: `/var/lib/diode/link-state.json`)")
     loss: float = setting(0.0, doc="TX: simulated datagram loss (demo and tests only)",
                           example="0.0", lo=0.0, hi=1.0, toml="simulated_loss")
     loss_seed: int = setting(1, doc="TX: seed of the simulated loss", example="1",

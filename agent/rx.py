@@ -25,6 +25,7 @@ from agent.keys import read_key
 from agent.link.health import HealthParams, LinkHealth, LinkState
 from agent.link.receiver import REJECT_REASONS, LinkReceiver, ReceiverParams
 from agent.link.seal import key_fingerprint
+from agent.link_state import LinkStateFile
 from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
 from agent.rxcore import RxCore
@@ -57,11 +58,12 @@ class RxAgent:
         self.cfg = cfg
         link = cfg.link
         self.key = read_key(link.key_file)
+        self.link_state = LinkStateFile(link.state_file, link.link_id)
         self.receiver = LinkReceiver(ReceiverParams(link_id=link.link_id,
                                                     reorder_timeout=link.gap_wait,
                                                     epoch_takeover=link.timeout or 3.0,
                                                     max_record=largest_record(cfg)),
-                                    self.key)
+                                    self.key, self.link_state.load())
         self.health = LinkHealth(HealthParams(timeout=link.timeout,
                                               degraded_loss=link.degraded_loss))
         self.board = BoardSignals("rx", cfg.board, {"timers": 5.0})
@@ -127,6 +129,7 @@ class RxAgent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         transport.close()
+        self.link_state.keep(self.receiver, time.monotonic(), final=True)
         await self._report()
         await self._stop_sinks()
         await self.board.close(fatal=rt.fatal is not None)
@@ -156,6 +159,7 @@ class RxAgent:
             if passes % 5 == 0:
                 self._show(now)
             self.core.timer(now)
+            self.link_state.keep(self.receiver, now)
             state = self.health.evaluate(now, self.receiver.last_valid_at)
             if state != prev:
                 level = logging.INFO if state == LinkState.UP else logging.WARNING
