@@ -16,12 +16,14 @@ flood of random epoch values thus cost RX far more than garbage did. Here:
   epoch values costs one AES open per datagram, the price of garbage.
 - New derivations are paid from two token buckets. `first` pays for an epoch
   value seen for the first time (a TX restart's first datagram, when no flood
-  is on); `again` for a value seen before among the last `SIGHTINGS` unknown
-  ones. A flood of random values (each seen once) drains `first` only; a
-  genuine new epoch repeats its value in every datagram (each frame goes out
-  `repeat` times, and frames follow), so it is tried at its next datagram from
-  `again`, and learnt. Beyond both budgets a datagram is dropped unopened and
-  counted `unverified`, which costs a few dictionary look-ups.
+  is on); `again` for a value seen before among recent unknown ones (a table of
+  `SIGHTINGS` slots, indexed by a hash keyed from the link key, so an attacker
+  cannot aim at the slot of a genuine epoch to make RX forget it). A flood of
+  random values (each seen once) drains `first` only; a genuine new epoch
+  repeats its value in every datagram (each frame goes out `repeat` times, and
+  frames follow), so it is tried at its next datagram from `again`, and learnt.
+  Beyond both budgets a datagram is dropped unopened and counted `unverified`,
+  which costs a look-up, a multiplication and a comparison.
 
 A flood that repeats each random value (to drain `again` too) still only gets
 `first_rate + again_rate` derivations a second; a genuine new epoch then waits
@@ -30,7 +32,9 @@ for its share of them, while the epoch RX follows is never affected.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import hashlib
+import hmac
+from collections import OrderedDict
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -38,16 +42,20 @@ from agent.link import seal
 
 TRUSTED = 8
 TRIED = 64
-SIGHTINGS = 8192
+SIGHTINGS = 8192          # a power of two
+_SLOT_SHIFT = 64 - (SIGHTINGS.bit_length() - 1)
+_U64 = (1 << 64) - 1
 
 
 class _Budget:
-    """A token bucket over the `now` it is given (sans-IO)."""
+    """A token bucket over the `now` it is given (sans-IO). `next_at`: before it,
+    `take` is sure to fail, so a caller under a flood can skip the call."""
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate, self.burst = rate, burst
         self._tokens = burst
         self._at: float | None = None
+        self.next_at = float("-inf")
 
     def take(self, now: float) -> bool:
         if self._at is not None and now > self._at:
@@ -56,6 +64,7 @@ class _Budget:
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
+        self.next_at = self._at + (1.0 - self._tokens) / self.rate
         return False
 
 
@@ -63,11 +72,13 @@ class EpochCiphers:
     def __init__(self, link_key: bytes, link_id: int, *, first_rate: float = 20.0,
                  again_rate: float = 50.0, burst: float = 20.0) -> None:
         self._key, self._link_id = link_key, link_id
+        self._known: dict[int, AESGCM] = {}      # pinned, trusted and tried, for one look-up
         self._pinned: dict[int, AESGCM] = {}
-        self._trusted: OrderedDict[int, AESGCM] = OrderedDict()
-        self._tried: OrderedDict[int, AESGCM] = OrderedDict()
-        self._sighted: set[int] = set()
-        self._sight_order: deque[int] = deque()
+        self._trusted: OrderedDict[int, None] = OrderedDict()
+        self._tried: OrderedDict[int, None] = OrderedDict()
+        self._slots: list[int] = [-1] * SIGHTINGS
+        mac = hmac.new(link_key, b"diode epoch sightings", hashlib.sha256).digest()
+        self._mult = int.from_bytes(mac[:8], "big") | 1
         self._first = _Budget(first_rate, burst)
         self._again = _Budget(again_rate, burst)
         self.derived = 0
@@ -79,37 +90,39 @@ class EpochCiphers:
 
     def get(self, epoch: int, now: float) -> AESGCM | None:
         """The cipher for `epoch`, or None when deriving it is over budget."""
-        cipher = self._pinned.get(epoch) or self._trusted.get(epoch)
+        cipher = self._known.get(epoch)
         if cipher is not None:
             return cipher
-        cipher = self._tried.get(epoch)
-        if cipher is not None:
-            self._tried.move_to_end(epoch)
-            return cipher
-        if epoch in self._sighted:
-            if not self._again.take(now):
+        slot = (epoch * self._mult & _U64) >> _SLOT_SHIFT
+        if self._slots[slot] == epoch:       # seen before, recently
+            if now < self._again.next_at or not self._again.take(now):
                 return None
-        elif not self._first.take(now):
-            self._sighted.add(epoch)
-            order = self._sight_order
-            order.append(epoch)
-            if len(order) > SIGHTINGS:
-                self._sighted.discard(order.popleft())
+        elif now < self._first.next_at or not self._first.take(now):
+            self._slots[slot] = epoch
             return None
         cipher = self.derive(epoch)
-        self._tried[epoch] = cipher
+        self._known[epoch] = cipher
+        self._tried[epoch] = None
         if len(self._tried) > TRIED:
-            self._tried.popitem(last=False)
+            self._forget(self._tried.popitem(last=False)[0])
         return cipher
 
     def trust(self, epoch: int, cipher: AESGCM) -> None:
         """`epoch` authenticated a frame under `cipher`: keep it among the trusted."""
         self._tried.pop(epoch, None)
-        self._trusted[epoch] = cipher
+        self._known[epoch] = cipher
+        self._trusted[epoch] = None
         self._trusted.move_to_end(epoch)
         if len(self._trusted) > TRUSTED:
-            self._trusted.popitem(last=False)
+            self._forget(self._trusted.popitem(last=False)[0])
 
     def pin(self, ciphers: dict[int, AESGCM]) -> None:
         """The ciphers no flood of other epochs may evict (replaces the previous pins)."""
-        self._pinned = dict(ciphers)
+        old, self._pinned = self._pinned, dict(ciphers)
+        for epoch in old:
+            self._forget(epoch)
+        self._known.update(self._pinned)
+
+    def _forget(self, epoch: int) -> None:
+        if epoch not in self._pinned and epoch not in self._trusted and epoch not in self._tried:
+            self._known.pop(epoch, None)
