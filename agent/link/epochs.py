@@ -255,11 +255,12 @@ class EpochBook:
         return EpochMemory(link_id, current, self.newest, tuple(seen.items()))
 
     def _candidate(self, epoch: int, floor: int, now: float) -> Candidate:
-        cand = self.candidates.get(epoch)
-        if cand is not None:
-            return cand
-        # A candidate silent for long is forgotten: probation means a continuing stream.
+        # A candidate silent for long is forgotten (it starts its probation again):
+        # probation means a continuing stream, not two frames an hour apart.
         idle = max(10.0, 3 * self.takeover)
+        cand = self.candidates.get(epoch)
+        if cand is not None and now - cand.last_at <= idle:
+            return cand
         for e in [e for e, c in self.candidates.items() if now - c.last_at > idle]:
             del self.candidates[e]
         if len(self.candidates) >= MAX_CANDIDATES:

@@ -122,6 +122,18 @@ def test_new_tx_with_its_clock_behind_is_followed_and_loses_nothing() -> None:
                for e in at_switch) == 1
 
 
+def test_probation_needs_a_continuing_stream_not_two_frames_an_hour_apart() -> None:
+    recorded = Tx(epoch_at(T0 - 86400)).frames("old", range(3))
+    live = Tx(epoch_at(T0))
+    rx = receiver(epoch_takeover=TAKEOVER)
+    feed(rx, live.frames("live", range(2)), now=0.0)
+    assert feed(rx, recorded[:1], now=1.0) == []
+    assert feed(rx, recorded[1:2], now=3600.0) == []   # silence, and a span: but idle
+    assert rx.epoch == live.epoch
+    assert feed(rx, recorded[2:], now=3603.5) != []     # a stream over 3.5 s: the limit
+    assert rx.epoch != live.epoch
+
+
 def test_restart_keeps_replays_of_what_rx_had_as_replays() -> None:
     first, second = Tx(epoch_at(T0 - 60)), Tx(epoch_at(T0))
     rx = receiver(epoch_takeover=TAKEOVER)
