@@ -72,7 +72,9 @@ class LinkSender:
         self.counters["records"] += 1
         size = len(record)
         if 1 + size > self._capacity:  # 1: the array head of a frame of one record
-            self._push_fragments(record, now)
+            # a heartbeat this large (many channels' counters) is fragmented: its frames
+            # still carry the heartbeat flag, or RX could never measure datagram loss
+            self._push_fragments(record, now, heartbeat)
             if tag is not None:
                 self._tags.append(tag)  # framed with the last fragment
             return
@@ -109,7 +111,7 @@ class LinkSender:
         if self._items:
             self._close(now)
 
-    def _push_fragments(self, record: bytes, now: float) -> None:
+    def _push_fragments(self, record: bytes, now: float, heartbeat: bool = False) -> None:
         size = self.params.body_capacity - wire.array_head_size(1) - _FRAGMENT_OVERHEAD
         chunks = [record[i:i + size] for i in range(0, len(record), size)]
         frag_id = self._frag_id
@@ -117,7 +119,8 @@ class LinkSender:
         self.counters["records"] -= 1  # counted per fragment below
         for index, chunk in enumerate(chunks):
             self.counters["fragments"] += 1
-            self.push(records.encode(records.Fragment(frag_id, index, len(chunks), chunk)), now)
+            self.push(records.encode(records.Fragment(frag_id, index, len(chunks), chunk)), now,
+                      heartbeat=heartbeat)
 
     # -- timers --------------------------------------------------------------
 

@@ -308,3 +308,22 @@ def test_records_whose_sends_failed_stay_in_the_spool_and_go_again(tmp_path: Any
     assert sorted(set(src.released)) == list(range(1, 601))
     assert spool.acked_seq == 600
     spool.close()
+
+
+def test_a_heartbeat_too_large_for_one_frame_still_measures_datagram_loss() -> None:
+    """Many channels' counters make a heartbeat larger than a frame: its fragments keep
+    the heartbeat flag, so RX still lines TX's datagram count up with its own."""
+    from agent.link import records as link_records
+    src = ListSource("mqtt:plant")
+    tx, rx = pair([src], {("mqtt", "plant"): ListSink("mqtt:plant")})
+    channel = LossyChannel(seed=5, loss=0.2)
+    now = 0.0
+    for beat in range(12):
+        counters = {f"source:{i}.counter_with_a_long_name": beat * i for i in range(120)}
+        counters["datagrams"] = tx.sender.counters["datagrams"]
+        tx.heartbeat(lambda c=counters: link_records.encode(link_records.Heartbeat(
+            now, 1.0, 3, c, {})), now)
+        for i in range(30):
+            src.put(encode_mqtt("plant", f"t/{i}", bytes(200), 0, False, None))
+        now = run(tx, rx, channel, seconds=0.2, start=now)
+    assert 0.1 < rx.health.datagram_loss() < 0.3

@@ -522,6 +522,9 @@ PAHO_ATTRIBUTES: dict[str, type | tuple[type, ...]] = {
     "_registered_write": bool,
     "_msgtime_mutex": type(threading.Lock()),
     "_last_bytes_received": float,
+    # paho's own QoS 1/2 window: read to leave room for it, set from the CONNACK
+    "_inflight_messages": int,
+    "_max_inflight_messages": int,
 }
 # ours, on the subclass
 OWN = {"_pending", "_wbuf", "on_publish_fast", "fast_acks", "_publish_fast", "_publish_raw",

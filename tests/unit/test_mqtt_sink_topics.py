@@ -16,7 +16,7 @@ from agent.mqtt.sink import MqttSink
 
 def test_a_topic_too_long_after_the_prefix_is_counted_not_retried() -> None:
     sink = MqttSink(RxMqttChannel("plant", BrokerConfig(client_id="t"), topic_prefix="site/"),
-                    RxContext(fail=lambda m: None, open_spool=lambda n: None))
+                    RxContext(fail=lambda m: None, open_spool=lambda *a, **k: None))
     assert sink.prepare(MqttMessage("plant", "a" * 65_531, b"x"), 0.0) is None
     assert sink.counters["bad_topic"] == 1
     assert sink.prepare(MqttMessage("plant", "ok", b"x"), 0.0) == ("site/ok", None)

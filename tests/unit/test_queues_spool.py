@@ -134,6 +134,9 @@ class _Client:
         self.published.append((payload, on_ack))
         return True
 
+    def inflight(self) -> int:
+        return 0  # nothing through paho's own QoS 1/2 flow here
+
 
 class _Conn:
     def __init__(self) -> None:
