@@ -321,8 +321,8 @@ def test_a_heartbeat_too_large_for_one_frame_still_measures_datagram_loss() -> N
     for beat in range(12):
         counters = {f"source:{i}.counter_with_a_long_name": beat * i for i in range(120)}
         counters["datagrams"] = tx.sender.counters["datagrams"]
-        tx.heartbeat(lambda c=counters: link_records.encode(link_records.Heartbeat(
-            now, 1.0, 3, c, {})), now)
+        tx.heartbeat(lambda c=counters, t=now: link_records.encode(link_records.Heartbeat(
+            t, 1.0, 3, c, {})), now)
         for i in range(30):
             src.put(encode_mqtt("plant", f"t/{i}", bytes(200), 0, False, None))
         now = run(tx, rx, channel, seconds=0.2, start=now)
