@@ -32,6 +32,7 @@ from dataclasses import asdict
 from typing import Any, Generic, TypeVar
 
 from agent.spool import Spool, SpoolFull
+from agent.spool.reading import forget, skip_dropped
 
 T = TypeVar("T")
 Ack = Callable[[], object]
@@ -129,17 +130,10 @@ class SpoolQueue(Generic[T]):
         return out
 
     def _skip_dropped(self) -> None:
-        """The spool dropped records we had not taken (its ack point jumped past us)."""
-        acked = self.spool.acked_seq
-        if self._cursor < acked:
-            if self._cache:
-                for seq in range(self._cursor + 1, acked + 1):
-                    self._cache.pop(seq, None)
-            self._cursor = acked
+        self._cursor = skip_dropped(self.spool, self._cursor, self._cache)
 
     def _forget(self, seqs: list[int]) -> None:
-        for seq in seqs:
-            self._cache.pop(seq, None)
+        forget(self._cache, seqs)
 
     def framed(self, tags: list[object]) -> None:
         seqs = [t for t in tags if isinstance(t, int)]

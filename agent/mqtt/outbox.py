@@ -39,6 +39,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from agent.link import records
 from agent.mqtt.codec import MqttMessage, encode_message
 from agent.spool import Spool, SpoolFull
+from agent.spool.reading import forget, skip_dropped
 
 if TYPE_CHECKING:
     from agent.mqtt.sink import MqttSink
@@ -216,17 +217,10 @@ class SpoolOutbox:
                 self._skip_dropped()
 
     def _skip_dropped(self) -> None:
-        """The spool dropped messages the drain had not reached (its ack point jumped)."""
-        acked = self.spool.acked_seq
-        if self._cursor < acked:
-            if self._cache:
-                for seq in range(self._cursor + 1, acked + 1):
-                    self._cache.pop(seq, None)
-            self._cursor = acked
+        self._cursor = skip_dropped(self.spool, self._cursor, self._cache)
 
     def _forget(self, seqs: list[int]) -> None:
-        for seq in seqs:
-            self._cache.pop(seq, None)
+        forget(self._cache, seqs)
 
     def _on_ack(self, seq: int, topic: str) -> Callable[[int], None]:
         return lambda reason: self._acked(seq, reason, topic)

@@ -26,6 +26,7 @@ from dataclasses import asdict
 from typing import Any
 
 from agent.spool import Spool, SpoolFull
+from agent.spool.reading import forget, skip_dropped
 
 _CACHE = 50_000
 
@@ -124,17 +125,10 @@ class SpoolBacklog:
         return out
 
     def _skip_dropped(self) -> None:
-        """The spool dropped records not yet taken (its ack point jumped past them): they
-        are gone, so they are not sent from the cache either."""
-        acked = self.spool.acked_seq
-        if self._cursor < acked:
-            for seq in range(self._cursor + 1, acked + 1):
-                self._cache.pop(seq, None)
-            self._cursor = acked
+        self._cursor = skip_dropped(self.spool, self._cursor, self._cache)
 
     def _forget(self, seqs: list[int]) -> None:
-        for seq in seqs:
-            self._cache.pop(seq, None)
+        forget(self._cache, seqs)
 
     def ack(self, seq: int) -> None:
         self.spool.ack(seq)
