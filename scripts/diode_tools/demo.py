@@ -71,6 +71,9 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                   f"({len(plc_map) + len(demo_values())} values, pymodbus server) mirrored at "
                   f"{plc_mirror} and on the IT broker under modbus/plc/", file=out, flush=True)
             pair.start("rx")
+            # TX's first frames carry the Modbus model (then only every carousel period):
+            # RX listens before TX starts, as the boards' units order them
+            pair.wait_status("rx")
             pair.start("tx")
             pair.wait_up(timeout=45.0)  # two mirrors and a 2,000-node crawl: slow on a busy box
             counter = DeliveryCounter(it.host, it.port)

@@ -72,6 +72,16 @@ class AgentPair:
         except (OSError, ValueError):
             return None
 
+    def wait_status(self, role: str, timeout: float = 30.0) -> None:
+        """Until `role` writes its status file (RX: once it listens)."""
+        deadline = time.monotonic() + timeout
+        while self.status(role) is None:
+            proc = self.procs[role]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{role} wrote no status (exit {proc.returncode}):\n"
+                                   f"{self.log(role)}")
+            time.sleep(0.05)
+
     def wait_up(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
