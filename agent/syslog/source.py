@@ -46,11 +46,11 @@ from agent.queues import MemoryQueue, SpoolQueue
 from agent.syslog.codec import TCP, TLS, UDP, encode_with, record_head
 from agent.syslog.config import Endpoint, TxSyslogChannel
 from agent.syslog.framing import FramingError, StreamFramer
+from agent.transport.udp import deep_receive_buffer
 
 log = logging.getLogger("diode.source.syslog")
 
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)   # Linux: a count of datagrams dropped
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _UDP_BATCH = 256          # datagrams read per wake-up of the loop
 _HANDSHAKE_TIMEOUT = 10.0
 _LOG_EVERY = 5.0
@@ -226,10 +226,8 @@ class SyslogSource:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             want = self.ch.udp_receive_buffer
-            try:  # beyond net.core.rmem_max: needs CAP_NET_ADMIN, which TX has on a board
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+            # beyond net.core.rmem_max: needs CAP_NET_ADMIN, which TX has on a board
+            got = deep_receive_buffer(sock, want)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             sock.bind((ep.host, ep.port))
@@ -237,7 +235,6 @@ class SyslogSource:
         except OSError:
             sock.close()
             raise
-        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         if got < want:
             log.warning("syslog channel '%s': %s has a receive buffer of %d bytes, not the %d "
                         "configured (net.core.rmem_max; TX lacks CAP_NET_ADMIN to exceed it): "

@@ -4,12 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import socket
+from pathlib import Path
 
 from agent.transport.base import DatagramHandler
 
+log = logging.getLogger("diode.rx")
+
 # IPv4 + UDP headers, Ethernet header and FCS: what a datagram costs beyond itself.
 UDP_OVERHEAD = 20 + 8 + 14 + 4
+# Python's socket module lacks the constant (Linux: 33); without it the request
+# silently stops at net.core.rmem_max (4 MiB on Debian), an eighth of what RX asks.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+RX_BUFFER = 32 << 20
+
+
+def deep_receive_buffer(sock: socket.socket, want: int) -> int:
+    """Ask for a receive buffer of `want` bytes, beyond net.core.rmem_max when the
+    process has CAP_NET_ADMIN; the size the kernel granted (it reports double)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+
+def kernel_drops(sock: socket.socket, table: Path = Path("/proc/net/udp")) -> int | None:
+    """Datagrams the kernel dropped for `sock` (its receive buffer was full), from the
+    socket's line in /proc/net/udp; None where that is not readable."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 12 and fields[9] == inode:
+                return int(fields[12])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _bind_to_device(sock: socket.socket, interface: str) -> None:
@@ -64,13 +97,13 @@ class UdpRx:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # A deep receive buffer rides out bursts while the loop is busy publishing.
-        for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-            if opt is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, 32 << 20)
-                    break
-                except OSError:
-                    continue
+        got = deep_receive_buffer(sock, RX_BUFFER)
+        if got < RX_BUFFER:
+            log.warning("link: UDP receive buffer of %d bytes, not %d (net.core.rmem_max, "
+                        "and RX lacks CAP_NET_ADMIN to exceed it): a burst from TX may be "
+                        "dropped by the kernel (counted as kernel_dropped). Fix: run RX with "
+                        "CAP_NET_ADMIN, as the board's unit does, or raise "
+                        "net.core.rmem_max", got, RX_BUFFER)
         if self.interface:
             _bind_to_device(sock, self.interface)
         try:
@@ -95,6 +128,12 @@ class UdpRx:
             except OSError:
                 continue  # e.g. ICMP errors surfacing; nothing to read for us
             on_datagram(data)
+
+    def counters(self) -> dict[str, int]:
+        """`kernel_dropped`: datagrams lost in RX's own kernel, its buffer full (RX fell
+        behind TX's rate), which the link's loss figures show only as lost frames."""
+        drops = None if self._sock is None else kernel_drops(self._sock)
+        return {} if drops is None else {"kernel_dropped": drops}
 
     def close(self) -> None:
         if self._sock is not None and self._loop is not None:
