@@ -15,16 +15,29 @@ encoded records, each with a tag when it wants to know that the record's frame
 went out (to release a spool entry or an OT acknowledgement), and offers its
 state as carousels that one scheduler paces. A sink takes decoded records of
 its channel and owns everything from there to its IT peer.
+
+Records RX missed and got late from TX's recovery window (agent/link/missed.py)
+come with an `Arrival` other than LIVE. For protocols whose records replace
+one another by key (an MQTT topic), the RX core tells a late record that a newer
+one of its key already overtook (SUPERSEDED: a sink must not let it overwrite
+the newer state) from one that did not (RECOVERED); a sink whose records carry
+their own time (OPC UA values) compares those itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any, Protocol
 
 from agent.link.records import Record
+
+
+class Arrival(Enum):
+    LIVE = "live"               # in order, as it came
+    RECOVERED = "recovered"     # missed, brought late; nothing newer of its key came first
+    SUPERSEDED = "superseded"   # missed, brought late, after a newer record of its key
 
 
 class SourceState(StrEnum):
@@ -126,7 +139,7 @@ class Sink(Protocol):
 
     async def stop(self) -> None: ...
 
-    def submit(self, record: Record, now: float) -> object:
+    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> object:
         """One record of this channel from the link; never raises on its content."""
 
     def tick(self) -> None:
@@ -185,3 +198,6 @@ class Adapter:
     # (channel config) -> bytes the largest record of that channel may take; RX
     # reassembles fragmented records up to the largest of every channel's
     largest_record: Callable[[Any], int] | None = None
+    # (record) -> what it is the latest state of (a topic), or None: records of one key
+    # that RX gets late are told apart by whether a newer one came first (`Arrival`)
+    order_key: Callable[[Record], Hashable | None] | None = None

@@ -65,7 +65,8 @@ def _demo(args: argparse.Namespace) -> int:
     if _tools_missing("demo"):
         return EXIT_FATAL
     from diode_tools.demo import run_demo
-    return run_demo(duration=args.duration, loss=args.loss, as_json=args.json, rate=args.rate)
+    return run_demo(duration=args.duration, loss=args.loss, as_json=args.json, rate=args.rate,
+                    rx_outage=args.rx_outage)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--duration", type=float, default=30.0, help="seconds (default %(default)s)")
     sp.add_argument("--loss", type=float, default=0.0, help="datagram loss 0..1 on the link")
     sp.add_argument("--rate", type=float, default=500.0, help="plant messages per second")
+    sp.add_argument("--rx-outage", type=float, default=0.0, metavar="SECONDS",
+                    help="kill RX a third into the run for this long, then start it again "
+                    "(TX's recovery window brings what it missed)")
     sp.add_argument("--json", action="store_true", help="last line: one JSON summary")
     sp.set_defaults(func=_demo)
     sp = sub.add_parser("bench", help="measure throughput and loss")

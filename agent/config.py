@@ -66,6 +66,16 @@ class LinkConfig:
                             example="0.002", lo=0.0, hi=1.0)
     heartbeat_interval: float = setting(1.0, doc="TX heartbeat period, seconds", example="1.0",
                                         lo=0.05, hi=60)
+    recovery_window: float = setting(
+        60.0, doc="TX: seconds of sent frames kept and sent again in the link's spare time, so "
+        "an RX down for less (a restart, a board swap) misses nothing (0: off)",
+        example="60.0", lo=0.0, hi=3600.0)
+    recovery_max_bytes: int = setting(16 << 20, doc="TX: most bytes the recovery window "
+                                      "keeps (the oldest frames leave first)",
+                                      example="16777216", lo=0, hi=1 << 32)
+    recovery_share: float = setting(0.1, doc="TX: most of the link's bit rate the re-sends "
+                                    "of the recovery window take (only when the link has room)",
+                                    example="0.1", lo=0.001, hi=1.0)
     timeout: float | None = setting(None, doc="RX watchdog: DOWN after this many seconds "
                                     "without a valid frame", example="3.0", lo=0.1, hi=600,
                                     default_doc="3 of TX's heartbeat intervals")

@@ -201,7 +201,7 @@ class RxAgent:
                          "rejected": sum(c[r] for r in REJECT_REASONS),
                          "unrouted": self.core.counters["unrouted"],
                          "tx_log": self.core.counters["tx_log"]},
-            "link": dict(c),
+            "link": {**c, "missing": self.receiver.missing},
             "transport": self._transport_counters(),
             "tx": None if hb is None else self._tx_view(hb.sources, hb.counters, age),
             "tx_log": list(self.core.tx_log),  # TX's latest warnings and errors, oldest first

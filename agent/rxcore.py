@@ -10,16 +10,21 @@ datagram ─► LinkReceiver ─► RecordReceived ─► registry (record class
 
 A record for a channel this RX does not have is counted as `unrouted` and
 logged once per channel with the fix.
+
+While RX waits for frames it missed (agent/link/missed.py), it notes for each
+record key (an MQTT topic: `Adapter.order_key`) the newest frame delivered, so
+that a late record behind a newer one reaches its sink as SUPERSEDED, never as
+if it were the latest state. Once nothing is missed any more, the notes go.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
-from agent.adapter import Sink
+from agent.adapter import Arrival, Sink
 from agent.link import records
 from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
 from agent.link.health import LinkHealth
@@ -45,6 +50,9 @@ class RxCore:
         self._unrouted_logged: set[tuple[str, str]] = set()
         self._lost_unlogged = 0
         self._lost_logged_at = -1.0
+        # record key -> newest seq delivered, while frames RX missed may still come
+        self._newest: dict[object, int] | None = None
+        self.counters["superseded"] = 0
 
     def datagram(self, datagram: bytes, now: float) -> None:
         self.handle(self.receiver.receive(datagram, now), now)
@@ -64,10 +72,12 @@ class RxCore:
                 if adapter is not None:
                     channel = adapter.channel_of(rec) or ""
                     sink = sinks.get((adapter.name, channel))
-                    if sink is not None:
+                    if sink is None:
+                        self._unrouted(adapter.name, channel)
+                    elif self._newest is None:
                         sink.submit(rec, now)
                     else:
-                        self._unrouted(adapter.name, channel)
+                        sink.submit(rec, now, self._arrival(adapter.order_key, ev))
                 elif rec.__class__ is TxLog:
                     self._tx_log(rec, now)
                 elif isinstance(rec, records.Heartbeat):
@@ -75,6 +85,12 @@ class RxCore:
                     self.health.on_heartbeat(rec, c["valid"] + c["duplicates"]
                                              - self._epoch_datagrams, now, ev.seq,
                                              self.receiver.heartbeat_copies)
+            elif isinstance(ev, FramesLost) and ev.while_away:
+                log.warning("link: %d frame(s) sent before RX joined the stream (from seq %d "
+                            "of epoch %016x) are lost: TX's recovery window no longer had "
+                            "them (missed: %d in all). Fix: a longer [link] recovery_window "
+                            "on TX, if RX outages this long are expected", ev.count,
+                            ev.first_seq, ev.epoch, self.receiver.counters["missed"])
             elif isinstance(ev, FramesLost):
                 self.health.on_lost(now)
                 self._lost_unlogged += ev.count
@@ -87,11 +103,28 @@ class RxCore:
                 c = self.receiver.counters
                 self._epoch_datagrams = c["valid"] + c["duplicates"] - 1
                 self.health.on_epoch()
+                self._newest = {} if self.receiver.missing else None
                 if ev.old is None:
                     log.info("link: receiving epoch %016x", ev.new)
                 else:
                     log.warning("link: TX restarted (epoch %016x -> %016x); following it",
                                 ev.old, ev.new)
+
+    def _arrival(self, order_key: Callable[[records.Record], Hashable | None] | None,
+                 ev: RecordReceived) -> Arrival:
+        """LIVE, RECOVERED or SUPERSEDED, noting the newest seq of the record's key."""
+        newest = self._newest
+        assert newest is not None
+        if not self.receiver.missing:
+            self._newest = None   # nothing missed any more: nothing can come late
+        key = None if order_key is None else order_key(ev.record)
+        if key is None:
+            return Arrival.RECOVERED if ev.recovered else Arrival.LIVE
+        if newest.get(key, -1) > ev.seq:
+            self.counters["superseded"] += 1
+            return Arrival.SUPERSEDED
+        newest[key] = ev.seq
+        return Arrival.RECOVERED if ev.recovered else Arrival.LIVE
 
     def _tx_log(self, rec: TxLog, now: float) -> None:
         """One of TX's own warnings or errors: into RX's log, prefixed, and the status."""

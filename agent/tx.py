@@ -6,7 +6,9 @@ plant peers ─► Source per channel ─┐ (agent/protocols.py; each with its 
 TX's own log ─► TxLogSource ───────┤ (agent/txlog.py: WARNING and up, rate-limited)
 heartbeat timer ─► Heartbeat ──────┼─► TxCore ─► TokenBucket ─► transport ══► one-way link
 CarouselScheduler ─► re-sends ─────┘   (LinkSender:  (bit rate)   (udp | serial)
- (each within its share of the link)    pack, seal, repeat)
+ (each within its share of the link)    pack, seal,     ▲
+                                        repeat)         │ spare room only, within
+                            └─► RecoveryWindow ─────────┘ recovery_share (agent/link/recovery.py)
 ```
 """
 
@@ -27,6 +29,7 @@ from agent.errors import EXIT_FATAL, ConfigError, SpoolError
 from agent.keys import read_key
 from agent.link import records
 from agent.link.pacer import TokenBucket
+from agent.link.recovery import RecoveryParams, RecoveryWindow
 from agent.link.seal import key_fingerprint
 from agent.link.sender import LinkSender, SenderParams
 from agent.protocols import ADAPTERS
@@ -106,9 +109,13 @@ class TxAgent:
         link = cfg.link
         self.key = read_key(link.key_file)
         self.epoch = new_epoch()
+        self.recovery = (RecoveryWindow(RecoveryParams(link.recovery_window,
+                                                       link.recovery_max_bytes))
+                         if link.recovery_window > 0 and link.recovery_max_bytes > 0 else None)
         self.sender = LinkSender(SenderParams(link_id=link.link_id, mtu=link.mtu,
                                               repeat=link.repeat, interleave=link.interleave,
-                                              linger=link.linger), self.key, self.epoch)
+                                              linger=link.linger), self.key, self.epoch,
+                                 self.recovery)
         self.counters = {"send_errors": 0}
         self.board = BoardSignals("tx", cfg.board,
                                   {"send": max(5.0, 3 * link.heartbeat_interval)})
@@ -136,6 +143,9 @@ class TxAgent:
             log.critical("cannot open the link: %s", exc)
             return EXIT_FATAL
         self.bucket = TokenBucket(rate, max(link.mtu * 8, int(rate / 8 * 0.01)), time.monotonic())
+        share = rate * link.recovery_share
+        self.resend_bucket = TokenBucket(share, max(link.mtu * 2, int(share / 8 * 0.01)),
+                                         time.monotonic())
         self.log_handler.wake, self.log_handler.loop = self._wake.set, asyncio.get_running_loop()
         logging.getLogger().addHandler(self.log_handler)
         try:
@@ -226,12 +236,32 @@ class TxAgent:
                 await asyncio.sleep(0)
                 continue
             now = time.monotonic()
-            deadline = core.next_deadline(now)
-            timeout = None if deadline is None else max(0.0, deadline - now)
+            times = [t for t in (core.next_deadline(now), self._resend(transport, now))
+                     if t is not None]
+            timeout = max(0.0, min(times) - now) if times else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+    def _resend(self, transport: TxTransport, now: float) -> float | None:
+        """The recovery window's copies that are due, while the link has room now and
+        within their share; when to come back for more (None: nothing is kept)."""
+        window = self.recovery
+        if window is None:
+            return None
+        overhead = transport.overhead_bytes
+        room = min(self.bucket.room(now), self.resend_bucket.room(now))
+        for d in window.take(now, int(room), overhead):
+            cost = len(d) + overhead
+            self.bucket.take(cost, now)
+            self.resend_bucket.take(cost, now)
+            self._send(transport, d)  # a failed re-send is counted and not retried
+        due = window.next_due(now)
+        if due is None:
+            return None
+        one = self.cfg.link.mtu + overhead
+        return max(due, now + max(self.bucket.delay(one, now), self.resend_bucket.delay(one, now)))
 
     def _log_overruns(self) -> None:
         overruns = self.core.carousels.overruns
@@ -302,6 +332,13 @@ class TxAgent:
         out = dict(self.sender.counters)
         out.update(self.counters)
         out["interface_restored"] = self.keeper.restored
+        if self.recovery is not None:
+            # `recovery_oldest`: RX gives up a frame it misses once it is older than this
+            now = time.monotonic()
+            out.update(self.recovery.counters)
+            out["recovery_oldest"] = self.recovery.oldest(now, self.sender.next_seq)
+            out["recovery_bytes"] = self.recovery.bytes
+            out["recovery_span_ms"] = int(self.recovery.span(now) * 1000)
         for src in self.sources:
             for k, v in src.counters.items():
                 out[f"{src.key}.{k}"] = v

@@ -14,6 +14,7 @@ class RecordReceived:
     record: Record
     epoch: int
     seq: int
+    recovered: bool = False   # from a frame RX missed, delivered late (missed.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,7 @@ class FramesLost:
     epoch: int
     first_seq: int
     count: int
+    while_away: bool = False   # sent before RX joined, and TX's recovery window has no more
 
 
 @dataclass(frozen=True, slots=True)

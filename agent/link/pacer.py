@@ -30,6 +30,11 @@ class TokenBucket:
             return 0.0
         return (min(nbytes, self.burst) - self._tokens) / self.rate
 
+    def room(self, now: float) -> float:
+        """Bytes that may go now without waiting."""
+        self._refill(now)
+        return max(0.0, self._tokens)
+
     def take(self, nbytes: int, now: float) -> None:
         self._refill(now)
         self._tokens -= nbytes

@@ -33,6 +33,13 @@ of datagrams sent with `valid + duplicates`, both authenticated only.
   as `duplicates`: not delivered either, but the link carried them and TX
   counted them, so the datagram loss stays exact on a clean link.
 - `stale_epoch`: an authenticated frame of an epoch RX does not follow (yet).
+- `resent_used` / `resent_skipped`: copies from TX's recovery window that
+  brought a frame RX missed before it joined the epoch (`missed.py`), and those
+  it did not need, told apart by their header alone (never opened: counting
+  them changes nothing else).
+- Not outcomes of one datagram but of frames: `recovered`, a missed frame
+  delivered late (from a resent copy or a late live one); `missed`, one given up
+  once TX's window no longer had it (also counted in `lost`).
 
 The hot path (a fresh frame of the followed epoch) is header, one dict look-up,
 the AES open, a CBOR decode and the reorder buffer; everything about other
@@ -52,6 +59,8 @@ from agent.link import records, seal, wire
 from agent.link.ciphers import EpochCiphers
 from agent.link.epochs import Decision, EpochBook, EpochMemory, Verdict
 from agent.link.events import EpochChanged, Event, FramesLost, RecordReceived
+from agent.link.fragments import Reassembly
+from agent.link.missed import Missed
 
 # How many lost seqs are remembered, to tell a late copy from a duplicate.
 _LOST_MEMORY = 4096
@@ -103,7 +112,8 @@ class LinkReceiver:
         self._repeat = params.max_copies
         self._copy_window = params.copy_window
         self._prejoin: dict[int, int] = {}   # copies of frames sent before RX joined
-        self._frag: tuple[int, int, list[bytes], int] | None = None  # id, count, chunks, size
+        self._missed: Missed | None = None  # what RX missed before it joined the epoch
+        self._fresh = memory is None        # no saved state, nothing followed yet
         self.last_valid_at: float | None = None
         self._listening_since: float | None = None
         # The latest heartbeat frames of this epoch, seq -> [copies received, datagrams
@@ -114,8 +124,10 @@ class LinkReceiver:
         self._epoch_base = 0  # valid + duplicates before this epoch's first datagram
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "valid", "frames", "records", "duplicates", "late", "lost",
-             "unknown_record", "bad_record", "fragments_dropped", "epochs",
-             *REJECT_REASONS), 0)
+             "unknown_record", "bad_record", "fragments_dropped", "epochs", "recovered",
+             "missed", "resent_used", "resent_skipped", *REJECT_REASONS), 0)
+        self._frag = Reassembly(params.max_record, self.counters)
+        self._recovered_frag = Reassembly(params.max_record, self.counters)
 
     # -- input ---------------------------------------------------------------
 
@@ -137,6 +149,8 @@ class LinkReceiver:
         if link_id != self.params.link_id:
             c["wrong_link"] += 1
             return []
+        if flags & wire.FLAG_RESENT:
+            return self._resent(datagram, epoch, seq)
         if epoch != self.epoch:
             return self._other_epoch(datagram, flags, epoch, seq, now)
         if seq < self._next or seq in self._buffer:
@@ -150,9 +164,8 @@ class LinkReceiver:
                     c["duplicates"] += 1
                     if flags & wire.FLAG_HEARTBEAT:
                         self._heartbeat_copy(seq)
-            else:
-                self._behind(datagram, seq, kept is not None)
-            return []
+                return []
+            return self._behind(datagram, seq, kept is not None)
         body = seal.open_sealed(self._cipher, datagram, wire.HEADER_SIZE, seq)  # type: ignore[arg-type]
         if body is None:
             c["auth_failed"] += 1
@@ -169,10 +182,15 @@ class LinkReceiver:
         if len(copies) > 2 * self._copy_window:
             self._sweep_copies(seq)
         items = self._decode_body(body)
-        if flags:
-            self._learn_repeat(items)
         self._buffer[seq] = (now, items)
+        if flags:
+            return self._learn_heartbeat(items) + self._deliver_ready(now)
         return self._deliver_ready(now)
+
+    @property
+    def missing(self) -> int:
+        """Frames RX missed before it joined and still hopes to get (`missed.py`)."""
+        return 0 if self._missed is None else self._missed.wanted
 
     @property
     def keys_derived(self) -> int:
@@ -184,6 +202,10 @@ class LinkReceiver:
         high = None
         if self.epoch is not None:
             high = max(self._next - 1, max(self._buffer) if self._buffer else -1)
+            if self._missed is not None and self._missed.owed:
+                # what is still missed must stay fresh across a restart, or it would be
+                # taken for replays: what RX had beyond may come twice (at least once)
+                high = self._missed.lo - 1
         return self._book.memory(self.params.link_id, self.epoch, high)
 
     def next_deadline(self) -> float | None:
@@ -220,23 +242,78 @@ class LinkReceiver:
         if len(copies) > _HEARTBEAT_MEMORY:
             del copies[next(iter(copies))]
 
-    def _behind(self, datagram: bytes, seq: int, kept: bool) -> None:
+    def _behind(self, datagram: bytes, seq: int, kept: bool) -> list[Event]:
         """A datagram of the followed epoch at a seq already delivered, buffered or lost,
         that is not a copy of the datagram RX keeps for it (`kept`: RX keeps one)."""
         c = self.counters
-        if seal.open_sealed(self._cipher, datagram, wire.HEADER_SIZE, seq) is None:  # type: ignore[arg-type]
+        body = seal.open_sealed(self._cipher, datagram, wire.HEADER_SIZE, seq)  # type: ignore[arg-type]
+        if body is None:
             c["auth_failed"] += 1
-        elif kept:
+            return []
+        recovered = self._recover(seq, body) if self._missed is not None else []
+        if kept:
             c["replayed"] += 1
         elif self._floor < seq < self._joined_at and seq >= self._joined_at - self._copy_window:
-            # Sent just before RX joined, never delivered; but the link carried it and
-            # TX counted it, so it counts as received (health), `repeat` copies at most.
+            # Sent just before RX joined (delivered above if RX missed it); the link
+            # carried it and TX counted it, so it counts as received (health), `repeat`
+            # copies at most.
             n = self._prejoin[seq] = self._prejoin.get(seq, 0) + 1
             c["duplicates" if n <= self._repeat else "replayed"] += 1
         elif seq in self._lost_set or self._floor < seq < self._joined_at:
             c["late"] += 1
         else:
             c["replayed"] += 1
+        return recovered
+
+    def _resent(self, datagram: bytes, epoch: int, seq: int) -> list[Event]:
+        """A copy from TX's recovery window: delivered if it is a frame RX missed, else
+        skipped without opening it (it can change nothing)."""
+        missed = self._missed
+        if epoch != self.epoch or missed is None or not missed.wants(seq):
+            self.counters["resent_skipped"] += 1
+            return []
+        body = seal.open_sealed(self._cipher, datagram, wire.HEADER_SIZE, seq, resent=True)  # type: ignore[arg-type]
+        if body is None:
+            self.counters["auth_failed"] += 1
+            return []
+        self.counters["resent_used"] += 1
+        return self._recover(seq, body)
+
+    def _recover(self, seq: int, body: bytes) -> list[Event]:
+        """An authenticated copy of frame `seq`: its records, if RX missed it."""
+        missed = self._missed
+        if missed is None or not missed.wants(seq):
+            return []
+        missed.got(seq)
+        if missed.done:
+            self._missed = None
+        self.counters["recovered"] += 1
+        self.counters["frames"] += 1
+        epoch = self.epoch or 0
+        events: list[Event] = []
+        for item in self._decode_body(body):
+            record = self._record(item, self._recovered_frag)
+            if record is not None and not isinstance(record, records.Heartbeat):
+                events.append(RecordReceived(record, epoch, seq, True))
+        return events
+
+    def _give_up_missed(self, below: int | None) -> list[Event]:
+        """Stop waiting for the missed frames below `below` (None: all of them); those
+        RX was owed count as lost."""
+        missed = self._missed
+        if missed is None:
+            return []
+        first, n = missed.give_up_below(missed.hi if below is None else below)
+        if missed.owed:
+            n += missed.untracked
+        missed.untracked = 0
+        if missed.done:
+            self._missed = None
+        if not missed.owed or n == 0:
+            return []
+        self.counters["lost"] += n
+        self.counters["missed"] += n
+        return [FramesLost(self.epoch or 0, first, n, while_away=True)]
 
     def _other_epoch(self, datagram: bytes, flags: int, epoch: int, seq: int,
                      now: float) -> list[Event]:
@@ -281,6 +358,10 @@ class LinkReceiver:
         else:
             start = first  # RX (re)joins a stream where it first hears it
         start = max(start, decision.floor + 1)
+        events.extend(self._give_up_missed(None))   # of the old epoch: nothing more comes
+        self._missed = (Missed(decision.floor + 1, start, owed=not self._fresh)
+                        if start > decision.floor + 1 else None)
+        self._fresh = False
         self._book.followed(epoch, old, self._next - 1, decision.verdict)
         pins = {epoch: cipher}
         if old is not None and old_cipher is not None and self._book.displaced == old:
@@ -296,7 +377,8 @@ class LinkReceiver:
         self._prejoin.clear()
         self.heartbeat_copies.clear()
         self._epoch_base = self.counters["valid"] + self.counters["duplicates"]
-        self._frag = None
+        self._frag.reset()
+        self._recovered_frag.reset()
         self.counters["epochs"] += 1
         events.append(EpochChanged(old, epoch))
         # Of heartbeats held on probation only the newest is worth delivering: the
@@ -317,7 +399,7 @@ class LinkReceiver:
         self._keep_copy(seq, bytes(memoryview(datagram)))
         items = [] if flags and seq != newest_beat else self._decode_body(body)
         if flags:
-            self._learn_repeat(items)
+            events.extend(self._learn_heartbeat(items))
         self._buffer[seq] = (now, items)
         events.extend(self._deliver_ready(now))
         return events
@@ -341,15 +423,22 @@ class LinkReceiver:
         for s in [s for s in self._copies if s <= horizon]:
             del self._copies[s]
 
-    def _learn_repeat(self, items: list[Any]) -> None:
-        """A heartbeat frame: TX's `repeat` bounds how many copies of a frame are genuine."""
+    def _learn_heartbeat(self, items: list[Any]) -> list[Event]:
+        """A heartbeat frame: TX's `repeat` bounds how many copies of a frame are genuine,
+        and the oldest frame of its recovery window ends the wait for older missed ones."""
+        events: list[Event] = []
         for item in items:
             try:
                 rec = records.decode_item(item)
             except (records.RecordError, ValueError, TypeError, OverflowError):
                 continue
-            if isinstance(rec, records.Heartbeat) and 1 <= rec.repeat <= 5:
+            if not isinstance(rec, records.Heartbeat):
+                continue
+            if 1 <= rec.repeat <= 5:
                 self._repeat = rec.repeat
+            if self._missed is not None:
+                events.extend(self._give_up_missed(rec.counters.get("recovery_oldest")))
+        return events
 
     def _decode_body(self, body: bytes) -> list[Any]:
         try:
@@ -373,9 +462,7 @@ class LinkReceiver:
         event = FramesLost(self.epoch or 0, self._next, count)
         self.counters["lost"] += count
         self._next = seq
-        if self._frag is not None:
-            self.counters["fragments_dropped"] += 1
-            self._frag = None
+        self._frag.drop()
         return [event]
 
     def _deliver_ready(self, now: float) -> list[Event]:
@@ -402,7 +489,7 @@ class LinkReceiver:
                 return events
             events.extend(self._declare_lost_until(min(min(buffer), target)))
 
-    def _record(self, item: Any) -> records.Record | None:
+    def _record(self, item: Any, frag: Reassembly | None = None) -> records.Record | None:
         try:
             # the common case without decode_item's checks: a tagged list of a known tag
             cls = (records.decoder(item[0])
@@ -416,35 +503,17 @@ class LinkReceiver:
             self.counters["bad_record"] += 1
             return None
         if isinstance(record, records.Fragment):
-            return self._reassemble(record)
+            return self._reassemble(record, frag or self._frag)
         self.counters["records"] += 1
         return record
 
-    def _reassemble(self, frag: records.Fragment) -> records.Record | None:
-        if frag.index == 0:
-            if self._frag is not None:
-                self.counters["fragments_dropped"] += 1
-            self._frag = (frag.frag_id, frag.count, [frag.chunk], len(frag.chunk))
-        elif (self._frag is None or self._frag[0] != frag.frag_id
-              or len(self._frag[2]) != frag.index):
-            self.counters["fragments_dropped"] += 1
-            self._frag = None
+    def _reassemble(self, fragment: records.Fragment, frag: Reassembly) -> records.Record | None:
+        data = frag.take(fragment)
+        if data is None:
             return None
-        else:
-            fid, count, chunks, size = self._frag
-            chunks.append(frag.chunk)
-            self._frag = (fid, count, chunks, size + len(frag.chunk))
-        fid, count, chunks, size = self._frag
-        if size > self.params.max_record:
-            self.counters["fragments_dropped"] += 1
-            self._frag = None
-            return None
-        if len(chunks) < count:
-            return None
-        self._frag = None
         try:
-            item = cbor2.loads(b"".join(chunks))
+            item = cbor2.loads(data)
         except Exception:  # any decoder error means a bad record
             self.counters["bad_record"] += 1
             return None
-        return self._record(item)
+        return self._record(item, frag)

@@ -2,9 +2,13 @@
 
 Each epoch gets its own AES-256-GCM subkey, derived with HKDF-SHA256 from the
 link key, the link id and the epoch. The 96-bit nonce is the frame's 64-bit
-sequence number behind four zero bytes, so a nonce repeats only if an epoch
-repeats (the start millisecond and 22 random bits would both have to match), and
-copies of one frame are byte-identical rather than re-encrypted.
+sequence number behind four bytes that say which sealing it is: 0 for the frame
+as first sent, 1 for the copy TX keeps to send again (`resent`, see
+recovery.py). So a nonce repeats only if an epoch repeats (the start
+millisecond and 22 random bits would both have to match), the copies of one
+sealing are byte-identical rather than re-encrypted, and a resent copy is
+authenticated as one: nobody without the key can make a replay look resent or
+a resent copy look live.
 """
 
 from __future__ import annotations
@@ -26,19 +30,23 @@ def derive_epoch_cipher(link_key: bytes, link_id: int, epoch: int) -> AESGCM:
     return AESGCM(hkdf.derive(link_key))
 
 
-def nonce(seq: int) -> bytes:
-    return b"\0\0\0\0" + seq.to_bytes(8, "big")
+_LIVE, _RESENT = b"\0\0\0\0", b"\0\0\0\1"
 
 
-def seal(cipher: AESGCM, header: bytes, seq: int, body: bytes) -> bytes:
-    return header + cipher.encrypt(nonce(seq), body, header)
+def nonce(seq: int, resent: bool = False) -> bytes:
+    return (_RESENT if resent else _LIVE) + seq.to_bytes(8, "big")
 
 
-def open_sealed(cipher: AESGCM, datagram: bytes, header_size: int, seq: int) -> bytes | None:
+def seal(cipher: AESGCM, header: bytes, seq: int, body: bytes, resent: bool = False) -> bytes:
+    return header + cipher.encrypt(nonce(seq, resent), body, header)
+
+
+def open_sealed(cipher: AESGCM, datagram: bytes, header_size: int, seq: int,
+                resent: bool = False) -> bytes | None:
     """The body, or None when the datagram fails authentication."""
     header = datagram[:header_size]
     try:
-        return cipher.decrypt(nonce(seq), datagram[header_size:], header)
+        return cipher.decrypt(nonce(seq, resent), datagram[header_size:], header)
     except InvalidTag:
         return None
 

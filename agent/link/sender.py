@@ -5,6 +5,8 @@ push(record) ─► open frame (packs records up to the MTU; big records fragmen
                   │ closes when full, after `linger`, or on flush
                   ▼
                seal (header, seq, AEAD) ─► interleaver (repeat r, depth d) ─► datagrams
+                  │
+                  └► sealed again as a resent copy ─► recovery window (recovery.py)
 ```
 
 It never reads a clock: every call takes `now`, and `next_deadline()` says
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from agent.link import records, seal, wire
 from agent.link.interleave import Interleaver
+from agent.link.recovery import RecoveryWindow
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ _FRAGMENT_OVERHEAD = 1 + 1 + 9 + 5 + 5 + 5
 
 
 class LinkSender:
-    def __init__(self, params: SenderParams, link_key: bytes, epoch: int) -> None:
+    def __init__(self, params: SenderParams, link_key: bytes, epoch: int,
+                 recovery: RecoveryWindow | None = None) -> None:
         if params.body_capacity < _FRAGMENT_OVERHEAD + 64:
             raise ValueError(f"mtu {params.mtu} is too small")
         self.params = params
@@ -51,6 +55,7 @@ class LinkSender:
         self.epoch = epoch
         self._cipher = seal.derive_epoch_cipher(link_key, params.link_id, epoch)
         self._interleaver = Interleaver(params.repeat, params.interleave)
+        self.recovery = recovery
         self._items: list[bytes] = []
         self._items_len = 0
         self._tags: list[object] = []
@@ -140,6 +145,10 @@ class LinkSender:
 
     # -- output --------------------------------------------------------------
 
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
     def pop_datagrams(self) -> list[bytes]:
         out, self._out = self._out, []
         return out
@@ -165,6 +174,12 @@ class LinkSender:
         flags = wire.FLAG_HEARTBEAT if self._heartbeat else 0
         header = wire.Header(wire.VERSION, flags, self.params.link_id, self.epoch, self._seq).pack()
         datagram = seal.seal(self._cipher, header, self._seq, body)
+        if self.recovery is not None:
+            # heartbeats too: RX waits for every seq it missed (it skips their records)
+            resent = wire.Header(wire.VERSION, wire.FLAG_RESENT, self.params.link_id,
+                                 self.epoch, self._seq).pack()
+            self.recovery.keep(self._seq, seal.seal(self._cipher, resent, self._seq, body,
+                                                    resent=True), now)
         self._seq += 1
         self._items = []
         self._items_len = 0

@@ -5,7 +5,8 @@ Every datagram is one sealed frame. All integers are big-endian.
 ```
  offset size field
  0      1    version    (1)
- 1      1    flags      (bit 0: the frame carries a heartbeat; others 0)
+ 1      1    flags      (bit 0: the frame carries a heartbeat; bit 1: a resent copy
+                        from TX's recovery window, sealed as one; others 0)
  2      2    link id    (u16, both sides configured alike)
  4      8    epoch      (u64, fresh at every TX start: unix ms << 22 | 22 random bits)
  12     8    sequence   (u64, frame number within the epoch, from 0)
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 
 VERSION = 1
 FLAG_HEARTBEAT = 0x01
-KNOWN_FLAGS = FLAG_HEARTBEAT
+FLAG_RESENT = 0x02
+KNOWN_FLAGS = FLAG_HEARTBEAT | FLAG_RESENT
 
 _HEADER = struct.Struct(">BBHQQ")
 HEADER_SIZE = _HEADER.size  # 20

@@ -36,4 +36,5 @@ def _check(tables: list[Table], configs: list[Any]) -> None:
 
 ADAPTER = Adapter(name="mqtt", parse=config.parse, check=_check, source=_source, sink=_sink,
                   channel_of=_channel_of, record_types=(MqttMessage,), status_section="sinks",
-                  largest_record=lambda ch: ch.largest_record)
+                  largest_record=lambda ch: ch.largest_record,
+                  order_key=lambda rec: (rec.channel, rec.topic))  # type: ignore[attr-defined]

@@ -20,6 +20,13 @@ sent: a payload above `max_message_size` (`too_large`), a PUBLISH above the
 Maximum Packet Size of its CONNACK (`too_large_for_broker`: sending it would
 get RX disconnected, and with a spool resent at every reconnect). A PUBLISH it
 refuses (v5 reason code, e.g. its ACL) is counted as `refused`, not published.
+
+A message RX got late from TX's recovery window after a newer one of its topic
+(SUPERSEDED, agent/adapter.py) must not overwrite the newer state: it goes out
+unretained, marked with the user property `diode-late: superseded` (MQTT 5;
+3.1.1 has no properties), counted `late`; a late carousel copy of retained
+state is dropped (`carousel_skipped`). A late message that nothing overtook
+goes out as it came: the topic's order holds.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.adapter import LinkView, RxContext, SinkState
+from agent.adapter import Arrival, LinkView, RxContext, SinkState
 from agent.link.records import Record
 from agent.mqtt import props as mqtt_props
 from agent.mqtt.codec import MqttMessage
@@ -60,7 +67,7 @@ class MqttSink:
         self._drop_logged = -1e9
         self.counters = {"published": 0, "queue_dropped": 0, "expired": 0,
                          "carousel_skipped": 0, "too_large": 0, "too_large_for_broker": 0,
-                         "refused": 0}
+                         "refused": 0, "late": 0}
         self._logged: dict[str, set[str]] = {}
         self._refused_logged = -1e9
         self.conn = MqttConnection(
@@ -86,9 +93,15 @@ class MqttSink:
         await self.conn.stop()
         self.outbox.close()
 
-    def submit(self, record: Record, now: float) -> None:
+    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> None:
         """Republish one message received from the link at `now` (monotonic)."""
         assert isinstance(record, MqttMessage)  # the registry routes only these here
+        if arrival is Arrival.SUPERSEDED:
+            if record.carousel:
+                self.counters["carousel_skipped"] += 1
+                return
+            self.counters["late"] += 1
+            record = superseded(record)
         if len(record.payload) > self.ch.max_message_size:
             self.counters["too_large"] += 1
             self._log_topic("too_large", record.topic,
@@ -249,3 +262,13 @@ def _reason_name(code: int) -> str:
         return str(ReasonCode(PacketTypes.PUBACK, identifier=code))
     except Exception:  # a code MQTT does not define for PUBACK
         return "unknown reason"
+
+
+LATE = ["diode-late", "superseded"]
+
+
+def superseded(msg: MqttMessage) -> MqttMessage:
+    """`msg` as it goes out behind a newer message of its topic: unretained, marked."""
+    props = dict(msg.properties or {})
+    props["user"] = [*props.get("user", ()), LATE]
+    return msg._replace(retain=False, properties=props)

@@ -27,6 +27,12 @@ def _sink(cfg: Any, ctx: RxContext) -> Sink:
     return OpcuaMirror(cfg)
 
 
+def _order_key(record: Record) -> tuple[str, str] | None:
+    """A model replaces the one before; values carry source timestamps the mirror
+    compares, so they need no key."""
+    return (record.source, "model") if record.__class__ is OpcuaModel else None
+
+
 def _channel_of(record: Record) -> str | None:
     if record.__class__ is OpcuaValues or record.__class__ is OpcuaModel:
         return record.source
@@ -35,4 +41,4 @@ def _channel_of(record: Record) -> str | None:
 
 ADAPTER = Adapter(name="opcua", parse=config.parse, check=config.check, source=_source,
                   sink=_sink, channel_of=_channel_of, record_types=(OpcuaModel, OpcuaValues),
-                  status_section="opcua")
+                  status_section="opcua", order_key=_order_key)

@@ -49,13 +49,14 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
-from agent.adapter import LinkView, SinkState
+from agent.adapter import Arrival, LinkView, SinkState
 from agent.link.records import Record
 from agent.opcua.access import ReadOnlyRuleset, ReadOnlyUserManager
 from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_utc, set_value
 from agent.opcua.certs import cert_der, key_der
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
 from agent.opcua.config import OpcuaMirrorConfig
+from agent.opcua.late import LateRecord, current_values, still_current
 from agent.opcua.limits import start_bounded
 from agent.opcua.model import ModelAssembler, ModelSnapshot, NodeRecord
 from agent.opcua.quality import Action, Quality, QualityState
@@ -126,13 +127,13 @@ class OpcuaMirror:
         self._diag_ns = 0
         self._task: asyncio.Task[None] | None = None
         self._apply_task: asyncio.Task[None] | None = None
-        self._inbox: deque[Record] = deque()
+        self._inbox: deque[Record | LateRecord] = deque()
         self._inbox_event = asyncio.Event()
         self._drop_logged = 0.0
         self._lock = asyncio.Lock()
         self.counters: dict[str, int] = dict.fromkeys((
             "models_installed", "models_failed", "values_applied", "values_early", "values_unknown",
-            "values_bad_variant", "records_other_source", "records_dropped",
+            "values_bad_variant", "records_other_source", "records_dropped", "late_superseded",
             "quality_changes"), 0)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -190,9 +191,10 @@ class OpcuaMirror:
 
     # -- records -----------------------------------------------------------------------
 
-    def submit(self, record: Record, now: float = 0.0) -> bool:
+    def submit(self, record: Record, now: float = 0.0, arrival: Arrival = Arrival.LIVE) -> bool:
         """Queue a record from synchronous code (the link receiver's callback); the
-        mirror's own task applies it. False (counted, logged) when the queue is full."""
+        mirror's own task applies it (a late one only where it is newer: late.py).
+        False (counted, logged) when the queue is full."""
         if len(self._inbox) >= MAX_INBOX:
             self.counters["records_dropped"] += 1
             now = time.monotonic()
@@ -203,7 +205,7 @@ class OpcuaMirror:
                           "rate or narrow its subtrees", self.name, MAX_INBOX,
                           self.counters["records_dropped"])
             return False
-        self._inbox.append(record)
+        self._inbox.append(record if arrival is Arrival.LIVE else LateRecord(record, arrival))
         self._inbox_event.set()
         return True
 
@@ -218,8 +220,13 @@ class OpcuaMirror:
                 except Exception:  # bad input is counted by the parts; never stop applying
                     log.exception("mirror '%s': applying a record failed", self.name)
 
-    async def apply(self, record: Record) -> None:
+    async def apply(self, record: Record | LateRecord) -> None:
         """Take one OPC UA record from the link (others are ignored)."""
+        if isinstance(record, LateRecord):
+            late = still_current(record, current_values(self._vars), self.counters)
+            if late is None:
+                return
+            record = late
         if isinstance(record, OpcuaValues):
             if record.source != self.name:
                 self.counters["records_other_source"] += 1

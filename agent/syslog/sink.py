@@ -18,7 +18,7 @@ import logging
 import re
 from typing import Any, cast
 
-from agent.adapter import LinkView, RxContext, SinkState
+from agent.adapter import Arrival, LinkView, RxContext, SinkState
 from agent.link.records import Record
 from agent.syslog import relay
 from agent.syslog.backlog import MemoryBacklog, SpoolBacklog
@@ -82,8 +82,9 @@ class SyslogSink:
             await c.stop()
         self._started = False
 
-    def submit(self, record: Record, now: float) -> None:
-        """One message from the link: wrapped once, handed to every collector."""
+    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> None:
+        """One message from the link: wrapped once, handed to every collector (late ones
+        too: each carries its own timestamp)."""
         msg = cast(SyslogMessage, record)  # the registry routes only these here
         payload = self._wrap(msg)
         counters = self.counters

@@ -31,7 +31,10 @@ def _plc_counts(plc: SimulatedPlc) -> str:
     return f"PLC requests {sum(counts.values()):6d} ({reads})  writes {plc.writes()}"
 
 
-def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
+def run_demo(duration: float, loss: float, as_json: bool, rate: float,
+             rx_outage: float = 0.0) -> int:
+    """`rx_outage` > 0: RX is killed (SIGKILL) a third into the run for that many seconds,
+    then started again; TX's recovery window brings what it missed meanwhile."""
     out = sys.stdout
     with tempfile.TemporaryDirectory(prefix="diode-demo-") as tmp, Broker() as ot, Broker() as it:
         work = Path(tmp)
@@ -83,8 +86,20 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                                   max(1.0, rate / 10))
             syslog.start()
             start = time.monotonic()
+            kill_at = duration / 3 if rx_outage > 0 else float("inf")
+            restart_at = kill_at + rx_outage
             while time.monotonic() - start < duration:
                 time.sleep(1.0)
+                elapsed = time.monotonic() - start
+                if elapsed >= kill_at:
+                    pair.kill("rx")
+                    print(f"[{elapsed:5.0f}s] RX killed (SIGKILL) for {rx_outage:.0f} s",
+                          file=out, flush=True)
+                    kill_at = float("inf")
+                if elapsed >= restart_at:
+                    pair.start("rx")
+                    print(f"[{elapsed:5.0f}s] RX started again", file=out, flush=True)
+                    restart_at = float("inf")
                 st = pair.status("rx") or {}
                 c = st.get("counters", {})
                 ua_st = st.get("opcua", {}).get("plant", {})
@@ -100,7 +115,8 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                       flush=True)
             plant.stop()
             syslog.stop()
-            settle = time.monotonic() + 5
+            # what RX missed while it was down comes with the recovery window's next cycles
+            settle = time.monotonic() + (15 if rx_outage > 0 else 5)
             while (counter.delivered < plant.published
                    or syslog_counter.delivered < syslog.sent) and time.monotonic() < settle:
                 time.sleep(0.1)
@@ -125,6 +141,9 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float) -> int:
                 "modbus_requests": sum(plc.counts().values()),
                 "modbus_writes": plc.writes(),
                 "modbus_mirror_variables": st.get("opcua", {}).get("plc", {}).get("variables"),
+                "rx_outage_s": rx_outage,
+                "frames_recovered": st.get("link", {}).get("recovered", 0),
+                "frames_missed": st.get("link", {}).get("missed", 0),
             }
         except Exception as exc:
             print(f"demo failed: {exc}\n--- tx log ---\n{pair.log('tx')}\n--- rx log ---\n"

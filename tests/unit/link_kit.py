@@ -74,7 +74,8 @@ def forged(epoch: int, seq: int, size: int = 100, flags: int = 0) -> bytes:
 
 
 OUTCOMES = ("valid", "duplicates", "late", "truncated", "bad_version", "bad_flags",
-            "wrong_link", "unverified", "auth_failed", "replayed", "stale_epoch")
+            "wrong_link", "unverified", "auth_failed", "replayed", "stale_epoch",
+            "resent_used", "resent_skipped")
 
 
 def outcomes(rx: LinkReceiver) -> int:

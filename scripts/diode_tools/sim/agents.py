@@ -51,8 +51,11 @@ class AgentPair:
         (workdir / "tx.toml").write_text(
             f'[link]\nkey_file = "link.key"\nport = {port}\n{link_extra}\n'
             f'[status]\nfile = "tx.status.json"\n\n{tx_mqtt}{tx_extra}\n')
+        # RX keeps its link state, as on a board: replays stay replays across a restart,
+        # and a restarted RX knows what it missed
         (workdir / "rx.toml").write_text(
             f'[link]\nkey_file = "link.key"\nhost = "127.0.0.1"\nport = {port}\n'
+            f'state_file = "rx-link.json"\n'
             f'[status]\nfile = "rx.status.json"\n\n{rx_mqtt}{rx_extra}\n')
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -115,6 +118,12 @@ class AgentPair:
         except (OSError, KeyError):
             pass
         return None
+
+    def kill(self, role: str) -> None:
+        """SIGKILL, like a power cut of that process (no clean save of anything)."""
+        proc = self.procs.pop(role)
+        proc.kill()
+        proc.wait(10)
 
     def stop(self, role: str, timeout: float = 10.0) -> int | None:
         proc = self.procs.pop(role, None)

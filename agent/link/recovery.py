@@ -1,0 +1,120 @@
+"""TX's recovery window: the frames of the last `seconds`, sent again within a share of
+the link, so an RX that was down (a restart, a swapped board) gets what it missed. Sans-IO.
+
+A one-way link has no way for RX to ask, so TX keeps sending the recent past
+in the link's spare time, in cycles:
+
+```
+sealed frame ─► keep (a resent copy: FLAG_RESENT, its own nonce) ─► window (oldest first)
+                                                                       │ leaves after `seconds`,
+ take(now, budget) ◄── cursor walks oldest to newest, a cycle at most  │ or oldest first beyond
+   (the driver sends within its share)   every `min_cycle` s; frames    │ `max_bytes`
+                                         younger than `min_age` wait    ▼
+ heartbeat ◄── `oldest`: the oldest seq still kept (RX gives up what it misses below it)
+```
+
+Each frame is kept once, sealed as a resent copy (seal.py): the header's RESENT
+flag set (and no other) and a nonce of its own, so a resent copy is
+authenticated as one and never reuses the live frame's nonce. RX delivers a
+resent frame only if that frame is missing from what it had of the epoch,
+never twice, and skips the others from their header (receiver.py). A frame is
+sent again only once it is `min_age` old, after its live copies went out.
+
+The window covers an outage of RX of up to about `seconds` minus one cycle:
+a cycle sends the whole window, so it takes the window's bytes at the
+driver's share of the link (figures in the status: `recovery_span_s`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RecoveryParams:
+    seconds: float = 60.0        # how far back frames are kept (0: no window)
+    max_bytes: int = 16 << 20    # at most this many bytes kept, the oldest leaving first
+    min_age: float = 1.0         # a frame is sent again only this long after it was sealed
+    min_cycle: float = 1.0       # a cycle through the window starts at most this often
+
+
+class RecoveryWindow:
+    def __init__(self, params: RecoveryParams) -> None:
+        self.params = params
+        self._kept: deque[tuple[int, float, bytes]] = deque()  # (seq, sealed at, datagram)
+        self._base = 0            # running index of _kept[0]
+        self._cursor = 0          # running index of the next frame to send again
+        self._cycling = False
+        self._cycle_at = float("-inf")
+        self.bytes = 0
+        self.counters = {"resent": 0, "resent_bytes": 0, "recovery_cycles": 0,
+                         "recovery_evicted": 0}
+
+    def keep(self, seq: int, datagram: bytes, now: float) -> None:
+        """A frame just sealed, as its resent copy."""
+        self._kept.append((seq, now, datagram))
+        self.bytes += len(datagram)
+        self._evict(now)
+
+    def oldest(self, now: float, next_seq: int) -> int:
+        """The oldest seq kept; `next_seq` (the sender's next) when nothing is."""
+        self._evict(now)
+        return self._kept[0][0] if self._kept else next_seq
+
+    def span(self, now: float) -> float:
+        """Seconds of the past the window holds now."""
+        return now - self._kept[0][1] if self._kept else 0.0
+
+    def next_due(self, now: float) -> float | None:
+        """When `take` will next hand something out (None: nothing kept)."""
+        self._evict(now)
+        if not self._kept:
+            return None
+        if self._cycling:
+            i = self._cursor - self._base
+            if i < len(self._kept):
+                return max(now, self._kept[i][1] + self.params.min_age)
+        return max(self._cycle_at + self.params.min_cycle,
+                   self._kept[0][1] + self.params.min_age)
+
+    def take(self, now: float, budget: int, overhead: int = 0) -> list[bytes]:
+        """Resent copies due now, `budget` bytes at most, each costing its size plus
+        `overhead`."""
+        self._evict(now)
+        kept, min_age = self._kept, self.params.min_age
+        if not self._cycling:
+            if not kept or now < self._cycle_at + self.params.min_cycle \
+                    or now - kept[0][1] < min_age:
+                return []
+            self._cycling, self._cycle_at, self._cursor = True, now, self._base
+            self.counters["recovery_cycles"] += 1
+        out: list[bytes] = []
+        spent = 0
+        while True:
+            i = self._cursor - self._base
+            if i >= len(kept) or now - kept[i][1] < min_age:
+                self._cycling = False   # through the window: the next cycle starts over
+                break
+            datagram = kept[i][2]
+            cost = len(datagram) + overhead
+            if spent + cost > budget:
+                break
+            out.append(datagram)
+            spent += cost
+            self._cursor += 1
+        self.counters["resent"] += len(out)
+        self.counters["resent_bytes"] += spent
+        return out
+
+    def _evict(self, now: float) -> None:
+        kept, horizon = self._kept, now - self.params.seconds
+        while kept and (kept[0][1] < horizon or self.bytes > self.params.max_bytes):
+            self._pop()
+
+    def _pop(self) -> None:
+        _, _, datagram = self._kept.popleft()
+        self.bytes -= len(datagram)
+        self._base += 1
+        self.counters["recovery_evicted"] += 1
+        self._cursor = max(self._cursor, self._base)
