@@ -91,6 +91,9 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.what == "modbus":
         from diode_tools.bench.modbus import run_modbus_bench
         result = run_modbus_bench(cycles=args.cycles)
+    elif args.what == "recovery":
+        from diode_tools.bench.recovery import run_recovery_bench
+        result = run_recovery_bench()
     else:
         from diode_tools.bench.mqtt import run_mqtt_bench
         result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate or 400_000_000,
@@ -187,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--json", action="store_true", help="last line: one JSON summary")
     sp.set_defaults(func=_demo)
     sp = sub.add_parser("bench", help="measure throughput and loss")
-    sp.add_argument("what", choices=("mqtt", "link", "spool", "opcua", "syslog", "modbus"))
+    sp.add_argument("what", choices=("mqtt", "link", "spool", "opcua", "syslog", "modbus",
+                                     "recovery"))
     sp.add_argument("--cycles", type=int, default=20, help="modbus: poll cycles measured")
     sp.add_argument("--nodes", type=int, default=10_000, help="opcua: plant variables")
     sp.add_argument("--records", type=int, default=200_000, help="spool: records to append")

@@ -47,6 +47,11 @@ class LinkStateFile:
         """The memory saved by the last run, or None (no file configured, none yet,
         or one that cannot be used: told in the log, and replaced at the next save)."""
         if self.path is None:
+            log.warning("link state: no [link] state_file, so after a restart RX can neither "
+                        "tell replays of earlier frames from new ones nor count what it "
+                        "missed while it was down (TX's recovery window still brings it). "
+                        "Fix: state_file = \"/var/lib/diode/link-state.json\" (on the data "
+                        "partition)")
             return None
         try:
             text = self.path.read_text()

@@ -57,7 +57,8 @@ What remains possible, and why (no back channel means freshness cannot be proven
   RX never followed (from before RX first ran, or forgotten beyond
   `MEMORY_EPOCHS`), played while the genuine TX is silent for `takeover`
   seconds; or frames of the followed epoch sent while RX was down, replayed
-  before the genuine TX's next frame reaches the restarted RX. An RX with no
+  before the genuine TX's next frame reaches the restarted RX (the frames RX
+  missed are then delivered late from TX's recovery window anyway: missed.py). An RX with no
   state file (or a new RX board) has no memory: whatever authenticates first is
   followed, and a newer epoch replaces it at once.
 - A replayed epoch newer than every epoch RX followed is followed at once. That

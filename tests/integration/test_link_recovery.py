@@ -139,3 +139,18 @@ def test_rx_killed_within_the_window_loses_nothing_and_overwrites_nothing(
     assert order_breaks(msgs) == []
     last = {topic_of(i): i for i in range(n) if i % TOPICS < RETAINED}
     assert retained_view(it_broker, collector) == last
+
+
+def test_an_outage_beyond_the_window_is_counted_as_missed_and_logged(
+        diode: Diode, ot_broker: Broker, it_broker: Broker, collector: MakeCollector) -> None:
+    rx, sub, n = run_outage(diode, ot_broker, it_broker, collector, outage=5.0,
+                            tx_link={"recovery_window": 1.5})
+    st = diode.wait_status(rx, lambda s: s["link"]["missing"] == 0 and s["link"]["missed"] > 0,
+                           20, "RX giving up what the window no longer had")
+    link = st["link"]
+    got = numbers(sub.data())
+    print(f"\nRX killed for 5 s, window 1.5 s: {n - len(got & set(range(n)))} of {n} messages "
+          f"lost; RX counted {link['missed']} frames missed, recovered {link['recovered']}")
+    assert link["lost"] >= link["missed"] > 0 and link["recovered"] > 0
+    assert len(got & set(range(n))) < n
+    assert "TX's recovery window no longer had them" in rx.log()

@@ -12,6 +12,7 @@ from typing import Any
 from agent.link import records, wire
 from agent.link.events import Event, RecordReceived
 from agent.link.receiver import LinkReceiver, ReceiverParams
+from agent.link.recovery import RecoveryParams, RecoveryWindow
 from agent.link.sender import LinkSender, SenderParams
 from agent.mqtt.codec import MqttMessage
 
@@ -32,11 +33,23 @@ def message(tag: str, i: int) -> MqttMessage:
 class Tx:
     """A TX run: `frame` seals one record as its own frame and returns all its copies."""
 
-    def __init__(self, epoch: int, *, repeat: int = 1, key: bytes = KEY) -> None:
+    def __init__(self, epoch: int, *, repeat: int = 1, key: bytes = KEY,
+                 recovery: bool = False) -> None:
         self.epoch = epoch
         self.repeat = repeat
+        # a window that keeps everything, each frame due at once
+        self.window = RecoveryWindow(RecoveryParams(3600.0, 1 << 30, 0.0, 0.0)) \
+            if recovery else None
         self.sender = LinkSender(SenderParams(link_id=LINK_ID, repeat=repeat, interleave=1),
-                                 key, epoch)
+                                 key, epoch, self.window)
+        self._resent: dict[int, bytes] = {}
+
+    def resent(self, seqs: Iterable[int], now: float = 0.0) -> list[bytes]:
+        """The recovery window's copies of frames `seqs` (sealed by `now`)."""
+        assert self.window is not None
+        for d in self.window.take(now, 1 << 40):
+            self._resent[wire.parse_header(d).seq] = d
+        return [self._resent[s] for s in seqs]
 
     def frame(self, rec: records.Record, now: float = 0.0) -> list[bytes]:
         self.sender.push(records.encode(rec), now)

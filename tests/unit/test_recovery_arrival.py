@@ -1,0 +1,112 @@
+"""Late records never overwrite newer state: the RX core tells RECOVERED from
+SUPERSEDED by key, the MQTT sink marks and unretains what was overtaken, and the
+OPC UA mirror keeps each variable's newest value by its source timestamp."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import ua
+
+from agent.adapter import Arrival, LinkView, SinkState
+from agent.link.health import HealthParams, LinkHealth
+from agent.mqtt.codec import MqttMessage
+from agent.mqtt.sink import LATE, superseded
+from agent.opcua.codec import OpcuaModel, OpcuaValues
+from agent.opcua.late import LateRecord, still_current, ticks
+from agent.rxcore import RxCore
+
+from .link_kit import T0, Tx, epoch_at, receiver
+
+EPOCH = epoch_at(T0)
+
+
+class ArrivalSink:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, int, Arrival]] = []
+
+    @property
+    def key(self) -> str:
+        return "mqtt:ch"
+
+    @property
+    def state(self) -> SinkState:
+        return SinkState.CONNECTED
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, record: Any, now: float, arrival: Arrival = Arrival.LIVE) -> None:
+        self.got.append((record.topic, int.from_bytes(record.payload[:4], "big"), arrival))
+
+    def tick(self) -> None: ...
+
+    def dropped(self) -> int:
+        return 0
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    async def on_link(self, link: LinkView) -> None: ...
+
+
+def msg(topic: str, i: int) -> MqttMessage:
+    return MqttMessage("ch", topic, i.to_bytes(4, "big"), qos=1, retain=True)
+
+
+def test_a_late_record_behind_a_newer_one_of_its_topic_arrives_superseded() -> None:
+    tx = Tx(EPOCH, recovery=True)
+    first = receiver()
+    for d in tx.frame(msg("a", 0)):
+        first.receive(d, 0.0)
+    memory = first.memory()
+    away = [tx.frame(msg(t, i)) for t, i in (("a", 1), ("b", 2), ("a", 3))]  # seqs 1..3
+    assert len(away) == 3
+    sink = ArrivalSink()
+    core = RxCore(receiver(memory), LinkHealth(HealthParams()), {("mqtt", "ch"): sink})
+    for d in tx.frame(msg("a", 4)) + tx.resent([3, 2, 1]):  # the cycle comes newest first
+        core.datagram(d, 1.0)
+    assert sink.got == [("a", 4, Arrival.LIVE), ("a", 3, Arrival.SUPERSEDED),
+                        ("b", 2, Arrival.RECOVERED), ("a", 1, Arrival.SUPERSEDED)]
+    assert core.counters["superseded"] == 2
+    # nothing missed any more: records go out LIVE, and the notes are gone
+    for d in tx.frame(msg("a", 5)):
+        core.datagram(d, 2.0)
+    assert sink.got[-1] == ("a", 5, Arrival.LIVE) and core._newest is None
+
+
+def test_the_mqtt_sink_unretains_and_marks_what_was_overtaken() -> None:
+    m = MqttMessage("ch", "r/1", b"7", 1, True, {"user": [["site", "x"]], "expiry": 30})
+    late = superseded(m)
+    assert late.retain is False and late.payload == b"7" and late.topic == "r/1"
+    assert late.properties == {"user": [["site", "x"], LATE], "expiry": 30}
+    assert superseded(m._replace(properties=None)).properties == {"user": [LATE]}
+
+
+def _dv(when: datetime | None) -> ua.DataValue:
+    return ua.DataValue(ua.Variant(1.0, ua.VariantType.Double), SourceTimestamp=when)
+
+
+def test_a_late_opcua_value_applies_only_where_it_is_not_older() -> None:
+    t = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    shown = {"n1": _dv(t), "n2": _dv(t), "n3": None, "n4": _dv(None)}
+    old, same, new = ticks(t) - 10_000_000, ticks(t), ticks(t) + 1
+    values = (("n1", b"", 0, old, None), ("n2", b"", 0, new, None), ("n3", b"", 0, old, None),
+              ("n4", b"", 0, old, None), ("n1", b"", 0, same, None), ("n2", b"", 0, None, None))
+    counters = {"late_superseded": 0}
+    kept = still_current(LateRecord(OpcuaValues("p", False, values), Arrival.RECOVERED),
+                         shown.get, counters)
+    assert isinstance(kept, OpcuaValues)
+    assert [v[0] for v in kept.values] == ["n2", "n3", "n4", "n1"]
+    assert counters["late_superseded"] == 2
+    model = OpcuaModel("p", "v1", 0, 1, b"")
+    assert still_current(LateRecord(model, Arrival.SUPERSEDED), shown.get, counters) is None
+    assert still_current(LateRecord(model, Arrival.RECOVERED), shown.get, counters) == model
+    assert counters["late_superseded"] == 3
+
+
+def test_ticks_count_100ns_since_1601() -> None:
+    assert ticks(datetime(1601, 1, 1, tzinfo=UTC)) == 0
+    assert ticks(datetime(1970, 1, 1)) == 116_444_736_000_000_000
