@@ -50,6 +50,10 @@ _SECTIONS = tuple((a.name, a.status_section) for a in ADAPTERS)
 _HEALTHY = {str(s) for s in HEALTHY_SINK}
 
 
+# Of TX's heartbeat counters, these go up and down
+TX_GAUGES = ("recovery_oldest", "recovery_bytes", "recovery_span_ms")
+
+
 def _name(raw: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", raw)
 
@@ -72,6 +76,9 @@ class RxCollector(Collector):
         yield GaugeMetricFamily("diode_datagram_loss_ratio",
                                 "Datagram loss over the health window",
                                 value=float(st.get("datagram_loss") or 0.0))
+        yield GaugeMetricFamily("diode_missing_frames", "Frames RX missed before it joined "
+                                "the stream and still expects from TX's recovery window",
+                                value=float(st.get("missing_frames") or 0))
         link = CounterMetricFamily("diode_link", "Link receiver counters", labels=["counter"])
         for k, v in (st.get("link") or {}).items():
             link.add_metric([k], float(v))
@@ -108,9 +115,13 @@ class RxCollector(Collector):
         tx = st.get("tx") or {}
         txc = CounterMetricFamily("diode_tx", "TX counters from its heartbeats",
                                   labels=["counter"])
+        window = GaugeMetricFamily("diode_tx_recovery", "TX's recovery window from its "
+                                   "heartbeats (oldest seq kept, bytes, span in ms)",
+                                   labels=["field"])
         for k, v in (tx.get("counters") or {}).items():
-            txc.add_metric([_name(k)], float(v))
+            (window if k in TX_GAUGES else txc).add_metric([_name(k)], float(v))
         yield txc
+        yield window
         src = GaugeMetricFamily("diode_tx_source_connected",
                                 "1 when TX reports the source connected (0 while the link is "
                                 "DOWN: its state is then unknown)", labels=["source"])

@@ -201,7 +201,9 @@ class RxAgent:
                          "rejected": sum(c[r] for r in REJECT_REASONS),
                          "unrouted": self.core.counters["unrouted"],
                          "tx_log": self.core.counters["tx_log"]},
-            "link": {**c, "missing": self.receiver.missing},
+            "link": dict(c),
+            # frames RX missed before it joined and still hopes to get (recovery window)
+            "missing_frames": self.receiver.missing,
             "transport": self._transport_counters(),
             "tx": None if hb is None else self._tx_view(hb.sources, hb.counters, age),
             "tx_log": list(self.core.tx_log),  # TX's latest warnings and errors, oldest first

@@ -103,6 +103,9 @@ def render(st: dict[str, Any], now: float) -> str:
                   f"TX epoch        {st.get('epoch')}"]
         c = st.get("counters", {})
         lines.append("link counters   " + "  ".join(f"{k} {v}" for k, v in c.items()))
+        link = st.get("link") or {}
+        lines.append(f"missed frames   recovered {link.get('recovered', 0)}  still expected "
+                     f"{st.get('missing_frames', 0)}  given up {link.get('missed', 0)}")
         if st.get("transport"):
             lines.append("transport       " + "  ".join(f"{k} {v}" for k, v in
                                                       st["transport"].items()))
@@ -139,6 +142,10 @@ def render(st: dict[str, Any], now: float) -> str:
                              f"{d.get('requests_per_cycle')} requests a cycle  cycle "
                              f"{cycles or '-'}  no answers {d.get('no_answers')}")
         c = st.get("counters", {})
+        if "recovery_bytes" in c:
+            lines.append(f"recovery window {c['recovery_span_ms'] / 1000:.1f} s, "
+                         f"{c['recovery_bytes'] / 1e6:.1f} MB kept; {c['resent']} frames resent "
+                         f"in {c['recovery_cycles']} cycles")
         lines.append("counters        " + "  ".join(f"{k} {v}" for k, v in c.items()))
     board = st.get("board") or {}
     for led, pattern in (board.get("leds") or {}).items():

@@ -126,7 +126,7 @@ def test_rx_killed_within_the_window_loses_nothing_and_overwrites_nothing(
     rx, sub, n = run_outage(diode, ot_broker, it_broker, collector, outage=3.0)
     sub.wait_for(lambda msgs: numbers(msgs) >= set(range(n)), 60,
                  f"all {n} messages at the IT broker")
-    st = diode.wait_status(rx, lambda s: s["link"]["missing"] == 0, 30,
+    st = diode.wait_status(rx, lambda s: s["missing_frames"] == 0, 30,
                            "RX done with what it missed")
     link = st["link"]
     msgs = [m for m in sub.data() if m.topic.startswith(("r/", "e/"))]
@@ -145,7 +145,7 @@ def test_an_outage_beyond_the_window_is_counted_as_missed_and_logged(
         diode: Diode, ot_broker: Broker, it_broker: Broker, collector: MakeCollector) -> None:
     rx, sub, n = run_outage(diode, ot_broker, it_broker, collector, outage=5.0,
                             tx_link={"recovery_window": 1.5})
-    st = diode.wait_status(rx, lambda s: s["link"]["missing"] == 0 and s["link"]["missed"] > 0,
+    st = diode.wait_status(rx, lambda s: s["missing_frames"] == 0 and s["link"]["missed"] > 0,
                            20, "RX giving up what the window no longer had")
     link = st["link"]
     got = numbers(sub.data())

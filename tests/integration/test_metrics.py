@@ -33,6 +33,10 @@ def test_rx_metrics_show_link_state_and_tx_counters(tmp_path: Path) -> None:
             assert 'diode_tx_source_connected{source="mqtt:plant"} 1.0' in text
             assert 'diode_tx_total{counter="datagrams"}' in text
             assert 'diode_link_total{counter="auth_failed"} 0.0' in text
+            assert "diode_missing_frames 0.0" in text
+            # the recovery window's size goes up and down: a gauge, not a counter
+            assert 'diode_tx_recovery{field="recovery_bytes"}' in text
+            assert 'diode_tx_total{counter="recovery_bytes"}' not in text
             pair.stop("tx")
             deadline = time.monotonic() + 8
             while time.monotonic() < deadline and 'state="DOWN"} 1.0' not in text:

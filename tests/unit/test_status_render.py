@@ -15,6 +15,7 @@ def test_rx_screen_shows_link_sinks_spool_and_leds() -> None:
     st = {"role": "rx", "time": time.time(), "config": "/boot/firmware/diode/rx.toml",
           "key_fingerprint": "aa:bb", "link_state": "DEGRADED", "last_heartbeat_age_s": 0.4,
           "datagram_loss": 0.05, "epoch": "0123", "counters": {"lost": 2},
+          "link": {"recovered": 31, "missed": 4}, "missing_frames": 7,
           "tx": {"sources": {"mqtt:plant": "connected"}},
           "transport": {"crc_errors": 4, "framing_errors": 2},
           "sinks": {"plant": {"state": "disconnected", "published": 10, "queue_dropped": 0,
@@ -24,13 +25,16 @@ def test_rx_screen_shows_link_sinks_spool_and_leds() -> None:
     for expected in ("link state      DEGRADED", "5.00%", "TX source       mqtt:plant: connected",
                      "mqtt:plant: disconnected", "1200 records, oldest 12.5 s",
                      "oldest 3  conflated 4", "damaged 1", "LED link", "blink 2 Hz",
-                     "aa:bb", "/boot/firmware/diode/rx.toml", "crc_errors 4  framing_errors 2"):
+                     "aa:bb", "/boot/firmware/diode/rx.toml", "crc_errors 4  framing_errors 2",
+                     "missed frames   recovered 31  still expected 7  given up 4"):
         assert expected in text, expected
     assert "STALE" not in text
 
 
 def test_tx_screen_and_stale_file(tmp_path: Path) -> None:
-    st = {"role": "tx", "time": time.time() - 60, "epoch": "01", "counters": {"frames": 5},
+    st = {"role": "tx", "time": time.time() - 60, "epoch": "01",
+          "counters": {"frames": 5, "recovery_span_ms": 59_500, "recovery_bytes": 3_200_000,
+                       "resent": 900, "recovery_cycles": 12},
           "sources": {"mqtt:plant": "connecting", "mqtt:lab": "connected"},
           "queue": {"queued": 9},
           "queues": {"mqtt:plant": {"queued": 7, "spool": SPOOL}, "mqtt:lab": {"queued": 2},
@@ -39,6 +43,7 @@ def test_tx_screen_and_stale_file(tmp_path: Path) -> None:
                          "no_answers": 3}}}}}
     text = render(st, time.time())
     assert "STALE" in text and "mqtt:plant: connecting" in text
+    assert "recovery window 59.5 s, 3.2 MB kept; 900 frames resent in 12 cycles" in text
     assert "queued          mqtt:plant: 7" in text and "queued          mqtt:lab: 2" in text
     assert "device          modbus:plc/press1: down  7 requests a cycle  cycle 302.5 ms " \
         "(every 1 s)  no answers 3" in text
