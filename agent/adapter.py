@@ -21,7 +21,10 @@ come with an `Arrival` other than LIVE. For protocols whose records replace
 one another by key (an MQTT topic), the RX core tells a late record that a newer
 one of its key already overtook (SUPERSEDED: a sink must not let it overwrite
 the newer state) from one that did not (RECOVERED); a sink whose records carry
-their own time (OPC UA values) compares those itself.
+their own time (OPC UA values) compares those itself. An RX without state (a new
+board) cannot place what it missed after what the board before it delivered:
+those come UNPLACED, and a sink whose IT peer outlives RX (an MQTT broker's
+retained store) treats them as superseded.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ class Arrival(Enum):
     LIVE = "live"               # in order, as it came
     RECOVERED = "recovered"     # missed, brought late; nothing newer of its key came first
     SUPERSEDED = "superseded"   # missed, brought late, after a newer record of its key
+    # missed, brought late, from before this RX kept any state (a new board): an earlier
+    # RX may have delivered it and newer ones, so the IT side may hold newer state
+    UNPLACED = "unplaced"
 
 
 class SourceState(StrEnum):

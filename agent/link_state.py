@@ -13,7 +13,11 @@ from RX's timer loop: it writes at once when the followed epoch changed (with
 fsync), and otherwise at most every `interval` seconds while the high-water
 marks move (without fsync: the page cache outlives a crash of the agent). On a
 clean stop the driver calls `keep(final=True)`. So after a crash of the agent
-or a power cut, the file lags by up to `interval`.
+or a power cut, the file lags by up to `interval`: each save says how many
+frames RX may deliver beyond its mark before the next (`uncertain`: twice what
+came since the last save; 0 at a clean stop), and the restarted RX takes what
+it then gets of those frames from the recovery window as unplaced (it may have
+delivered them, and newer ones, before the crash: agent/link/missed.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +39,11 @@ class _Remembers(Protocol):
     epoch: int | None
 
     def memory(self) -> EpochMemory: ...
+
+
+def _mark(memory: EpochMemory) -> int:
+    """The high-water mark of the followed epoch (-1: none)."""
+    return dict(memory.seen).get(memory.current, -1) if memory.current is not None else -1
 
 
 class LinkStateFile:
@@ -89,6 +99,11 @@ class LinkStateFile:
         if not (final or switched) and now - self._written_at < self.interval:
             return
         memory = receiver.memory()
+        high = _mark(memory)
+        before = _mark(last) if last is not None and last.current == memory.current else high
+        # What a crash may have delivered beyond this mark before the next save: about as
+        # much as came since the last one, twice over to be safe. A clean stop: nothing.
+        memory = replace(memory, uncertain=0 if final else 2 * max(0, high - before) + 16)
         self._written_at = now
         if memory == last:
             return

@@ -112,19 +112,21 @@ class RxCore:
 
     def _arrival(self, order_key: Callable[[records.Record], Hashable | None] | None,
                  ev: RecordReceived) -> Arrival:
-        """LIVE, RECOVERED or SUPERSEDED, noting the newest seq of the record's key."""
+        """LIVE, RECOVERED, SUPERSEDED or UNPLACED, noting the newest seq of the record's
+        key."""
         newest = self._newest
         assert newest is not None
         if not self.receiver.missing:
             self._newest = None   # nothing missed any more: nothing can come late
+        late = Arrival.UNPLACED if ev.unplaced else Arrival.RECOVERED
         key = None if order_key is None else order_key(ev.record)
         if key is None:
-            return Arrival.RECOVERED if ev.recovered else Arrival.LIVE
+            return late if ev.recovered else Arrival.LIVE
         if newest.get(key, -1) > ev.seq:
             self.counters["superseded"] += 1
             return Arrival.SUPERSEDED
         newest[key] = ev.seq
-        return Arrival.RECOVERED if ev.recovered else Arrival.LIVE
+        return late if ev.recovered else Arrival.LIVE
 
     def _tx_log(self, rec: TxLog, now: float) -> None:
         """One of TX's own warnings or errors: into RX's log, prefixed, and the status."""

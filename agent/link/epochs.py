@@ -99,19 +99,23 @@ class EpochMemory:
 
     `seen` holds (epoch, highest seq handled) pairs, least recently followed
     first; `current` is the epoch followed (one of `seen`); `newest` the biggest
-    epoch ever followed (kept even when its entry leaves `seen`).
+    epoch ever followed (kept even when its entry leaves `seen`); `uncertain`
+    how many frames of `current` beyond its mark RX may have delivered after
+    this was saved (0 when saved at a clean stop; see agent/link_state.py).
     """
 
     link_id: int
     current: int | None = None
     newest: int | None = None
     seen: tuple[tuple[int, int], ...] = ()
+    uncertain: int = 0
 
     VERSION = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.VERSION, "link_id": self.link_id, "current": self.current,
-                "newest": self.newest, "seen": [[e, h] for e, h in self.seen]}
+                "newest": self.newest, "seen": [[e, h] for e, h in self.seen],
+                "uncertain": self.uncertain}
 
     @classmethod
     def from_dict(cls, data: Any) -> EpochMemory:
@@ -149,7 +153,7 @@ class EpochMemory:
         pairs = tuple(seen.items())[-MEMORY_EPOCHS:]
         if current is not None and current not in dict(pairs):
             pairs = pairs[1:] + ((current, seen[current]),)
-        return cls(link_id, current, newest, pairs)
+        return cls(link_id, current, newest, pairs, u64(data.get("uncertain", 0), "uncertain"))
 
 
 class Verdict(Enum):

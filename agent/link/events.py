@@ -15,6 +15,9 @@ class RecordReceived:
     epoch: int
     seq: int
     recovered: bool = False   # from a frame RX missed, delivered late (missed.py)
+    # ... missed from before this RX kept state (a new board): RX cannot place it after
+    # what an earlier RX delivered, so the IT side may hold newer
+    unplaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,9 @@ keeps (`recovery_oldest`; a TX without a window says nothing): RX gives up
 the missed frames below it, which then count as `lost` (and `missed`), a
 frame each. A fresh RX (no saved state, nothing followed yet) missed nothing
 it was owed: it takes what the window brings, and gives up the rest without
-counting it.
+counting it. What it takes is *unplaced*: an earlier RX may have delivered it,
+and newer records after it; so are the first frames after the mark when the
+state file was saved before a crash, not at a clean stop (`placed_from`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ MAX_TRACKED = 1 << 20
 
 
 class Missed:
-    def __init__(self, lo: int, hi: int, owed: bool) -> None:
-        """Frames `lo` .. `hi - 1` were missed; `owed`: RX counts those it never gets."""
+    def __init__(self, lo: int, hi: int, owed: bool, placed_from: int | None = None) -> None:
+        """Frames `lo` .. `hi - 1` were missed; `owed`: RX counts those it never gets;
+        `placed_from`: below it, RX may have delivered them before a crash (None: all
+        placed when owed, none when not)."""
         self.owed = owed
+        self.placed_from = (lo if owed else hi) if placed_from is None else placed_from
         self.lo, self.hi = max(lo, hi - MAX_TRACKED), hi
         self.untracked = self.lo - lo      # given up at once (more than MAX_TRACKED)
         self._wanted = bytearray(b"\x01") * (hi - self.lo)

@@ -114,6 +114,7 @@ class LinkReceiver:
         self._prejoin: dict[int, int] = {}   # copies of frames sent before RX joined
         self._missed: Missed | None = None  # what RX missed before it joined the epoch
         self._fresh = memory is None        # no saved state, nothing followed yet
+        self._uncertain = memory.uncertain if memory is not None else 0
         self.last_valid_at: float | None = None
         self._listening_since: float | None = None
         # The latest heartbeat frames of this epoch, seq -> [copies received, datagrams
@@ -294,7 +295,7 @@ class LinkReceiver:
         for item in self._decode_body(body):
             record = self._record(item, self._recovered_frag)
             if record is not None and not isinstance(record, records.Heartbeat):
-                events.append(RecordReceived(record, epoch, seq, True))
+                events.append(RecordReceived(record, epoch, seq, True, seq < missed.placed_from))
         return events
 
     def _give_up_missed(self, below: int | None) -> list[Event]:
@@ -359,8 +360,12 @@ class LinkReceiver:
             start = first  # RX (re)joins a stream where it first hears it
         start = max(start, decision.floor + 1)
         events.extend(self._give_up_missed(None))   # of the old epoch: nothing more comes
-        self._missed = (Missed(decision.floor + 1, start, owed=not self._fresh)
-                        if start > decision.floor + 1 else None)
+        lo = decision.floor + 1
+        # after a crash, the first frames beyond the saved mark may have been delivered
+        uncertain = self._uncertain if decision.verdict is Verdict.REJOIN else 0
+        self._missed = (Missed(lo, start, owed=not self._fresh,
+                               placed_from=None if self._fresh else lo + uncertain)
+                        if start > lo else None)
         self._fresh = False
         self._book.followed(epoch, old, self._next - 1, decision.verdict)
         pins = {epoch: cipher}

@@ -25,8 +25,10 @@ A message RX got late from TX's recovery window after a newer one of its topic
 (SUPERSEDED, agent/adapter.py) must not overwrite the newer state: it goes out
 unretained, marked with the user property `diode-late: superseded` (MQTT 5;
 3.1.1 has no properties), counted `late`; a late carousel copy of retained
-state is dropped (`carousel_skipped`). A late message that nothing overtook
-goes out as it came: the topic's order holds.
+state is dropped (`carousel_skipped`). So does a message a new RX board got
+from before it ran (UNPLACED: the broker may hold newer from the board before;
+marked `diode-late: unplaced`). A late message that nothing overtook goes out
+as it came: the topic's order holds.
 """
 
 from __future__ import annotations
@@ -96,12 +98,12 @@ class MqttSink:
     def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> None:
         """Republish one message received from the link at `now` (monotonic)."""
         assert isinstance(record, MqttMessage)  # the registry routes only these here
-        if arrival is Arrival.SUPERSEDED:
+        if arrival is Arrival.SUPERSEDED or arrival is Arrival.UNPLACED:
             if record.carousel:
                 self.counters["carousel_skipped"] += 1
                 return
             self.counters["late"] += 1
-            record = superseded(record)
+            record = superseded(record, arrival.value)
         if len(record.payload) > self.ch.max_message_size:
             self.counters["too_large"] += 1
             self._log_topic("too_large", record.topic,
@@ -264,11 +266,12 @@ def _reason_name(code: int) -> str:
         return "unknown reason"
 
 
-LATE = ["diode-late", "superseded"]
+LATE = "diode-late"
 
 
-def superseded(msg: MqttMessage) -> MqttMessage:
-    """`msg` as it goes out behind a newer message of its topic: unretained, marked."""
+def superseded(msg: MqttMessage, why: str = "superseded") -> MqttMessage:
+    """`msg` as it goes out where a newer message of its topic may have gone before:
+    unretained, marked `diode-late: <why>`."""
     props = dict(msg.properties or {})
-    props["user"] = [*props.get("user", ()), LATE]
+    props["user"] = [*props.get("user", ()), [LATE, why]]
     return msg._replace(retain=False, properties=props)

@@ -116,13 +116,19 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float,
             plant.stop()
             syslog.stop()
             # what RX missed while it was down comes with the recovery window's next cycles
-            settle = time.monotonic() + (15 if rx_outage > 0 else 5)
-            while (counter.delivered < plant.published
-                   or syslog_counter.delivered < syslog.sent) and time.monotonic() < settle:
+            # after an outage: until RX has all it missed or gave it up (counted missed),
+            # which the window's cycles take up to its length
+            settle = time.monotonic() + (75 if rx_outage > 0 else 5)
+
+            def missing() -> int:
+                return int((pair.status("rx") or {}).get("missing_frames", 0))
+            while (counter.delivered < plant.published or syslog_counter.delivered < syslog.sent
+                   or missing()) and time.monotonic() < settle:
                 time.sleep(0.1)
             st = pair.status("rx") or {}
             tx_st = pair.status("tx") or {}
             c = st.get("counters", {})
+            tx_c = tx_st.get("counters") or {}
             summary = {
                 "published": plant.published, "delivered": counter.delivered,
                 "lost": plant.published - counter.delivered,
@@ -144,6 +150,10 @@ def run_demo(duration: float, loss: float, as_json: bool, rate: float,
                 "rx_outage_s": rx_outage,
                 "frames_recovered": st.get("link", {}).get("recovered", 0),
                 "frames_missed": st.get("link", {}).get("missed", 0),
+                "frames_still_missing": st.get("missing_frames", 0),
+                "tx_recovery_bytes": tx_c.get("recovery_bytes"),
+                "tx_recovery_span_s": (tx_c.get("recovery_span_ms") or 0) / 1000,
+                "tx_resent": tx_c.get("resent"),
             }
         except Exception as exc:
             print(f"demo failed: {exc}\n--- tx log ---\n{pair.log('tx')}\n--- rx log ---\n"

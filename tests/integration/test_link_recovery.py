@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.conftest import Agent, Broker, Collector, Diode, Received
@@ -96,10 +97,11 @@ def retained_view(broker: Broker, collector: MakeCollector) -> dict[str, int]:
 
 
 def run_outage(diode: Diode, ot_broker: Broker, it_broker: Broker, collector: MakeCollector,
-               outage: float, tx_link: dict[str, Any] | None = None
+               outage: float, tx_link: dict[str, Any] | None = None, new_board: bool = False
                ) -> tuple[Agent, Collector, int]:
-    """QoS 1 traffic at 300 msg/s; RX killed for `outage` seconds; the restarted RX, the
-    IT subscriber that saw it all, and how many messages were published."""
+    """QoS 1 traffic at 300 msg/s; RX killed for `outage` seconds (`new_board`: and its
+    state file gone, as on a swapped board); the restarted RX, the IT subscriber that
+    saw it all, and how many messages were published."""
     rx_cfg = diode.write("rx.toml", diode.rx_doc(link={"state_file": "rx-link.json"}))
     rx = diode.start("rx", rx_cfg)
     diode.start_tx(mqtt={"qos": 1, "topics": ["r/#", "e/#", "probe/#"]}, link=tx_link or {})
@@ -110,6 +112,8 @@ def run_outage(diode: Diode, ot_broker: Broker, it_broker: Broker, collector: Ma
     sub.wait_count(600, "", 20)
     rx.proc.kill()   # no clean stop: its state file may lag by its save interval
     rx.proc.wait(5)
+    if new_board:
+        (diode.tmp / "rx-link.json").unlink()
     time.sleep(outage)
     rx = diode.start("rx", rx_cfg, "rx-restarted")
     diode.wait_up(rx)
@@ -121,9 +125,12 @@ def numbers(msgs: list[Received]) -> set[int]:
     return {int(m.payload) for m in msgs if m.topic.startswith(("r/", "e/"))}
 
 
+@pytest.mark.parametrize("new_board", [False, True], ids=["restart", "new-board"])
 def test_rx_killed_within_the_window_loses_nothing_and_overwrites_nothing(
-        diode: Diode, ot_broker: Broker, it_broker: Broker, collector: MakeCollector) -> None:
-    rx, sub, n = run_outage(diode, ot_broker, it_broker, collector, outage=3.0)
+        diode: Diode, ot_broker: Broker, it_broker: Broker, collector: MakeCollector,
+        new_board: bool) -> None:
+    rx, sub, n = run_outage(diode, ot_broker, it_broker, collector, outage=3.0,
+                            new_board=new_board)
     sub.wait_for(lambda msgs: numbers(msgs) >= set(range(n)), 60,
                  f"all {n} messages at the IT broker")
     st = diode.wait_status(rx, lambda s: s["missing_frames"] == 0, 30,
@@ -131,9 +138,9 @@ def test_rx_killed_within_the_window_loses_nothing_and_overwrites_nothing(
     link = st["link"]
     msgs = [m for m in sub.data() if m.topic.startswith(("r/", "e/"))]
     late = sum(late_mark(m) for m in msgs)
-    print(f"\nRX killed for 3 s: {n} published, all delivered ({len(msgs) - n} duplicates, "
-          f"{late} marked late); RX recovered {link['recovered']} frames, missed "
-          f"{link['missed']}, lost {link['lost']}")
+    print(f"\nRX killed for 3 s{' (a new board)' * new_board}: {n} published, all "
+          f"delivered ({len(msgs) - n} duplicates, {late} marked late); RX recovered "
+          f"{link['recovered']} frames, missed {link['missed']}, lost {link['lost']}")
     assert link["lost"] == 0 and link["missed"] == 0, link
     assert link["recovered"] > 0, link
     assert order_breaks(msgs) == []

@@ -106,3 +106,29 @@ def test_a_failed_write_is_told_not_raised(tmp_path: Path,
     assert caplog.text.count("cannot write") == 1
     state.keep(rx, 1.0, final=True)
     assert caplog.text.count("cannot write") == 2
+
+
+def test_a_save_says_how_far_beyond_its_mark_a_crash_may_have_delivered(tmp_path: Path
+                                                                        ) -> None:
+    path = tmp_path / "link-state.json"
+    state = LinkStateFile(path, LINK_ID, interval=0.25)
+    tx = Tx(epoch_at(T0), recovery=True)
+    rx = receiver()
+    feed(rx, tx.frames("m", range(10)))
+    state.keep(rx, 0.0)
+    feed(rx, tx.frames("m", range(10, 40)))        # 30 frames in one interval
+    state.keep(rx, 0.3)
+    saved = json.loads(path.read_text())
+    assert saved["seen"][-1][1] == 39 and saved["uncertain"] == 2 * 30 + 16
+    # RX crashes having delivered 20 more; the restarted one gets them from the window
+    # unplaced (it may have delivered them, and newer ones), the rest placed
+    feed(rx, tx.frames("m", range(40, 60)))
+    tx.frames("m", range(60, 130))
+    again = receiver(LinkStateFile(path, LINK_ID).load())
+    feed(again, tx.frames("m", range(130, 132)))
+    got = [e for e in feed(again, tx.resent(range(40, 130))) if hasattr(e, "unplaced")]
+    assert [e.seq for e in got if e.unplaced] == list(range(40, 40 + 76))
+    assert [e.seq for e in got if not e.unplaced] == list(range(116, 130))
+    # a clean stop: the mark is exact
+    state.keep(again, 1.0, final=True)
+    assert json.loads(path.read_text())["uncertain"] == 0

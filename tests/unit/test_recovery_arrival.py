@@ -77,12 +77,25 @@ def test_a_late_record_behind_a_newer_one_of_its_topic_arrives_superseded() -> N
     assert sink.got[-1] == ("a", 5, Arrival.LIVE) and core._newest is None
 
 
+def test_what_a_new_board_missed_arrives_unplaced_unless_overtaken() -> None:
+    tx = Tx(EPOCH, recovery=True)
+    for t, i in (("a", 0), ("b", 1)):            # before this RX ran
+        tx.frame(msg(t, i))
+    sink = ArrivalSink()
+    core = RxCore(receiver(), LinkHealth(HealthParams()), {("mqtt", "ch"): sink})
+    for d in tx.frame(msg("a", 2)) + tx.resent([0, 1]):
+        core.datagram(d, 1.0)
+    assert sink.got == [("a", 2, Arrival.LIVE), ("a", 0, Arrival.SUPERSEDED),
+                        ("b", 1, Arrival.UNPLACED)]
+
+
 def test_the_mqtt_sink_unretains_and_marks_what_was_overtaken() -> None:
     m = MqttMessage("ch", "r/1", b"7", 1, True, {"user": [["site", "x"]], "expiry": 30})
     late = superseded(m)
     assert late.retain is False and late.payload == b"7" and late.topic == "r/1"
-    assert late.properties == {"user": [["site", "x"], LATE], "expiry": 30}
-    assert superseded(m._replace(properties=None)).properties == {"user": [LATE]}
+    assert late.properties == {"user": [["site", "x"], [LATE, "superseded"]], "expiry": 30}
+    assert superseded(m._replace(properties=None), "unplaced").properties == \
+        {"user": [[LATE, "unplaced"]]}
 
 
 def _dv(when: datetime | None) -> ua.DataValue:

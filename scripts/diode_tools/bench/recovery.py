@@ -44,9 +44,14 @@ def run_recovery_bench(outages: tuple[float, ...] = OUTAGES) -> dict[str, Any]:
         lost = r["lost"] + r["syslog_lost"]
         trials.append({"outage_s": outage, "lost_messages": lost,
                        "frames_missed": r["frames_missed"],
-                       "frames_recovered": r["frames_recovered"], "published": r["published"]})
+                       "frames_recovered": r["frames_recovered"],
+                       "frames_still_missing": r["frames_still_missing"],
+                       "published": r["published"], "tx_recovery_bytes": r["tx_recovery_bytes"],
+                       "tx_recovery_span_s": r["tx_recovery_span_s"]})
         print(f"bench recovery: RX down {outage:.0f} s: {lost} messages lost, "
-              f"{r['frames_recovered']} frames recovered, {r['frames_missed']} missed",
+              f"{r['frames_recovered']} frames recovered, {r['frames_missed']} missed, "
+              f"{r['frames_still_missing']} still missing at the end; TX's window "
+              f"{r['tx_recovery_span_s']:.0f} s, {r['tx_recovery_bytes']} bytes",
               file=sys.stderr, flush=True)
         if lost or r["frames_missed"]:
             break
