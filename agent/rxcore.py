@@ -2,7 +2,8 @@
 
 ```
 datagram ─► LinkReceiver ─► RecordReceived ─► registry (record class ─► protocol, channel) ─► Sink.submit
-                           │                  Heartbeat ─► LinkHealth (datagram loss from TX's counts)
+                           │                  Heartbeat ─► LinkHealth (datagram loss from TX's counts),
+                           │                               receiver (the recovery window's oldest frame)
                            │                  TxLog ─► RX's log ("TX: ...") and the last few kept
                            ├► FramesLost ─────────────────► LinkHealth, a rate-limited log line
                            └► EpochChanged ───────────────► LinkHealth, a log line
@@ -64,6 +65,11 @@ class RxCore:
             self.handle(self.receiver.handle_timer(now), now)
 
     def handle(self, events: list[Event], now: float) -> None:
+        self._handle(events, now)
+        if self._newest is not None and not self.receiver.missing:
+            self._newest = None   # nothing missed any more: nothing can come late
+
+    def _handle(self, events: list[Event], now: float) -> None:
         sinks = self.sinks
         for ev in events:
             if isinstance(ev, RecordReceived):
@@ -74,7 +80,7 @@ class RxCore:
                     sink = sinks.get((adapter.name, channel))
                     if sink is None:
                         self._unrouted(adapter.name, channel)
-                    elif self._newest is None:
+                    elif self._newest is None and not ev.recovered:
                         sink.submit(rec, now)
                     else:
                         sink.submit(rec, now, self._arrival(adapter.order_key, ev))
@@ -85,6 +91,7 @@ class RxCore:
                     self.health.on_heartbeat(rec, c["valid"] + c["duplicates"]
                                              - self._epoch_datagrams, now, ev.seq,
                                              self.receiver.heartbeat_copies)
+                    self.handle(self.receiver.heartbeat(rec), now)
             elif isinstance(ev, FramesLost) and ev.while_away:
                 log.warning("link: %d frame(s) sent before RX joined the stream (from seq %d "
                             "of epoch %016x) are lost: TX's recovery window no longer had "
@@ -114,10 +121,7 @@ class RxCore:
                  ev: RecordReceived) -> Arrival:
         """LIVE, RECOVERED, SUPERSEDED or UNPLACED, noting the newest seq of the record's
         key."""
-        newest = self._newest
-        assert newest is not None
-        if not self.receiver.missing:
-            self._newest = None   # nothing missed any more: nothing can come late
+        newest = self._newest if self._newest is not None else {}
         late = Arrival.UNPLACED if ev.unplaced else Arrival.RECOVERED
         key = None if order_key is None else order_key(ev.record)
         if key is None:

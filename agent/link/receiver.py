@@ -183,10 +183,18 @@ class LinkReceiver:
         if len(copies) > 2 * self._copy_window:
             self._sweep_copies(seq)
         items = self._decode_body(body)
-        self._buffer[seq] = (now, items)
         if flags:
-            return self._learn_heartbeat(items) + self._deliver_ready(now)
+            self._learn_repeat(items)
+        self._buffer[seq] = (now, items)
         return self._deliver_ready(now)
+
+    def heartbeat(self, beat: records.Heartbeat) -> list[Event]:
+        """A heartbeat of the followed epoch was delivered (whole, even when it came in
+        fragments): the oldest frame of TX's recovery window ends the wait for older
+        missed ones; a TX without a window names none, and RX gives up all it misses."""
+        if self._missed is None:
+            return []
+        return self._give_up_missed(beat.counters.get("recovery_oldest"))
 
     @property
     def missing(self) -> int:
@@ -404,7 +412,7 @@ class LinkReceiver:
         self._keep_copy(seq, bytes(memoryview(datagram)))
         items = [] if flags and seq != newest_beat else self._decode_body(body)
         if flags:
-            events.extend(self._learn_heartbeat(items))
+            self._learn_repeat(items)
         self._buffer[seq] = (now, items)
         events.extend(self._deliver_ready(now))
         return events
@@ -428,22 +436,15 @@ class LinkReceiver:
         for s in [s for s in self._copies if s <= horizon]:
             del self._copies[s]
 
-    def _learn_heartbeat(self, items: list[Any]) -> list[Event]:
-        """A heartbeat frame: TX's `repeat` bounds how many copies of a frame are genuine,
-        and the oldest frame of its recovery window ends the wait for older missed ones."""
-        events: list[Event] = []
+    def _learn_repeat(self, items: list[Any]) -> None:
+        """A heartbeat frame: TX's `repeat` bounds how many copies of a frame are genuine."""
         for item in items:
             try:
                 rec = records.decode_item(item)
             except (records.RecordError, ValueError, TypeError, OverflowError):
                 continue
-            if not isinstance(rec, records.Heartbeat):
-                continue
-            if 1 <= rec.repeat <= 5:
+            if isinstance(rec, records.Heartbeat) and 1 <= rec.repeat <= 5:
                 self._repeat = rec.repeat
-            if self._missed is not None:
-                events.extend(self._give_up_missed(rec.counters.get("recovery_oldest")))
-        return events
 
     def _decode_body(self, body: bytes) -> list[Any]:
         try:

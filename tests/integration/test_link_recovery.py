@@ -77,14 +77,18 @@ def late_mark(m: Received) -> bool:
 
 def order_breaks(msgs: list[Received]) -> list[tuple[str, int, int]]:
     """(topic, newest so far, the older one) for each unmarked message that came after a
-    newer one of its topic; a repeat of the newest (at least once) is not a break."""
+    newer one of its topic: a first delivery out of order, or a repeat that went out
+    retained (it overwrote the broker's newer retained value). A repeat that is not
+    retained is a duplicate, which QoS 1 allows."""
     newest: dict[str, int] = defaultdict(lambda: -1)
+    seen: set[int] = set()
     breaks = []
     for m in msgs:
         n = int(m.payload)
-        if n < newest[m.topic] and not late_mark(m):
+        if n < newest[m.topic] and not late_mark(m) and (n not in seen or m.retain):
             breaks.append((m.topic, newest[m.topic], n))
         newest[m.topic] = max(newest[m.topic], n)
+        seen.add(n)
     return breaks
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from asyncua import ua
 
 from agent.adapter import Arrival, LinkView, SinkState
+from agent.link import records
 from agent.link.health import HealthParams, LinkHealth
 from agent.mqtt.codec import MqttMessage
 from agent.mqtt.sink import LATE, superseded
@@ -75,6 +76,24 @@ def test_a_late_record_behind_a_newer_one_of_its_topic_arrives_superseded() -> N
     for d in tx.frame(msg("a", 5)):
         core.datagram(d, 2.0)
     assert sink.got[-1] == ("a", 5, Arrival.LIVE) and core._newest is None
+
+
+def test_every_record_of_the_last_missed_frame_arrives_late() -> None:
+    tx = Tx(EPOCH, recovery=True)
+    first = receiver()
+    for d in tx.frame(msg("a", 0)):
+        first.receive(d, 0.0)
+    memory = first.memory()
+    for rec in (msg("b", 1), msg("c", 2)):        # one frame of two, while RX is away
+        tx.sender.push(records.encode(rec), 0.0)
+    tx.sender.drain(0.0)
+    sink = ArrivalSink()
+    core = RxCore(receiver(memory), LinkHealth(HealthParams()), {("mqtt", "ch"): sink})
+    for d in tx.frame(msg("b", 3)) + tx.resent([1]):
+        core.datagram(d, 1.0)
+    # the frame completes what RX missed: its second record is as late as its first
+    assert sink.got == [("b", 3, Arrival.LIVE), ("b", 1, Arrival.SUPERSEDED),
+                        ("c", 2, Arrival.RECOVERED)]
 
 
 def test_what_a_new_board_missed_arrives_unplaced_unless_overtaken() -> None:
