@@ -77,8 +77,10 @@ class Tap:
                 pass  # RX restarting: the datagram is lost, as on a wire
 
     def snapshot(self) -> list[bytes]:
+        """What TX sent live (its recovery window's resent copies left out: RX skips
+        those from their header, forged or not, so they could not show in its counts)."""
         with self._lock:
-            return list(self.recorded)
+            return [d for d in self.recorded if not d[1] & wire.FLAG_RESENT]
 
     def close(self) -> None:
         self._stop.set()
