@@ -146,7 +146,9 @@ class Sink(Protocol):
     async def stop(self) -> None: ...
 
     def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> object:
-        """One record of this channel from the link; never raises on its content."""
+        """One record of this channel from the link; never raises on its content. `now`
+        (monotonic) is when it came off the link, or for a late one when it would have
+        without the wait in TX's recovery window."""
 
     def tick(self) -> None:
         """Every timer pass (20 ms)."""

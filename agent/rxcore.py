@@ -83,7 +83,9 @@ class RxCore:
                     elif self._newest is None and not ev.recovered:
                         sink.submit(rec, now)
                     else:
-                        sink.submit(rec, now, self._arrival(adapter.order_key, ev))
+                        # a late record entered the link `age` s before this copy: its
+                        # sink ages it (an MQTT expiry) from then
+                        sink.submit(rec, now - ev.age, self._arrival(adapter.order_key, ev))
                 elif rec.__class__ is TxLog:
                     self._tx_log(rec, now)
                 elif isinstance(rec, records.Heartbeat):

@@ -252,7 +252,7 @@ class TxAgent:
             return None
         overhead = transport.overhead_bytes
         room = min(self.bucket.room(now), self.resend_bucket.room(now))
-        for d in window.take(now, int(room), overhead):
+        for d in self.sender.resend(now, int(room), overhead):
             cost = len(d) + overhead
             self.bucket.take(cost, now)
             self.resend_bucket.take(cost, now)

@@ -18,6 +18,7 @@ class RecordReceived:
     # ... missed from before this RX kept state (a new board): RX cannot place it after
     # what an earlier RX delivered, so the IT side may hold newer
     unplaced: bool = False
+    age: float = 0.0          # seconds TX held it before it sent this copy (a late one)
 
 
 @dataclass(frozen=True, slots=True)

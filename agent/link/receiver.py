@@ -281,15 +281,17 @@ class LinkReceiver:
         if epoch != self.epoch or missed is None or not missed.wants(seq):
             self.counters["resent_skipped"] += 1
             return []
-        body = seal.open_sealed(self._cipher, datagram, wire.HEADER_SIZE, seq, resent=True)  # type: ignore[arg-type]
-        if body is None:
+        opened = seal.open_resent(self._cipher, datagram, wire.HEADER_SIZE, seq)  # type: ignore[arg-type]
+        if opened is None:
             self.counters["auth_failed"] += 1
             return []
         self.counters["resent_used"] += 1
-        return self._recover(seq, body)
+        age_ms, body = opened
+        return self._recover(seq, body, age_ms / 1000)
 
-    def _recover(self, seq: int, body: bytes) -> list[Event]:
-        """An authenticated copy of frame `seq`: its records, if RX missed it."""
+    def _recover(self, seq: int, body: bytes, age: float = 0.0) -> list[Event]:
+        """An authenticated copy of frame `seq`, sent `age` seconds after the frame first
+        was: its records, if RX missed it."""
         missed = self._missed
         if missed is None or not missed.wants(seq):
             return []
@@ -303,7 +305,8 @@ class LinkReceiver:
         for item in self._decode_body(body):
             record = self._record(item, self._recovered_frag)
             if record is not None and not isinstance(record, records.Heartbeat):
-                events.append(RecordReceived(record, epoch, seq, True, seq < missed.placed_from))
+                events.append(RecordReceived(record, epoch, seq, True,
+                                             seq < missed.placed_from, age))
         return events
 
     def _give_up_missed(self, below: int | None) -> list[Event]:

@@ -5,20 +5,24 @@ A one-way link has no way for RX to ask, so TX keeps sending the recent past
 in the link's spare time, in cycles:
 
 ```
-sealed frame ─► keep (a resent copy: FLAG_RESENT, its own nonce) ─► window (oldest first)
-                                                                       │ leaves after `seconds`,
- take(now, budget) ◄── cursor walks oldest to newest, a cycle at most  │ or oldest first beyond
-   (the driver sends within its share)   every `min_cycle` s; frames    │ `max_bytes`
-                                         younger than `min_age` wait    ▼
+frame's body ─► keep (seq, when, body) ─► window (oldest first)
+                                             │ leaves after `seconds`, or oldest first
+ take(now, budget) ◄── cursor walks oldest   │ beyond `max_bytes`
+   │  to newest, a cycle at most every       ▼
+   │  `min_cycle` s; frames younger than `min_age` wait
+   ▼
+ LinkSender.resend: each sealed anew (its k-th re-send, its age) ─► the driver, within its share
  heartbeat ◄── `oldest`: the oldest seq still kept (RX gives up what it misses below it)
 ```
 
-Each frame is kept once, sealed as a resent copy (seal.py): the header's RESENT
-flag set (and no other) and a nonce of its own, so a resent copy is
-authenticated as one and never reuses the live frame's nonce. RX delivers a
-resent frame only if that frame is missing from what it had of the epoch,
-never twice, and skips the others from their header (receiver.py). A frame is
-sent again only once it is `min_age` old, after its live copies went out.
+Each re-send is sealed anew by the sender (seal.py, `seal_resent`): the
+header's RESENT flag set (and no other), the count k of its re-sends in clear,
+and its age in front of the body, under a nonce of its own (1 + k), so it is
+authenticated as a re-send, never reuses a nonce, and tells RX how long the
+frame waited (an MQTT message's expiry counts that time). RX delivers a resent
+frame only if that frame is missing from what it had of the epoch, never twice,
+and skips the others from their header (receiver.py). A frame is sent again
+only once it is `min_age` old, after its live copies went out.
 
 The window covers an outage of RX of up to about `seconds` minus one cycle:
 a cycle sends the whole window, so it takes the window's bytes at the
@@ -29,6 +33,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
+
+from agent.link import wire
+from agent.link.seal import MAX_RESENDS
 
 
 @dataclass(frozen=True)
@@ -39,10 +47,15 @@ class RecoveryParams:
     min_cycle: float = 1.0       # a cycle through the window starts at most this often
 
 
+# Bytes a re-send takes beyond its body: header, k, age, AEAD tag.
+RESENT_OVERHEAD = wire.HEADER_SIZE + 4 + 4 + wire.TAG_SIZE
+
+
 class RecoveryWindow:
     def __init__(self, params: RecoveryParams) -> None:
         self.params = params
-        self._kept: deque[tuple[int, float, bytes]] = deque()  # (seq, sealed at, datagram)
+        # [seq, sealed at, body, re-sends so far]
+        self._kept: deque[list[Any]] = deque()
         self._base = 0            # running index of _kept[0]
         self._cursor = 0          # running index of the next frame to send again
         self._cycling = False
@@ -51,10 +64,10 @@ class RecoveryWindow:
         self.counters = {"resent": 0, "resent_bytes": 0, "recovery_cycles": 0,
                          "recovery_evicted": 0}
 
-    def keep(self, seq: int, datagram: bytes, now: float) -> None:
-        """A frame just sealed, as its resent copy."""
-        self._kept.append((seq, now, datagram))
-        self.bytes += len(datagram)
+    def keep(self, seq: int, body: bytes, now: float) -> None:
+        """A frame just sealed: its body, to seal again when it is re-sent."""
+        self._kept.append([seq, now, body, 0])
+        self.bytes += len(body)
         self._evict(now)
 
     def oldest(self, now: float, next_seq: int) -> int:
@@ -78,9 +91,10 @@ class RecoveryWindow:
         return max(self._cycle_at + self.params.min_cycle,
                    self._kept[0][1] + self.params.min_age)
 
-    def take(self, now: float, budget: int, overhead: int = 0) -> list[bytes]:
-        """Resent copies due now, `budget` bytes at most, each costing its size plus
-        `overhead`."""
+    def take(self, now: float, budget: int, overhead: int = 0
+             ) -> list[tuple[int, int, int, bytes]]:
+        """(seq, k, age in ms, body) of the frames due again now: `budget` bytes at most,
+        each costing its re-send's size plus `overhead`; k: its k-th re-send."""
         self._evict(now)
         kept, min_age = self._kept, self.params.min_age
         if not self._cycling:
@@ -89,19 +103,21 @@ class RecoveryWindow:
                 return []
             self._cycling, self._cycle_at, self._cursor = True, now, self._base
             self.counters["recovery_cycles"] += 1
-        out: list[bytes] = []
+        out: list[tuple[int, int, int, bytes]] = []
         spent = 0
         while True:
             i = self._cursor - self._base
             if i >= len(kept) or now - kept[i][1] < min_age:
                 self._cycling = False   # through the window: the next cycle starts over
                 break
-            datagram = kept[i][2]
-            cost = len(datagram) + overhead
+            entry = kept[i]
+            cost = len(entry[2]) + RESENT_OVERHEAD + overhead
             if spent + cost > budget:
                 break
-            out.append(datagram)
-            spent += cost
+            if entry[3] <= MAX_RESENDS:
+                out.append((entry[0], entry[3], int((now - entry[1]) * 1000), entry[2]))
+                entry[3] += 1
+                spent += cost
             self._cursor += 1
         self.counters["resent"] += len(out)
         self.counters["resent_bytes"] += spent
@@ -113,8 +129,8 @@ class RecoveryWindow:
             self._pop()
 
     def _pop(self) -> None:
-        _, _, datagram = self._kept.popleft()
-        self.bytes -= len(datagram)
+        body = self._kept.popleft()[2]
+        self.bytes -= len(body)
         self._base += 1
         self.counters["recovery_evicted"] += 1
         self._cursor = max(self._cursor, self._base)

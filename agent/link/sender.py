@@ -6,7 +6,7 @@ push(record) ─► open frame (packs records up to the MTU; big records fragmen
                   ▼
                seal (header, seq, AEAD) ─► interleaver (repeat r, depth d) ─► datagrams
                   │
-                  └► sealed again as a resent copy ─► recovery window (recovery.py)
+                  └► its body ─► recovery window (recovery.py) ─► resend(): sealed anew
 ```
 
 It never reads a clock: every call takes `now`, and `next_deadline()` says
@@ -149,6 +149,16 @@ class LinkSender:
     def next_seq(self) -> int:
         return self._seq
 
+    def resend(self, now: float, budget: int, overhead: int = 0) -> list[bytes]:
+        """The recovery window's frames due again now, each sealed as its next re-send,
+        `budget` bytes at most (each costing its size plus `overhead`)."""
+        if self.recovery is None:
+            return []
+        return [seal.seal_resent(self._cipher, wire.Header(
+                    wire.VERSION, wire.FLAG_RESENT, self.params.link_id, self.epoch,
+                    seq).pack(), seq, k, age_ms, body)
+                for seq, k, age_ms, body in self.recovery.take(now, budget, overhead)]
+
     def pop_datagrams(self) -> list[bytes]:
         out, self._out = self._out, []
         return out
@@ -176,10 +186,7 @@ class LinkSender:
         datagram = seal.seal(self._cipher, header, self._seq, body)
         if self.recovery is not None:
             # heartbeats too: RX waits for every seq it missed (it skips their records)
-            resent = wire.Header(wire.VERSION, wire.FLAG_RESENT, self.params.link_id,
-                                 self.epoch, self._seq).pack()
-            self.recovery.keep(self._seq, seal.seal(self._cipher, resent, self._seq, body,
-                                                    resent=True), now)
+            self.recovery.keep(self._seq, body, now)
         self._seq += 1
         self._items = []
         self._items_len = 0

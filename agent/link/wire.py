@@ -14,6 +14,10 @@ Every datagram is one sealed frame. All integers are big-endian.
  20+n   16   AEAD tag
 ```
 
+A resent frame (bit 1 of flags) has 4 more clear bytes after the header, k (u32:
+its k-th re-send), and its plaintext starts with its age at that re-send (u32,
+ms since TX first sealed it) before the body (seal.py, recovery.py).
+
 The body, once opened, is one CBOR array whose items are records (see
 `records.py`). The sender builds that array by concatenating records that are
 already CBOR-encoded behind an array head, so packing knows exact sizes.

@@ -21,6 +21,8 @@ Maximum Packet Size of its CONNACK (`too_large_for_broker`: sending it would
 get RX disconnected, and with a spool resent at every reconnect). A PUBLISH it
 refuses (v5 reason code, e.g. its ACL) is counted as `refused`, not published.
 
+A message RX got late from TX's recovery window has its expiry aged by the time
+it waited there (and is dropped as `expired` when none is left, as any other).
 A message RX got late from TX's recovery window after a newer one of its topic
 (SUPERSEDED, agent/adapter.py) must not overwrite the newer state: it goes out
 unretained, marked with the user property `diode-late: superseded` (MQTT 5;
@@ -98,6 +100,10 @@ class MqttSink:
     def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> None:
         """Republish one message received from the link at `now` (monotonic)."""
         assert isinstance(record, MqttMessage)  # the registry routes only these here
+        if arrival is not Arrival.LIVE and record.properties:
+            # its expiry counts the time it waited in TX's recovery window too
+            record = record._replace(properties=mqtt_props.age(
+                record.properties, max(0.0, time.monotonic() - now)))
         if arrival is Arrival.SUPERSEDED or arrival is Arrival.UNPLACED:
             if record.carousel:
                 self.counters["carousel_skipped"] += 1

@@ -47,7 +47,7 @@ class Tx:
     def resent(self, seqs: Iterable[int], now: float = 0.0) -> list[bytes]:
         """The recovery window's copies of frames `seqs` (sealed by `now`)."""
         assert self.window is not None
-        for d in self.window.take(now, 1 << 40):
+        for d in self.sender.resend(now, 1 << 40):
             self._resent[wire.parse_header(d).seq] = d
         return [self._resent[s] for s in seqs]
 

@@ -19,8 +19,8 @@ def dg(seq: int, size: int = 100) -> bytes:
     return seq.to_bytes(8, "big") + bytes(size - 8)
 
 
-def seqs(datagrams: list[bytes]) -> list[int]:
-    return [int.from_bytes(d[:8], "big") for d in datagrams]
+def seqs(due: list[tuple[int, int, int, bytes]]) -> list[int]:
+    return [seq for seq, _, _, _ in due]
 
 
 # -- TX: the window -----------------------------------------------------------------------
@@ -35,9 +35,11 @@ def test_window_cycles_oldest_first_once_frames_are_old_enough() -> None:
     assert seqs(w.take(11.25, 1 << 20)) == [0, 1, 2]  # 3 and 4 are younger than min_age
     assert seqs(w.take(11.25, 1 << 20)) == []       # the cycle ended at a young frame
     assert w.next_due(11.25) == pytest.approx(13.25)
-    assert seqs(w.take(13.25, 250)) == [0, 1]       # a new cycle, within the budget
+    assert seqs(w.take(13.25, 300)) == [0, 1]       # a new cycle: 144 bytes a re-send
     assert seqs(w.take(13.3, 1 << 20)) == [2, 3, 4]
     assert w.counters["resent"] == 8 and w.counters["recovery_cycles"] == 2
+    # (seq, k, age in ms, body): the k-th re-send of a frame, and how long it waited
+    assert w.take(20.0, 1 << 20)[0] == (0, 2, 10_000, dg(0))
 
 
 def test_window_forgets_by_age_and_by_bytes() -> None:
@@ -57,21 +59,27 @@ def test_window_cursor_survives_eviction_under_it() -> None:
     w = RecoveryWindow(RecoveryParams(seconds=10, max_bytes=1 << 20, min_age=0, min_cycle=0))
     for i in range(6):
         w.keep(i, dg(i), float(i))
-    assert seqs(w.take(6.0, 250)) == [0, 1]
+    assert seqs(w.take(6.0, 300)) == [0, 1]
     assert seqs(w.take(13.0, 1 << 20)) == [3, 4, 5]  # 2 left meanwhile: the cycle goes on
 
 
-def test_sender_keeps_a_resent_copy_sealed_as_one() -> None:
+def test_each_resend_is_sealed_anew_with_its_count_and_age() -> None:
     tx, plain = Tx(EPOCH, recovery=True), Tx(EPOCH)
-    live = tx.frame(message("a", 1))
-    assert live == plain.frame(message("a", 1))   # the live frame is the same bytes
-    [resent] = tx.resent([0])
-    h = wire.parse_header(resent)
-    assert h.flags == wire.FLAG_RESENT and h.seq == 0 and resent != live[0]
+    live = tx.frame(message("a", 1), now=5.0)
+    assert live == plain.frame(message("a", 1), now=5.0)   # the live frame: the same bytes
+    first, second = tx.sender.resend(6.5, 1 << 20), tx.sender.resend(8.0, 1 << 20)
     cipher = seal.derive_epoch_cipher(KEY, LINK_ID, EPOCH)
-    assert seal.open_sealed(cipher, resent, wire.HEADER_SIZE, 0) is None  # another nonce
-    body = seal.open_sealed(cipher, resent, wire.HEADER_SIZE, 0, resent=True)
-    assert body == seal.open_sealed(cipher, live[0], wire.HEADER_SIZE, 0)
+    body = seal.open_sealed(cipher, live[0], wire.HEADER_SIZE, 0)
+    for [d], k, age_ms in ((first, 0, 1500), (second, 1, 3000)):
+        h = wire.parse_header(d)
+        assert h.flags == wire.FLAG_RESENT and h.seq == 0 and d[20:24] == k.to_bytes(4, "big")
+        assert seal.open_sealed(cipher, d, wire.HEADER_SIZE, 0) is None   # not as live
+        assert seal.open_resent(cipher, d, wire.HEADER_SIZE, 0) == (age_ms, body)
+    # each under its own nonce: the same body twice gives other ciphertext
+    assert first[0][24:] != second[0][24:]
+    # k and the age are authenticated: changing either fails
+    bumped = first[0][:23] + b"\x01" + first[0][24:]
+    assert seal.open_resent(cipher, bumped, wire.HEADER_SIZE, 0) is None
 
 
 # -- RX: what it missed -------------------------------------------------------------------
