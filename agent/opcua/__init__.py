@@ -9,6 +9,7 @@ model.py   the address-space snapshot on the link; ua.py, certs.py: helpers
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from agent.adapter import Adapter, RxContext, Sink, Source, TxContext
@@ -24,6 +25,8 @@ def _source(cfg: Any, ctx: TxContext) -> Source:
 
 def _sink(cfg: Any, ctx: RxContext) -> Sink:
     from agent.opcua.mirror import OpcuaMirror
+    if cfg.history_nodes and cfg.history_dir is None:  # the config made sure there is a spool
+        cfg = replace(cfg, history_dir=ctx.data_dir(f"{cfg.name}.opcua-history"))
     return OpcuaMirror(cfg)
 
 
