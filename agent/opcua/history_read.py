@@ -23,6 +23,7 @@ neither repeats nor skips a value, and the mirror holds no state per client.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,6 +37,7 @@ from agent.opcua.build import decode_variant
 from agent.opcua.history_store import HistoryStore, Row
 from agent.opcua.ua import data_value, status
 
+log = logging.getLogger("diode.sink.opcua")
 _CP = struct.Struct(">?q")
 UNSUPPORTED = ua.StatusCodes.BadHistoryOperationUnsupported
 TS = ua.TimestampsToReturn
@@ -80,6 +82,7 @@ class HistoryReader:
             try:
                 out.append(await self._one(params, details, rv))
             except Exception:  # one broken request item must not fail the others
+                log.exception("HistoryRead of %s failed", rv.NodeId.to_string())
                 out.append(_result(ua.StatusCodes.BadInternalError))
         return out
 

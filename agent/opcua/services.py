@@ -116,18 +116,9 @@ def _install_monitored_ranges(iserver: InternalServer) -> None:
     def add_datachange_callback(nodeid: ua.NodeId, attr: ua.AttributeIds,
                                 callback: Any) -> tuple[ua.StatusCode, int]:
         svc = getattr(callback, "__self__", None)
-        if not isinstance(svc, MonitoredItemService):
-            return original_add(nodeid, attr, callback)
-
-        async def ranged(handle: int, value: ua.DataValue, error: Any = None) -> None:
-            # asyncua's own tables, as its datachange_callback reads them (asyncua 2.1)
-            mid = svc._monitored_datachange.get(handle)
-            mdata = svc._monitored_items.get(mid) if mid is not None else None
-            rng = mdata.read_value_id.IndexRange if mdata and mdata.read_value_id else None
-            if rng and error is None:
-                value = index_range.apply(value, rng)
-            await callback(handle, value, error)
-        return original_add(nodeid, attr, ranged)
+        if isinstance(svc, MonitoredItemService):
+            callback = _ranged(svc)
+        return original_add(nodeid, attr, callback)
 
     async def create_monitored_items(params: ua.CreateMonitoredItemsParameters
                                      ) -> list[ua.MonitoredItemCreateResult]:
@@ -149,3 +140,24 @@ def _install_monitored_ranges(iserver: InternalServer) -> None:
 
     setattr(aspace, "add_datachange_callback", add_datachange_callback)  # noqa: B010
     setattr(subs, "create_monitored_items", create_monitored_items)  # noqa: B010
+
+
+def _ranged(svc: MonitoredItemService) -> Any:
+    """`svc`'s data-change callback, cutting each value to its item's IndexRange. Set on
+    the instance too: asyncua sends an item's first value through
+    `self.datachange_callback`, not through the address space's callbacks."""
+    existing = svc.__dict__.get("datachange_callback")
+    if existing is not None:
+        return existing
+    original = MonitoredItemService.datachange_callback.__get__(svc)
+
+    async def ranged(handle: int, value: ua.DataValue, error: Any = None) -> None:
+        # asyncua's own tables, as its datachange_callback reads them (asyncua 2.1)
+        mid = svc._monitored_datachange.get(handle)
+        mdata = svc._monitored_items.get(mid) if mid is not None else None
+        rng = mdata.read_value_id.IndexRange if mdata and mdata.read_value_id else None
+        if rng and error is None and value is not None:
+            value = index_range.apply(value, rng)
+        await original(handle, value, error)
+    setattr(svc, "datachange_callback", ranged)  # noqa: B010
+    return ranged

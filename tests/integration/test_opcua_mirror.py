@@ -77,11 +77,13 @@ class Pipe:
 
 
 @contextlib.asynccontextmanager
-async def gateway(plant: PlantProcess, **src_kw: Any) -> AsyncIterator[tuple[Pipe, str]]:
-    """Mirror + source + pipe, running until the block ends; yields (pipe, mirror url)."""
-    url = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
+async def gateway(plant: Any, mirror_kw: dict[str, Any] | None = None, url: str | None = None,
+                  **src_kw: Any) -> AsyncIterator[tuple[Pipe, str]]:
+    """Mirror + source + pipe, running until the block ends; yields (pipe, mirror url).
+    `plant` is anything with an `endpoint` (an asyncua or a node-opcua plant)."""
+    url = url or f"opc.tcp://127.0.0.1:{free_port()}/diode/"
     mirror = OpcuaMirror(OpcuaMirrorConfig("plant", url, users=(("admin", "secret"),),
-                                           bad_after=1.0))
+                                           bad_after=1.0, **(mirror_kw or {})))
     kw: dict[str, Any] = {"rebrowse_period": 60.0, "model_carousel_period": 2.0,
                           "value_keyframe_period": 2.0, **src_kw}
     src = OpcuaSource(OpcuaSourceConfig("plant", plant.endpoint, **kw))
