@@ -5,6 +5,9 @@ configured (it costs an MQTT-only agent about 18 MB).
 config.py  [[opcua]] tables        codec.py   OpcuaModel and OpcuaValues records
 source.py  TX: client, crawl.py    mirror.py  RX: server, build.py, access.py
 model.py   the address-space snapshot on the link; ua.py, certs.py: helpers
+services.py  the mirror's Read, Write, Call, HistoryRead, monitored items as the spec
+             says: index_range.py, history_read.py, history_processed.py
+history_store.py  the mirror's on-disk history     ticks.py  100 ns DateTimes in asyncua
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ def parse_mirror(t: Table, spooled: bool = False) -> OpcuaMirrorConfig:
     if history and cfg.history_dir is None and not spooled:
         t.fail("history_dir", "history_nodes is set but there is no folder for the history "
                "(no history_dir, and no [spool] dir to put it under)",
-               'set history_dir = "/var/lib/diode/history/plant" on the data partition')
+               f'set history_dir = "/var/lib/diode/history/{name}" on the data partition')
     if cfg.history_dir is not None and cfg.history_dir.exists() and not cfg.history_dir.is_dir():
         t.fail("history_dir", f"{cfg.history_dir} is a file, not a folder",
                "point history_dir at a folder (it is created if missing)")

@@ -110,8 +110,10 @@ class HistoryReader:
             return _result(ua.StatusCodes.BadHistoryOperationInvalid)
         if (start is None or end is None) and n == 0:
             return _result(ua.StatusCodes.BadHistoryOperationInvalid)
-        reverse = end is None or (start is not None and start > end)
-        lo, hi = (end, start) if reverse else (start, end)
+        # only an end: backwards from it; both: backwards when the start is after the end
+        reverse = start is None or (end is not None and start > end)
+        lo, hi = (min(start, end), max(start, end)) if start is not None and end is not None \
+            else (start, end)
         if rv.ContinuationPoint:
             try:
                 cp_reverse, nxt = _CP.unpack(rv.ContinuationPoint)
