@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 FILE_NAME = "history.sqlite"
-MAX_PENDING = 500_000
+MAX_PENDING = 100_000  # about 16 MB: ten seconds of a busy mirror while the disk stalls
 CHECK_EVERY = 10.0   # seconds between two checks of the bounds
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, node TEXT UNIQUE NOT NULL);
