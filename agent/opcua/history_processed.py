@@ -23,7 +23,7 @@ ContinuationPoint (the next interval's start, 8 bytes).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from asyncua import ua
 
@@ -120,7 +120,3 @@ async def read_processed(reader: HistoryReader, params: ua.HistoryReadParameters
     res.HistoryData = ua.HistoryData(DataValues=values)
     res.ContinuationPoint = _CP.pack(last) if last < end else None
     return res
-
-
-def supported() -> list[Any]:
-    return list(AGGREGATES)
