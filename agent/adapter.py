@@ -186,6 +186,9 @@ class TxContext:
 class RxContext:
     fail: Callable[[str], None]
     open_spool: Callable[..., Any]     # as TxContext.open_spool
+    # (folder name) -> that folder under [spool] dir, or None without [spool]: for a
+    # sink's own files (the OPC UA mirror's history)
+    data_dir: Callable[[str], Any] = lambda name: None
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class RxAgent:
         self.spools = ChannelSpools(cfg, self.key)
 
     def _open_sinks(self, rt: Runtime) -> None:
-        ctx = RxContext(fail=rt.fail, open_spool=self.spools)
+        ctx = RxContext(fail=rt.fail, open_spool=self.spools, data_dir=self.cfg.spool_dir)
         for adapter in ADAPTERS:
             for ch in self.cfg.channels.get(adapter.name, ()):
                 self.sinks[(adapter.name, ch.name)] = adapter.sink(ch, ctx)

@@ -23,7 +23,8 @@ command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || need+=(dos
 command -v mcopy >/dev/null 2>&1 || need+=(mtools)
 command -v sfdisk >/dev/null 2>&1 || [ -x /usr/sbin/sfdisk ] || need+=(fdisk)
 command -v debugfs >/dev/null 2>&1 || [ -x /usr/sbin/debugfs ] || need+=(e2fsprogs)
-# tests/integration/test_mqtt_aedes.py: aedes, an MQTT broker that is not Mosquitto (Node.js)
+# tests/integration/test_mqtt_aedes.py: aedes, an MQTT broker that is not Mosquitto (Node.js);
+# tests/integration/test_opcua_mirror_spec.py: node-opcua, an OPC UA stack that is not asyncua
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || need+=(python3)
@@ -58,4 +59,16 @@ if [ ! -d "$aedes/node_modules/aedes" ] || [ "$aedes/package-lock.json" -nt "$ae
   fi
   echo "setup: installing aedes (npm ci in $aedes)" >&2
   (cd "$aedes" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+# node-opcua from the npm registry, at the version scripts/node-opcua/package-lock.json pins
+# (2.182: the last release that runs on Node.js 20)
+nodeopcua=scripts/node-opcua
+if [ ! -d "$nodeopcua/node_modules/node-opcua" ] || [ "$nodeopcua/package-lock.json" -nt "$nodeopcua/node_modules/.package-lock.json" ]; then
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$node_major" -lt 20 ]; then
+    echo "setup: Node.js $(node --version) is too old for node-opcua 2.182 (needs 20 or later); the node-opcua tests will fail" >&2
+  fi
+  echo "setup: installing node-opcua (npm ci in $nodeopcua)" >&2
+  (cd "$nodeopcua" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi

@@ -5,10 +5,14 @@ configured (it costs an MQTT-only agent about 18 MB).
 config.py  [[opcua]] tables        codec.py   OpcuaModel and OpcuaValues records
 source.py  TX: client, crawl.py    mirror.py  RX: server, build.py, access.py
 model.py   the address-space snapshot on the link; ua.py, certs.py: helpers
+services.py  the mirror's Read, Write, Call, HistoryRead, monitored items as the spec
+             says: index_range.py, history_read.py, history_processed.py
+history_store.py  the mirror's on-disk history     ticks.py  100 ns DateTimes in asyncua
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from agent.adapter import Adapter, RxContext, Sink, Source, TxContext
@@ -24,6 +28,8 @@ def _source(cfg: Any, ctx: TxContext) -> Source:
 
 def _sink(cfg: Any, ctx: RxContext) -> Sink:
     from agent.opcua.mirror import OpcuaMirror
+    if cfg.history_nodes and cfg.history_dir is None:  # the config made sure there is a spool
+        cfg = replace(cfg, history_dir=ctx.data_dir(f"{cfg.name}.opcua-history"))
     return OpcuaMirror(cfg)
 
 

@@ -3,9 +3,12 @@
 Three locks, each enough on its own (docs/ARCHITECTURE.md, "Traps in our dependencies": the admin backdoor):
 
 1. `ReadOnlyRuleset` is checked by asyncua for every request on every secure
-   channel, before the service runs: Write, Call, HistoryUpdate, AddNodes,
-   DeleteNodes, AddReferences and DeleteReferences are refused with
-   BadUserAccessDenied whoever asks, "admin" included.
+   channel, before the service runs: HistoryUpdate, AddNodes, DeleteNodes,
+   AddReferences and DeleteReferences are refused with BadUserAccessDenied
+   whoever asks, "admin" included. Write and Call pass it, to be refused item by
+   item (BadNotWritable, BadUserAccessDenied) by the mirror's own services
+   (agent/opcua/services.py), as standard clients expect: a service-level
+   refusal made them abort the whole request.
 2. `ReadOnlyUserManager` never hands out the Admin role (asyncua's default
    manager makes anyone called "admin" an Admin without a password, and Admin
    bypasses AccessLevel and may add and delete nodes); remote admin is off too.
@@ -33,6 +36,8 @@ READ_ONLY_REQUESTS = frozenset(node_id(i) for i in (
     _O.FindServersRequest_Encoding_DefaultBinary,
     _O.ReadRequest_Encoding_DefaultBinary,
     _O.HistoryReadRequest_Encoding_DefaultBinary,
+    _O.WriteRequest_Encoding_DefaultBinary,  # refused per item: agent/opcua/services.py
+    _O.CallRequest_Encoding_DefaultBinary,   # refused per item: agent/opcua/services.py
     _O.BrowseRequest_Encoding_DefaultBinary,
     _O.BrowseNextRequest_Encoding_DefaultBinary,
     _O.TranslateBrowsePathsToNodeIdsRequest_Encoding_DefaultBinary,

@@ -7,8 +7,11 @@ directions, deletions that only touch the neighbours of the deleted node
 (asyncua's own DeleteTargetReferences scans the whole address space per node).
 
 Everything built here is read-only: variables keep only CurrentRead in
-AccessLevel/UserAccessLevel (no history is served either), WriteMask and
-UserWriteMask are 0, methods are not executable and get no callback.
+AccessLevel/UserAccessLevel, WriteMask and UserWriteMask are 0, methods are not
+executable and get no callback. A variable the mirror keeps a history of
+(`historized`) also has HistoryRead in its access levels and Historizing true;
+every other has neither, so a client sees before asking which nodes answer a
+HistoryRead (agent/opcua/history_read.py).
 
 Values are written with `set_value`, straight into the attribute and through
 its data-change callbacks (the subscriptions of IT clients). This skips
@@ -44,6 +47,7 @@ OBJECTS = node_id(_O.ObjectsFolder)
 ORGANIZES = node_id(_O.Organizes)
 HAS_TYPE_DEFINITION = node_id(_O.HasTypeDefinition)
 READ_ONLY_ACCESS = ua.AccessLevel.CurrentRead.mask
+HISTORY_ACCESS = READ_ONLY_ACCESS | ua.AccessLevel.HistoryRead.mask
 YIELD_EVERY = 200  # nodes between two yields to the event loop
 DEFAULT_TYPE = {NC.Object: node_id(_O.BaseObjectType),
                 NC.Variable: node_id(_O.BaseDataVariableType)}
@@ -68,11 +72,14 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def read_only_attr(attr: int, value: Any) -> Any:
+def read_only_attr(attr: int, value: Any, historized: bool = False) -> Any:
     """The mirror's version of one attribute value."""
     if attr in (A.AccessLevel, A.UserAccessLevel):
-        return ua.Variant(int(value or 0) & READ_ONLY_ACCESS, ua.VariantType.Byte)
-    if attr in (A.Executable, A.UserExecutable, A.Historizing):
+        history = ua.AccessLevel.HistoryRead.mask if historized else 0
+        return ua.Variant(int(value or 0) & READ_ONLY_ACCESS | history, ua.VariantType.Byte)
+    if attr == A.Historizing:
+        return ua.Variant(historized, ua.VariantType.Boolean)
+    if attr in (A.Executable, A.UserExecutable):
         return ua.Variant(False, ua.VariantType.Boolean)
     if attr in (A.WriteMask, A.UserWriteMask):
         return ua.Variant(0, ua.VariantType.UInt32)
@@ -89,7 +96,7 @@ def decode_attrs(rec: NodeRecord) -> dict[int, ua.Variant]:
     return out
 
 
-def make_item(rec: NodeRecord, aspace: Any) -> ua.AddNodesItem | None:
+def make_item(rec: NodeRecord, aspace: Any, historized: bool = False) -> ua.AddNodesItem | None:
     """An AddNodesItem for `rec`, read-only; None if it cannot be placed."""
     ncls = NC(rec.node_class)
     attrs_cls = _ATTR_CLASS.get(ncls)
@@ -104,7 +111,7 @@ def make_item(rec: NodeRecord, aspace: Any) -> ua.AddNodesItem | None:
         name = A(attr).name
         if not hasattr(attrs, name):
             continue
-        fixed = read_only_attr(attr, variant.Value)
+        fixed = read_only_attr(attr, variant.Value, historized)
         value = fixed.Value if fixed is not None else variant.Value
         if attr == A.Value:
             value = variant
@@ -116,8 +123,10 @@ def make_item(rec: NodeRecord, aspace: Any) -> ua.AddNodesItem | None:
     if ncls == NC.Variable:
         for name in ("AccessLevel", "UserAccessLevel"):
             if not mask & getattr(ua.NodeAttributesMask, name):
-                setattr(attrs, name, READ_ONLY_ACCESS)
+                setattr(attrs, name, HISTORY_ACCESS if historized else READ_ONLY_ACCESS)
                 mask |= getattr(ua.NodeAttributesMask, name)
+        attrs.Historizing = historized
+        mask |= ua.NodeAttributesMask.Historizing
         if not mask & ua.NodeAttributesMask.Value:
             attrs.Value = ua.Variant()
             mask |= ua.NodeAttributesMask.Value
@@ -162,7 +171,8 @@ class Builder:
     def aspace(self) -> Any:
         return self.iserver.aspace
 
-    async def add(self, recs: list[NodeRecord]) -> list[NodeRecord]:
+    async def add(self, recs: list[NodeRecord], historized: frozenset[str] = frozenset()
+                  ) -> list[NodeRecord]:
         """Add nodes in order (parents first); returns those added. Yields to the
         loop every few hundred nodes, so the link receiver keeps reading meanwhile."""
         added = []
@@ -170,7 +180,7 @@ class Builder:
         for i, rec in enumerate(recs):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            item = make_item(rec, self.aspace)
+            item = make_item(rec, self.aspace, rec.node_id in historized)
             if item is None:
                 self.counters["nodes_skipped"] += 1
                 continue
@@ -235,7 +245,20 @@ class Builder:
             del aspace[n]
             self.counters["nodes_deleted"] += 1
 
-    async def update(self, old: NodeRecord, new: NodeRecord, mirrored: set[str]) -> None:
+    def set_historized(self, node_id: str, historized: bool) -> None:
+        """Say in a variable's attributes whether the mirror keeps its history."""
+        nd = self.aspace.get(nid(node_id))
+        if nd is None:
+            return
+        for attr in (A.AccessLevel, A.UserAccessLevel, A.Historizing):
+            av = nd.attributes.get(attr)
+            old = av.value.Value.Value if av is not None and av.value and av.value.Value \
+                else READ_ONLY_ACCESS
+            nd.attributes[attr] = AttributeValue(ua.DataValue(
+                read_only_attr(attr, old, historized)))
+
+    async def update(self, old: NodeRecord, new: NodeRecord, mirrored: set[str],
+                     historized: bool = False) -> None:
         """Apply attribute, type and reference changes in place (subscriptions survive)."""
         aspace = self.aspace
         n = nid(new.node_id)
@@ -250,7 +273,7 @@ class Builder:
                 variant = decode_variant(data)
             except Exception:  # undecodable: keep the old attribute
                 continue
-            fixed = read_only_attr(attr, variant.Value)
+            fixed = read_only_attr(attr, variant.Value, historized)
             dv = ua.DataValue(fixed if fixed is not None else variant)
             if attr in (A.BrowseName, A.DisplayName) and attr in nd.attributes:
                 await aspace.write_attribute_value(n, A(attr), dv)  # syncs reference names

@@ -160,18 +160,46 @@ class OpcuaMirrorConfig:
                                "values turn Bad", example="30.0", lo=0.0, hi=86400)
     diagnostics: bool = setting(True, doc="the Objects/DiodeDiagnostics object",
                                 example="true")
+    history_nodes: tuple[str, ...] = setting(
+        (), doc="node ids whose variables (the node itself, or every variable below it) keep "
+        "a history on RX, served by HistoryRead", manual=True,
+        example='["ns=2;s=Plant.Area000", "ns=2;s=Special.DoubleArray"]',
+        default_doc="`[]` (no history: HistoryRead answers BadHistoryOperationUnsupported)")
+    history_dir: Path | None = setting(None, doc="folder of the history file (SQLite)",
+                                       example='"/var/lib/diode/history/plant"',
+                                       default_doc="`<[spool] dir>/<name>.opcua-history`")
+    history_retention: float = setting(7 * 86400.0, doc="seconds a value is kept, from its "
+                                       "arrival on RX", example="604800.0", lo=60.0,
+                                       hi=3650 * 86400.0)
+    history_max_bytes: int = setting(64 << 20, doc="bound of the history file; the oldest "
+                                     "values go first", example="67108864", lo=1 << 20)
+    history_max_values: int = setting(10_000, doc="values per node in one HistoryRead answer; "
+                                      "the rest come with a continuation point",
+                                      example="10000", lo=1, hi=1_000_000)
 
 
-def parse_mirror(t: Table) -> OpcuaMirrorConfig:
+def parse_mirror(t: Table, spooled: bool = False) -> OpcuaMirrorConfig:
     """One `[[opcua]]` table of rx.toml; ConfigError names file, key and fix."""
     name = t.get("name", str, example='"plant"')
+    history = t.get("history_nodes", list, [], example='["ns=2;s=Plant"]')
+    for s in history:
+        if not isinstance(s, str) or not _NODE_ID.match(s):
+            t.fail("history_nodes", f"{s!r} is not a node id",
+                   'history_nodes = ["ns=2;s=Plant.Area000"]')
     users = t.get("users", dict, {}, example='{ operator = "secret" }')
     if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in users.items()):
         t.fail("users", "expected a table of user name = password (non-empty strings)",
                'users = { operator = "secret" }')
     cfg = read(t, OpcuaMirrorConfig, {"application_uri": f"urn:diode:rx:{name}",
                                       "server_name": f"diode mirror {name}"},
-               users=tuple(sorted(users.items())))
+               users=tuple(sorted(users.items())), history_nodes=tuple(history))
+    if history and cfg.history_dir is None and not spooled:
+        t.fail("history_dir", "history_nodes is set but there is no folder for the history "
+               "(no history_dir, and no [spool] dir to put it under)",
+               f'set history_dir = "/var/lib/diode/history/{name}" on the data partition')
+    if cfg.history_dir is not None and cfg.history_dir.exists() and not cfg.history_dir.is_dir():
+        t.fail("history_dir", f"{cfg.history_dir} is a file, not a folder",
+               "point history_dir at a folder (it is created if missing)")
     if not cfg.endpoint.startswith("opc.tcp://"):
         t.fail("endpoint", f"expected an opc.tcp:// URL, got {cfg.endpoint!r}",
                'endpoint = "opc.tcp://0.0.0.0:4840/diode/"')
@@ -198,7 +226,7 @@ def parse_mirror(t: Table) -> OpcuaMirrorConfig:
 
 
 def parse(t: Table, role: str, spooled: bool) -> OpcuaSourceConfig | OpcuaMirrorConfig:
-    return parse_source(t) if role == "tx" else parse_mirror(t)
+    return parse_source(t) if role == "tx" else parse_mirror(t, spooled)
 
 
 def check(tables: list[Table], configs: list[Any]) -> None:

@@ -13,31 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from asyncua import ua
 
 from agent.adapter import Arrival
 from agent.link.records import Record
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
-
-_EPOCH_1601 = datetime(1601, 1, 1, tzinfo=UTC)
-# A datetime holds microseconds: a value's own time, read back, may differ by under one.
-_SLACK_TICKS = 10
+from agent.opcua.ticks import to_ticks
 
 
 @dataclass(frozen=True, slots=True)
 class LateRecord:
     record: Record
     arrival: Arrival
-
-
-def ticks(when: datetime) -> int:
-    """100 ns ticks since 1601, as OPC UA counts (a naive datetime is UTC)."""
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    delta = when - _EPOCH_1601
-    return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
 
 
 def still_current(late: LateRecord, current: Callable[[str], ua.DataValue | None],
@@ -68,7 +56,7 @@ def _newer(entry: OpcuaValue, now: ua.DataValue | None) -> bool:
     if entry[3] is None:
         return False
     shown = now.SourceTimestamp
-    return shown is None or entry[3] >= ticks(shown) - _SLACK_TICKS
+    return shown is None or entry[3] >= to_ticks(shown)
 
 
 def current_values(vars_: Mapping[str, object]) -> Callable[[str], ua.DataValue | None]:

@@ -5,13 +5,16 @@ OpcuaModel chunks ─► ModelAssembler ─► snapshot ─► diff with what is
                                                    (namespace array copied: node ids are identical)
 OpcuaValues ─────► decode Variant ─► DataValue(value, status, source ts, server ts) ─► node + IT subscribers
                    (values for nodes the model has not brought yet wait, the last one per node)
+                   ─► history (historized nodes: agent/opcua/history_store.py) ◄─ HistoryRead
 set_link_state ──► quality: Good ─► UncertainLastUsableValue (value kept) ─► BadNoCommunication
                    after bad_after seconds; Good again with the next fresh value
                  ─► Objects/DiodeDiagnostics (link state, heartbeat age, counters)
 ```
 
-IT clients may browse, read and subscribe; every write, method call,
-history update and node-management request is refused (see opcua_access.py).
+IT clients may browse, read, subscribe and read history; every write, method call,
+history update and node-management request is refused (agent/opcua/access.py),
+writes and calls with one result per item (agent/opcua/services.py, which also
+serves IndexRange and TimestampsToReturn as the spec says).
 
 Namespaces: the mirror's NamespaceArray is the source's, index for index,
 followed by the mirror's own diagnostics namespace, so a node id such as
@@ -56,10 +59,13 @@ from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_
 from agent.opcua.certs import cert_der, key_der
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
 from agent.opcua.config import OpcuaMirrorConfig
+from agent.opcua.history_read import HistoryReader
+from agent.opcua.history_store import HistoryStore
 from agent.opcua.late import LateRecord, current_values, still_current
 from agent.opcua.limits import start_bounded
-from agent.opcua.model import ModelAssembler, ModelSnapshot, NodeRecord
+from agent.opcua.model import ModelAssembler, ModelSnapshot, NodeRecord, historized
 from agent.opcua.quality import Action, Quality, QualityState
+from agent.opcua.services import install as install_services
 from agent.opcua.ua import data_value, node_id, status
 
 log = logging.getLogger("diode.sink.opcua")
@@ -80,6 +86,7 @@ BAD = status(ua.StatusCodes.BadNoCommunication)
 WAITING = status(ua.StatusCodes.BadWaitingForInitialData)
 MAX_EARLY_VALUES = 1_000_000
 MAX_INBOX = 100_000  # records queued by submit()
+HISTORY_FLUSH = 1.0  # seconds between two writes of the history (one transaction each)
 
 
 # -- the mirror -------------------------------------------------------------------------
@@ -131,6 +138,9 @@ class OpcuaMirror:
         self._inbox_event = asyncio.Event()
         self._drop_logged = 0.0
         self._lock = asyncio.Lock()
+        self._history: HistoryStore | None = None
+        self._historized: frozenset[str] = frozenset()
+        self._history_task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = dict.fromkeys((
             "models_installed", "models_failed", "values_applied", "values_early", "values_unknown",
             "values_bad_variant", "records_other_source", "records_dropped", "late_superseded",
@@ -168,6 +178,14 @@ class OpcuaMirror:
             server.set_certificate_validator(CertificateValidator(
                 CertificateValidatorOptions.TRUSTED_VALIDATION
                 | CertificateValidatorOptions.PEER_CLIENT, store))
+        if cfg.history_nodes:
+            assert cfg.history_dir is not None  # the config or the sink factory sets it
+            self._history = HistoryStore(cfg.history_dir, cfg.history_retention,
+                                         cfg.history_max_bytes)
+            await self._history.open()
+        install_services(server.iserver, HistoryReader(
+            self._history, self._is_historized,
+            cfg.history_max_values))
         self.server = server
         self._builder = Builder(server.iserver)
         await self._create_diagnostics(list(await server.get_namespace_array()))
@@ -175,18 +193,24 @@ class OpcuaMirror:
         self.state = SinkState.WAITING_MODEL
         self._task = asyncio.create_task(self._quality_loop(), name=f"opcua-mirror-{cfg.name}")
         self._apply_task = asyncio.create_task(self._apply_loop(), name=f"opcua-apply-{cfg.name}")
+        if self._history is not None:
+            self._history_task = asyncio.create_task(self._history_loop(),
+                                                     name=f"opcua-history-{cfg.name}")
         log.info("OPC UA mirror '%s' listening on %s (%s)", cfg.name, cfg.endpoint,
                  ", ".join(cfg.security_policies))
 
     async def stop(self) -> None:
-        for task in (self._task, self._apply_task):
+        for task in (self._task, self._apply_task, self._history_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._task = self._apply_task = None
+        self._task = self._apply_task = self._history_task = None
         if self.server is not None:
             await self.server.stop()
             self.server = None
+        if self._history is not None:
+            await self._history.close()  # what is pending is written first
+            self._history = None
         self.state = SinkState.STOPPED
 
     # -- records -----------------------------------------------------------------------
@@ -250,16 +274,20 @@ class OpcuaMirror:
     async def _apply_values(self, values: tuple[OpcuaValue, ...]) -> None:
         vars_ = self._vars
         applied = 0
+        arrival = now_utc()
+        history, kept = self._history, self._historized
         for entry in values:
             v = vars_.get(entry[0])
             if v is None:
                 self._keep_early(entry)
                 continue
             try:
-                dv = _datavalue(entry)
+                dv = _datavalue(entry, arrival)
             except Exception:  # a variant that does not decode: TX bug or version skew
                 self.counters["values_bad_variant"] += 1
                 continue
+            if history is not None and entry[0] in kept:
+                _record(history, entry, dv)
             v.fresh = dv
             if self._quality.arriving() != Quality.GOOD:
                 # Late records while the link or source counts as lost: the value is
@@ -316,7 +344,9 @@ class OpcuaMirror:
         for nid_ in removed:
             old.pop(nid_, None)
             self._vars.pop(nid_, None)
-        done = await builder.add(added)
+        hist = historized(snap, self.cfg.history_nodes) if self._history is not None \
+            else frozenset()
+        done = await builder.add(added, hist)
         for rec in done:
             old[rec.node_id] = rec
         mirrored = set(new)
@@ -327,8 +357,13 @@ class OpcuaMirror:
         for i, (o, n) in enumerate(changed):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            await builder.update(o, n, mirrored)
+            await builder.update(o, n, mirrored, n.node_id in hist)
             old[n.node_id] = n
+        fresh = {r.node_id for r in done}
+        for n_id in hist ^ self._historized:  # moved into or out of a historized subtree
+            if n_id not in fresh:
+                builder.set_historized(n_id, n_id in hist)
+        self._historized = hist
         # Keep the snapshot's order for a later rebuild (parents before children).
         self._records = {r.node_id: old[r.node_id] for r in snap.nodes if r.node_id in old}
         await self._bind_variables([r for r in done])
@@ -347,6 +382,7 @@ class OpcuaMirror:
         assert self.server is not None
         aspace = self.server.iserver.aspace
         stamp = now_utc()
+        history = self._history
         for i, rec in enumerate(recs):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
@@ -360,9 +396,12 @@ class OpcuaMirror:
             entry = self._early.pop(rec.node_id, None)
             if entry is not None:
                 try:
-                    v.fresh = _datavalue(entry)
+                    v.fresh = _datavalue(entry, stamp)
                 except Exception:  # undecodable: as if it never came
                     self.counters["values_bad_variant"] += 1
+                else:
+                    if history is not None and rec.node_id in self._historized:
+                        _record(history, entry, v.fresh)
             if v.fresh is not None:
                 v.level = 0
                 await set_value(v.node, v.fresh)
@@ -371,6 +410,21 @@ class OpcuaMirror:
             else:
                 await set_value(v.node, data_value(ua.Variant(), WAITING, None, stamp))
         self._early.clear()
+
+    # -- history -----------------------------------------------------------------------
+
+    def _is_historized(self, node_id: str) -> bool:
+        return node_id in self._historized
+
+    async def _history_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HISTORY_FLUSH)
+            if self._history is None:
+                return
+            try:
+                await self._history.flush()
+            except Exception:  # a full or broken disk: counted by the log, retried
+                log.exception("mirror '%s': writing the history failed", self.name)
 
     # -- quality -----------------------------------------------------------------------
 
@@ -523,6 +577,9 @@ class OpcuaMirror:
         out.update(self.assembler.counters)
         if self._builder is not None:
             out.update(self._builder.counters)
+        if self._history is not None:
+            out.update(self._history.counters)
+            out["history_nodes"] = len(self._historized)
         out["variables"] = len(self._vars)
         return out
 
@@ -531,8 +588,17 @@ def _refuse_register(server: Any, conf: Any = None) -> None:
     raise ServiceError(ua.StatusCodes.BadUserAccessDenied)
 
 
-def _datavalue(entry: OpcuaValue) -> ua.DataValue:
+def _datavalue(entry: OpcuaValue, arrival: Any) -> ua.DataValue:
+    """The DataValue IT clients get. ServerTimestamp: the plant server's, or, when it
+    sent none (or 1601-01-01, OPC UA's "no time"), when the value reached the mirror,
+    the mirror being the server the client talks to."""
     _, vbytes, code, src, srv = entry
     return data_value(decode_variant(vbytes), status(code),
                       ua.win_epoch_to_datetime(src) if src is not None else None,
-                      ua.win_epoch_to_datetime(srv) if srv is not None else None)
+                      ua.win_epoch_to_datetime(srv) if srv else arrival)
+
+
+def _record(history: HistoryStore, entry: OpcuaValue, dv: ua.DataValue) -> None:
+    """Keep a value as it crossed the diode, with the ServerTimestamp served."""
+    srv = entry[4] or ua.datetime_to_win_epoch(dv.ServerTimestamp or now_utc())
+    history.record(entry[0], entry[1], entry[2], entry[3], srv, srv)

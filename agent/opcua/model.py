@@ -185,3 +185,21 @@ class ModelAssembler:
     def forget(self) -> None:
         """Accept the current version again (e.g. after the mirror was rebuilt)."""
         self.current = None
+
+
+def historized(snap: ModelSnapshot, roots: tuple[str, ...], variable_class: int = 2,
+               value_attr: int = 13) -> frozenset[str]:
+    """The live variables of `snap` at or below one of `roots` (following the crawl's
+    parents, which come before their children): those the mirror keeps a history of.
+    A variable with its Value in the model (a static property) has nothing to keep."""
+    if not roots:
+        return frozenset()
+    wanted = set(roots)
+    inside: dict[str, bool] = {}
+    out = set()
+    for n in snap.nodes:
+        here = n.node_id in wanted or (n.parent is not None and inside.get(n.parent, False))
+        inside[n.node_id] = here
+        if here and n.node_class == variable_class and value_attr not in n.attrs:
+            out.add(n.node_id)
+    return frozenset(out)

@@ -12,6 +12,10 @@ from typing import Any
 
 from asyncua import ua
 
+from agent.opcua import ticks
+
+ticks.install()  # 100 ns DateTimes, in every process that imports this (agent/opcua/ticks.py)
+
 
 def node_id(identifier: Any = 0, ns: int = 0, kind: Any = None) -> ua.NodeId:
     if kind is None:

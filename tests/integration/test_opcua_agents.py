@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from asyncua import Client, Node, ua
 
+from agent.spool import write_spool_key
 from diode_tools.sim.mosquitto import free_port
+from diode_tools.sim.node_opcua import node_client
 from diode_tools.sim.plant_opcua import PlantProcess
 from tests.integration.conftest import Agent, Diode, to_toml
 
@@ -218,3 +221,41 @@ def test_two_sources_two_mirrors_and_an_added_node(diode: Diode, plant: PlantPro
             raise AssertionError(f"{node_id} did not appear on the mirror within 20 s")
     finally:
         second.stop()
+
+
+@pytest.mark.slow
+def test_rx_agent_keeps_history_under_its_spool_across_a_restart(diode: Diode,
+                                                                 plant: PlantProcess) -> None:
+    """The history as an RX agent keeps it: under `[spool] dir`/<name>.opcua-history,
+    read by an independent client (node-opcua), and still there after RX restarts."""
+    port = free_port()
+    tx_doc, rx_doc = _docs(diode, plant, port)
+    key = diode.tmp / "spool.key"
+    write_spool_key(key)
+    rx_doc["spool"] = {"dir": str(diode.tmp / "spool-rx"), "key_file": str(key)}
+    rx_doc["opcua"][0]["history_nodes"] = ["ns=2;s=Special.Int32"]
+    start = datetime.now(UTC)
+    rx = diode.start("rx", rx_doc)
+    diode.start("tx", tx_doc)
+    endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
+    diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
+                      == "serving", 45, "mirror serving")
+    time.sleep(3.0)
+    end = datetime.now(UTC)
+    time.sleep(1.0)  # values stamped before `end` still crossing
+    ops = [{"op": "history", "nodeId": "ns=2;s=Special.Int32", "start": start.isoformat(),
+            "end": end.isoformat(), "follow": True},
+           {"op": "history", "nodeId": "ns=2;s=Special.UInt16", "start": start.isoformat(),
+            "end": end.isoformat()}]
+    first, other = node_client(endpoint, ops)
+    values = [v["value"] for v in first["values"]]
+    assert first["status"] == "Good" and len(values) >= 10 and values == sorted(values), first
+    assert other["status"] == "BadHistoryOperationUnsupported"
+    assert (diode.tmp / "spool-rx" / "plant.opcua-history" / "history.sqlite").is_file()
+
+    diode.stop(rx)
+    rx = diode.start("rx", rx.config, "rx-back")
+    diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
+                      == "serving", 45, "mirror serving again")
+    again, _ = node_client(endpoint, ops)
+    assert [v["value"] for v in again["values"]] == values  # the same, from the disk

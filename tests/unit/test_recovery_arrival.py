@@ -15,7 +15,8 @@ from agent.link.health import HealthParams, LinkHealth
 from agent.mqtt.codec import MqttMessage
 from agent.mqtt.sink import LATE, superseded
 from agent.opcua.codec import OpcuaModel, OpcuaValues
-from agent.opcua.late import LateRecord, still_current, ticks
+from agent.opcua.late import LateRecord, still_current
+from agent.opcua.ticks import to_ticks as ticks
 from agent.rxcore import RxCore
 
 from .link_kit import T0, Tx, epoch_at, receiver
@@ -138,7 +139,3 @@ def test_a_late_opcua_value_applies_only_where_it_is_not_older() -> None:
     assert still_current(LateRecord(model, Arrival.RECOVERED), shown.get, counters) == model
     assert counters["late_superseded"] == 3
 
-
-def test_ticks_count_100ns_since_1601() -> None:
-    assert ticks(datetime(1601, 1, 1, tzinfo=UTC)) == 0
-    assert ticks(datetime(1970, 1, 1)) == 116_444_736_000_000_000

@@ -17,7 +17,8 @@ Address space (namespace ``urn:diode:plant``, string node ids)::
 Values change at `rate` changes per second in total, written inside the server
 in bulk (one AttributeService.write per tick, as the server's own admin
 session), never through a client. Timestamps are set by the plant so tests
-can compare them across the diode.
+can compare them across the diode; Special.Int32's SourceTimestamp has a digit
+below the microsecond (100 ns ticks; agent/opcua/ticks.py): (value % 9) + 1.
 
 Run it standalone (the tests run it as a separate process, so the custom
 structure classes it registers do not leak into the test process)::
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import math
 import queue
@@ -49,6 +51,7 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
 
+from agent.opcua.ticks import TickTime
 from agent.opcua.ua import data_value, node_id
 
 NAMESPACE = "urn:diode:plant"
@@ -218,8 +221,14 @@ class PlantOpcua:
             ]
         for nid in self.added:
             writes.append((nid, ua.Variant(float(k), ua.VariantType.Double)))
+        params = self._bulk(writes)
+        if sp:  # a SourceTimestamp only 100 ns ticks can carry
+            wv = next(w for w in params.NodesToWrite if w.NodeId == sp["Int32"])
+            base = wv.Value.SourceTimestamp
+            wv.Value = dataclasses.replace(wv.Value, SourceTimestamp=TickTime.of(
+                base, ua.datetime_to_win_epoch(base) + (k % 100000) % 9 + 1))
         # The server's own admin session: a bulk internal write, no client involved.
-        for status in await self.server.iserver.attribute_service.write(self._bulk(writes)):
+        for status in await self.server.iserver.attribute_service.write(params):
             if not status.is_good():
                 logging.getLogger("plant").warning("write refused: %s", status)
 
