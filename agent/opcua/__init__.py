@@ -19,7 +19,7 @@ from agent.opcua.codec import OpcuaModel, OpcuaValues
 
 def _source(cfg: Any, ctx: TxContext) -> Source:
     from agent.opcua.source import OpcuaSource
-    return OpcuaSource(cfg, ctx.wake, ctx.fail)
+    return OpcuaSource(cfg, ctx.wake)
 
 
 def _sink(cfg: Any, ctx: RxContext) -> Sink:

@@ -75,6 +75,12 @@ class OpcuaSourceConfig:
                                    "`reconnect_max`", example="1.0", lo=0.05, hi=3600)
     reconnect_max: float = setting(60.0, doc="longest reconnect delay", example="60.0",
                                    lo_field="reconnect_min", hi=86400)
+    reconnect_fast_for: float = setting(120.0, doc="after losing a connected server, retry it "
+                                        "every `reconnect_min` for this long (a restart) before "
+                                        "backing off", example="120.0", lo=0.0, hi=86400)
+    cert_warn_days: float = setting(30.0, doc="warn (at start, daily, in the status) this many "
+                                    "days before `cert_file` expires", example="30.0", lo=0.0,
+                                    hi=3650)
     queue_limit: int = setting(200_000, doc="value changes held while the link is slower "
                                "(overflow counted, logged)", example="200000", lo=100)
     carousel_share: float = setting(0.1, doc="share of the link each of the two re-sends may "
@@ -160,6 +166,9 @@ class OpcuaMirrorConfig:
                                "values turn Bad", example="30.0", lo=0.0, hi=86400)
     diagnostics: bool = setting(True, doc="the Objects/DiodeDiagnostics object",
                                 example="true")
+    cert_warn_days: float = setting(30.0, doc="warn (at start, daily, in the status) this many "
+                                    "days before `cert_file` expires", example="30.0", lo=0.0,
+                                    hi=3650)
 
 
 def parse_mirror(t: Table) -> OpcuaMirrorConfig:

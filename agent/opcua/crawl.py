@@ -189,6 +189,29 @@ class Crawler:
         return CrawlResult(ModelSnapshot(tuple(self.namespaces), nodes), variables,
                            dict(self.counters))
 
+    # -- for the reconnect check (agent/opcua/fingerprint.py) ----------------
+
+    async def browse(self, nodes: list[ua.NodeId],
+                     reftype: ua.NodeId | None) -> list[list[ua.ReferenceDescription]]:
+        """Forward references of each node (of `reftype` and its subtypes), whole."""
+        return await self._browse(nodes, ua.BrowseDirection.Forward, reftype)
+
+    async def read_attributes(self, nodes: Sequence[ua.NodeId], attrs: Sequence[int]
+                              ) -> list[tuple[str, int, ua.DataValue]]:
+        """(node id, attribute, DataValue) of each attribute of each node, chunked."""
+        wanted = [(n, a) for n in nodes for a in attrs]
+        out: list[tuple[str, int, ua.DataValue]] = []
+        step = self.limits.read
+        for i in range(0, len(wanted), step):
+            batch = wanted[i:i + step]
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Neither
+            params.NodesToRead = [_rv(n, a) for n, a in batch]
+            self.counters["read_requests"] += 1
+            dvs = await self.session.read(params)
+            out += [(n.to_string(), int(a), dv) for (n, a), dv in zip(batch, dvs, strict=True)]
+        return out
+
     # -- browse --------------------------------------------------------------
 
     async def _add_root(self, root: ua.NodeId, found: dict[ua.NodeId, _Found],
