@@ -45,7 +45,13 @@ SKEW_WARN = 300.0  # seconds between TX's and the server's clocks worth a word
 
 class Refused(AdapterError):
     """The server refused us, or cannot work with this config: a setting must change.
-    Retried with backoff (someone may fix it on the server while TX runs)."""
+    Retried with backoff (someone may fix it on the server while TX runs). `cause` names
+    the mistake without what changes from try to try (the clocks), so the same mistake is
+    logged once, not at every try."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or message
 
 
 @dataclass(frozen=True)

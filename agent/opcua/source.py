@@ -216,8 +216,10 @@ class OpcuaSource:
         self._stopping = False
         if not log.isEnabledFor(logging.DEBUG):
             # asyncua's client logs its own lines (tracebacks among them) for every failed
-            # try; the source logs each failure once, with the cause and the fix.
-            logging.getLogger("asyncua.client").setLevel(logging.CRITICAL + 1)
+            # try, and its certificate checks warn on every try; the source logs each
+            # failure once, with the cause and the fix (and expiry.py warns ahead).
+            for name in ("asyncua.client", "asyncua.crypto.uacrypto"):
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         if self.expiry is not None:
             self.expiry.tick(time.monotonic())
         self._task = asyncio.create_task(self._run(), name=f"opcua-source-{self.cfg.name}")
@@ -337,7 +339,7 @@ class OpcuaSource:
             try:
                 await self._connect()
             except Refused as exc:
-                await self._refused(str(exc), backoff.refused())
+                await self._refused(str(exc), exc.cause, backoff.refused())
                 continue
             except _NETWORK as exc:
                 if not self.counters["connects"] and not self.counters["connect_failures"]:
@@ -349,11 +351,11 @@ class OpcuaSource:
                 await asyncio.sleep(delay)
                 continue
             self.counters["connects"] += 1
-            refusal: str | None = None
+            refusal: Refused | None = None
             try:
                 await self._session(backoff)
             except Refused as exc:
-                refusal = str(exc)
+                refusal = exc
             except _NETWORK as exc:
                 self._failed(f"{cfg.label}: connection lost: {_describe(exc)}", None)
             except asyncio.CancelledError:
@@ -366,7 +368,7 @@ class OpcuaSource:
             self.state = SourceState.DISCONNECTED
             await self._disconnect()
             if refusal is not None:
-                await self._refused(refusal, backoff.refused())
+                await self._refused(str(refusal), refusal.cause, backoff.refused())
                 continue
             # A server lost after it served us is most likely restarting: retry it quickly
             # for a while. One that fails its sessions before that is backed off.
@@ -375,15 +377,16 @@ class OpcuaSource:
                 backoff.lost(now)
             await asyncio.sleep(backoff.failed(now))
 
-    def _note(self, line: str) -> bool:
-        """Remember `line` as the last error; True when it is worth logging now (new, or
-        REPEAT_LOG seconds since it was last logged)."""
+    def _note(self, line: str, cause: str | None = None) -> bool:
+        """Remember `line` as the last error; True when it is worth logging now (a new
+        cause, or REPEAT_LOG seconds since this one was logged)."""
         now = time.monotonic()
         self.last_error, self.last_error_at = line, time.time()
+        cause = cause or line
         last, at = self._logged
-        if line == last and now - at < REPEAT_LOG:
+        if cause == last and now - at < REPEAT_LOG:
             return False
-        self._logged = (line, now)
+        self._logged = (cause, now)
         return True
 
     def _failed(self, line: str, delay: float | None) -> None:
@@ -391,10 +394,10 @@ class OpcuaSource:
             log.warning("%s%s", line, "" if delay is None else f"; retrying in {delay:.1f} s "
                         "(this line is not repeated while the cause stays the same)")
 
-    async def _refused(self, message: str, delay: float) -> None:
+    async def _refused(self, message: str, cause: str, delay: float) -> None:
         self.state = SourceState.REFUSED
         self.counters["refusals"] += 1
-        if self._note(message):
+        if self._note(message, cause):
             log.error("%s. Trying again in %.0f s, then less and less often", message, delay)
         await asyncio.sleep(delay)
 
@@ -448,7 +451,7 @@ class OpcuaSource:
         except ua.UaStatusCodeError as exc:
             client.disconnect_socket()
             if is_refusal(exc.code):
-                raise Refused(explain(cfg, exc.code, disc)) from None
+                raise Refused(explain(cfg, exc.code, disc), status(exc.code).name) from None
             raise
         except (ConnectionError, TimeoutError, OSError) as exc:
             client.disconnect_socket()
