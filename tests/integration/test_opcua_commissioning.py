@@ -38,13 +38,16 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Any:
+def site(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """The secure plant; `refuse_at_open` by indirect parametrization (default: refuse at
+    CreateSession, as asyncua does)."""
     cert, key = tmp_path / "plant.der", tmp_path / "plant.key"
     make_certificate(cert, key, "urn:diode:plant", server=True)
     trusted = tmp_path / "plant-trusted"
     trusted.mkdir()
     plant = PlantProcess(free_port(), variables=50, rate=50, security=PlantSecurity(
-        cert, key, ("Basic256Sha256_SignAndEncrypt",), True, trusted))
+        cert, key, ("Basic256Sha256_SignAndEncrypt",), True, trusted,
+        getattr(request, "param", None)))
     try:
         yield Site(plant, trusted, cert, tmp_path)
     finally:
@@ -105,6 +108,22 @@ def test_untrusted_tx_certificate_then_trusted(diode: Diode, site: Site) -> None
                       "TX connected once the plant trusts its certificate")
     diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
                       == "serving", 20, "the mirror serving")
+
+
+@pytest.mark.parametrize("site", ["error", "close"], indirect=True)
+def test_untrusted_tx_certificate_refused_at_open(diode: Diode, site: Site) -> None:
+    """Servers that refuse already in OpenSecureChannel: with an ERR message
+    (BadSecurityChecksFailed), or by closing the connection (TX used to hang in
+    "connecting" after an asyncua traceback)."""
+    cert, key, tp = _tx_cert(site)
+    tx, rx = _start(diode, site, cert, key)
+    how = site.plant.security.refuse_at_open if site.plant.security else None
+    expect = ("BadSecurityChecksFailed",) if how == "error" else (
+        "closed the connection", "does not trust TX's certificate")
+    print(_refused(diode, site, tx, rx, *expect, tp, "trust TX's certificate"))
+    shutil.copy(cert, site.trusted / "tx.der")
+    diode.wait_status(tx, lambda s: s["sources"]["opcua:plant"] == "connected", 40,
+                      "TX connected once the plant trusts its certificate")
 
 
 @pytest.mark.parametrize("case", ["expired", "clock_ahead"])

@@ -28,7 +28,10 @@ Security (for commissioning tests): ``--cert FILE --key FILE`` adds the secure
 endpoints (``--policy``, repeatable; ``--no-none`` drops the open one), and
 ``--trusted-dir DIR`` makes the plant refuse at CreateSession every client
 certificate not in DIR (BadCertificateUntrusted) or outside its validity
-(BadCertificateTimeInvalid), as plant servers do. DIR is read at each session,
+(BadCertificateTimeInvalid), as plant servers do; with ``--refuse-at-open
+error|close`` it refuses an untrusted one already at OpenSecureChannel, with an
+ERR message (BadSecurityChecksFailed) or by just closing the connection, as many
+other servers do. DIR is read at each session,
 so "trust it on the server" is copying the certificate file into DIR.
 
 It prints ``READY opc.tcp://...`` when listening. SIGUSR1 adds a variable
@@ -53,15 +56,17 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
 from asyncua.common.utils import ServiceError
+from asyncua.server.uaprocessor import UaProcessor
+from asyncua.ua.ua_binary import uatcp_to_binary
 from cryptography import x509
 
 from agent.opcua.certs import cert_der, key_der, load_certificate, thumbprint_of
-from agent.opcua.ua import data_value, node_id
+from agent.opcua.ua import data_value, node_id, status
 
 NAMESPACE = "urn:diode:plant"
 PER_FOLDER = 100
@@ -80,6 +85,10 @@ class PlantSecurity:
     policies: tuple[str, ...] = ("Basic256Sha256_SignAndEncrypt",)
     offer_none: bool = True
     trusted_dir: Path | None = None  # None: any client certificate
+    # Refuse an untrusted certificate already at OpenSecureChannel, as many servers do
+    # (asyncua itself checks only at CreateSession): "error" answers an ERR message
+    # BadSecurityChecksFailed and closes, "close" just closes the connection.
+    refuse_at_open: str | None = None
 
 
 class TrustDir:
@@ -98,12 +107,35 @@ class TrustDir:
                 continue
         return out
 
+    def trusts(self, der: bytes) -> bool:
+        return thumbprint_of(x509.load_der_x509_certificate(der)) in self._trusted()
+
     async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
         now = datetime.now(UTC)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
         if thumbprint_of(cert) not in self._trusted():
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+
+def refuse_at_open(trust: TrustDir, how: str) -> None:
+    """Make this process's asyncua servers refuse untrusted client certificates in
+    OpenSecureChannel (see PlantSecurity.refuse_at_open). The simulator is its own
+    process, so patching asyncua's processor here touches nothing else."""
+    original = UaProcessor.open_secure_channel
+
+    def open_secure_channel(self: UaProcessor, algohdr: Any, seqhdr: Any, body: Any) -> None:
+        cert = getattr(algohdr, "SenderCertificate", None)
+        if cert and not trust.trusts(cert):
+            if how == "error":
+                err = ua.ErrorMessage(status(ua.StatusCodes.BadSecurityChecksFailed),
+                                      cast(Any, "certificate not trusted"))
+                self._transport.write(uatcp_to_binary(cast(Any, ua.MessageType.Error), err))
+            self._transport.close()
+            return
+        original(self, algohdr, seqhdr, body)
+
+    UaProcessor.open_secure_channel = open_secure_channel  # type: ignore[method-assign]
 
 
 class PlantOpcua:
@@ -141,7 +173,10 @@ class PlantOpcua:
             await server.load_certificate(cert_der(sec.cert))
             await server.load_private_key(key_der(sec.key))
             if sec.trusted_dir is not None:
-                server.set_certificate_validator(TrustDir(sec.trusted_dir))
+                trust = TrustDir(sec.trusted_dir)
+                server.set_certificate_validator(trust)
+                if sec.refuse_at_open is not None:
+                    refuse_at_open(trust, sec.refuse_at_open)
         # Keep the plant's timestamps: clients writing are not ours, the loop is.
         self.ns = ns = await server.register_namespace(NAMESPACE)
         objects = server.nodes.objects
@@ -278,9 +313,9 @@ class PlantOpcua:
         for nid in self.added:
             writes.append((nid, ua.Variant(float(k), ua.VariantType.Double)))
         # The server's own admin session: a bulk internal write, no client involved.
-        for status in await self.server.iserver.attribute_service.write(self._bulk(writes)):
-            if not status.is_good():
-                logging.getLogger("plant").warning("write refused: %s", status)
+        for code in await self.server.iserver.attribute_service.write(self._bulk(writes)):
+            if not code.is_good():
+                logging.getLogger("plant").warning("write refused: %s", code)
 
     async def _run(self) -> None:
         start = time.monotonic()
@@ -345,6 +380,8 @@ class PlantProcess:
                 args.append("--no-none")
             if security.trusted_dir is not None:
                 args += ["--trusted-dir", str(security.trusted_dir)]
+            if security.refuse_at_open is not None:
+                args += ["--refuse-at-open", security.refuse_at_open]
         self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       text=True)
         self._lines: queue.Queue[str] = queue.Queue()
@@ -411,13 +448,15 @@ async def _main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policy", action="append", help="e.g. Basic256Sha256_SignAndEncrypt")
     ap.add_argument("--no-none", action="store_true", help="no endpoint without security")
     ap.add_argument("--trusted-dir", type=Path, help="trust only client certificates here")
+    ap.add_argument("--refuse-at-open", choices=("error", "close"),
+                    help="refuse untrusted certificates at OpenSecureChannel")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     security = None
     if args.cert is not None:
         security = PlantSecurity(args.cert, args.key, tuple(args.policy or
                                                              ("Basic256Sha256_SignAndEncrypt",)),
-                                 not args.no_none, args.trusted_dir)
+                                 not args.no_none, args.trusted_dir, args.refuse_at_open)
     plant = PlantOpcua(args.port, args.variables, args.rate, host=args.host, security=security)
     await plant.start()
     loop = asyncio.get_running_loop()
