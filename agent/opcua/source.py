@@ -75,7 +75,7 @@ from agent.opcua.commissioning import (
 from agent.opcua.config import OpcuaSourceConfig
 from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
 from agent.opcua.expiry import ExpiryWatch
-from agent.opcua.fingerprint import fingerprint, sample_of
+from agent.opcua.fingerprint import Probe, fingerprint, probe_of
 from agent.opcua.model import ModelSnapshot
 from agent.opcua.ua import status
 
@@ -191,7 +191,7 @@ class OpcuaSource:
             "model_events", "initial_reads"), 0)
         self.model: ModelSnapshot | None = None
         self._variables: list[str] = []
-        self._print: tuple[tuple[str, ...], str] | None = None  # fingerprint: sample, digest
+        self._print: tuple[Probe, str] | None = None  # the model's fingerprint: probe, digest
         self._queued = 0   # values ever put in _pending
         self._taken = 0    # values ever taken from it
         self.version: str | None = None
@@ -526,14 +526,15 @@ class OpcuaSource:
         cfg = self.cfg
         if self._print is not None and self.model is not None:
             started = time.monotonic()
-            sample, digest = self._print
+            probe, digest = self._print
             namespaces = await client.get_namespace_array()
-            now = await fingerprint(client.uaclient, limits, namespaces, cfg.subtrees, sample)
+            now = await fingerprint(client.uaclient, limits, namespaces, cfg.subtrees, probe)
             self.counters["check_ms"] = int((time.monotonic() - started) * 1000)
             if now == digest:
                 self.counters["model_reuses"] += 1
-                log.info("%s: address space unchanged (fingerprint of %d nodes, %d ms): model %s "
-                         "kept, no crawl", cfg.label, len(sample), self.counters["check_ms"],
+                log.info("%s: address space unchanged (fingerprint of %d nodes and %d objects' "
+                         "children, %d ms): model %s kept, no crawl", cfg.label,
+                         len(probe.sample), len(probe.containers), self.counters["check_ms"],
                          self.version)
                 return self._variables
             log.info("%s: address space fingerprint changed: crawling again", cfg.label)
@@ -546,10 +547,10 @@ class OpcuaSource:
         """After a crawl: what the next reconnect compares with."""
         if self.model is None:
             return
-        sample = sample_of(self.model)
+        probe = probe_of(self.model)
         digest = await fingerprint(client.uaclient, limits, list(self.model.namespaces),
-                                   self.cfg.subtrees, sample)
-        self._print = (sample, digest)
+                                   self.cfg.subtrees, probe)
+        self._print = (probe, digest)
 
     async def _until_taken(self, mark: int) -> None:
         """Wait (at most `timeout`) until the link took the values queued up to `mark`: the
