@@ -5,6 +5,8 @@ configured (it costs an MQTT-only agent about 18 MB).
 config.py  [[opcua]] tables        codec.py   OpcuaModel and OpcuaValues records
 source.py  TX: client, crawl.py    mirror.py  RX: server, build.py, access.py
 model.py   the address-space snapshot on the link; ua.py, certs.py: helpers
+TX's connection: commissioning.py (refusals, with the fix), backoff.py (when to try
+again), fingerprint.py (is the cached model still right); expiry.py (own certificates)
 """
 
 from __future__ import annotations

@@ -200,6 +200,11 @@ def parse_mirror(t: Table) -> OpcuaMirrorConfig:
     if trusted is not None and not trusted.is_dir():
         t.fail("trusted_clients_dir", f"not a folder: {trusted}",
                "point it at a folder holding the client certificates to trust")
+    if trusted is not None and not any(p.is_file() for p in trusted.iterdir()):
+        # asyncua's TrustStore cannot load an empty folder (docs/ARCHITECTURE.md, traps),
+        # and no client could open a secure channel anyway
+        t.fail("trusted_clients_dir", f"{trusted} holds no certificate",
+               "copy the IT clients' certificates (PEM or DER) into it")
     if not cfg.allow_anonymous and not users:
         t.fail("allow_anonymous", "no anonymous access and no users: nobody could log in",
                'add users = { operator = "secret" }, or allow_anonymous = true')

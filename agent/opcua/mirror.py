@@ -30,6 +30,15 @@ Uncertain with their last value until a fresh value (a change or the next
 keyframe) makes them Good. Values arriving while the link counts as lost are
 shown Uncertain. Nothing is degraded before the link was first seen healthy
 (an RX that just started has nothing stale to flag).
+
+Recovery: TX reports its source "connected" only once the values it read on
+reconnecting are on the link, so when the link and source are healthy again
+(RECOVER) the values that arrived during the outage are current and turn Good at
+once; the others wait for their next fresh value. Static values (an instance's
+properties that come with the model, such as a method's InputArguments) follow
+the quality too, down to Uncertain only (a Bad status would null what is still
+the model's value), and turn Good again at RECOVER; type properties (EnumStrings
+of a DataType) describe types, not the plant, and stay as they are.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
 """TX side: one OPC UA server (asyncua client) turned into link records.
 
 ```
-OT server ─► connect (security, user) ─► crawl (opcua_crawl) ─► ModelSnapshot ─► OpcuaModel chunks ─┐
-                 ▲   backoff                 ▲ every rebrowse_period,                             ├─► take()
-                 │                           │ or a GeneralModelChangeEvent                        │
-                 └── lost / stale ◄──── subscription (chunked to MaxMonitoredItemsPerCall) ─► OpcuaValues
-                                               data changes, handled per publish response, never dropped
-                                               silently (bounded queue, overflow counted and logged)
+OT server ─► discover (GetEndpoints, no security) ─► check (policy offered, pinned certificate, clocks)
+   ▲             ─► connect (security, user) ──── Refused ─► one line with the fix, "refused", backoff
+   │             ─► fingerprint unchanged? keep the model : crawl (crawl.py) ─► ModelSnapshot
+   │                                                                  ─► OpcuaModel chunks ─┐
+   │             ─► read every value ─► subscribe ─► "connected" once the values are taken ├─► take()
+   │                  (re-crawl every rebrowse_period, or on a GeneralModelChangeEvent)     │
+   └── lost / stale ◄── subscription (chunked to MaxMonitoredItemsPerCall) ─► OpcuaValues ──┘
+   backoff.py: every reconnect_min at first after a loss, then doubling to reconnect_max
+       data changes handled per publish response, never dropped silently
+       (bounded queue, overflow counted and logged)
 
 run_carousel(): model chunks every model_carousel_period, value keyframes every
 value_keyframe_period, paced to a share of the link.
