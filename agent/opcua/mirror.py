@@ -594,7 +594,9 @@ class OpcuaMirror:
         out.update(self.assembler.counters)
         if self._builder is not None:
             out.update(self._builder.counters)
-        out["variables"] = len(self._vars)
+        statics = sum(v.static for v in self._vars.values())
+        out["variables"] = len(self._vars) - statics  # those the source sends values for
+        out["static_values"] = statics
         return out
 
 
