@@ -502,6 +502,7 @@ class OpcuaSource:
         await self._until_taken(read_up_to)
         self.state = SourceState.CONNECTED
         backoff.connected()
+        self._logged = ("", 0.0)  # the next outage is news, even with the same cause
         log.info("%s: connected; %d nodes, %d variables subscribed, model %s", cfg.label,
                  len(self.model.nodes) if self.model else 0, len(self._handles), self.version)
         next_browse = time.monotonic() + cfg.rebrowse_period
