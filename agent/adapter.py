@@ -53,7 +53,8 @@ class SourceState(StrEnum):
     CRAWLING = "crawling"          # connected, reading the address space
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"  # lost; retrying with backoff
-    REFUSED = "refused"            # the peer refused us: fatal, the log says the fix
+    REFUSED = "refused"            # the peer refused us: the log says the fix (MQTT: fatal;
+                                   # OPC UA: tried again with backoff, fixed on the server)
 
 
 class SinkState(StrEnum):

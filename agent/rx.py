@@ -149,6 +149,7 @@ class RxAgent:
 
     async def _timers(self) -> None:
         prev = self.health.state
+        prev_sources: object = None
         passes = 0
         while True:
             now = time.monotonic()
@@ -161,10 +162,19 @@ class RxAgent:
             self.core.timer(now)
             self.link_state.keep(self.receiver, now)
             state = self.health.evaluate(now, self.receiver.last_valid_at)
+            hb = self.health.last_heartbeat
+            sources = hb.sources if hb is not None else None
             if state != prev:
                 level = logging.INFO if state == LinkState.UP else logging.WARNING
                 log.log(level, "link state %s -> %s", prev.value, state.value)
                 prev = state
+                prev_sources = sources
+                await self._report()
+            elif sources != prev_sources:
+                # A TX source changed state (lost its server, connected again): the sinks
+                # hear it now, not at the next status interval, so a mirror's values go
+                # Uncertain and Good again without that delay.
+                prev_sources = sources
                 await self._report()
             await asyncio.sleep(0.02)
 

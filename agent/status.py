@@ -134,6 +134,12 @@ def render(st: dict[str, Any], now: float) -> str:
             lines.append(f"source          {name}: {state}")
         for name, queue in (st.get("queues") or {}).items():
             lines.append(f"queued          {name}: {queue.get('queued')}")
+            if queue.get("last_error"):  # a source that could not connect: cause and fix
+                lines.append(f"last error      {name}: {queue['last_error']}")
+            if queue.get("cert_expires"):
+                lines.append(f"certificate     {name}: {queue.get('cert_thumbprint')} expires "
+                             f"{queue['cert_expires'][:10]} ({queue.get('cert_days_left')} "
+                             "days)")
             lines.extend(_spool_lines(queue.get("spool")))
             for dev, d in (queue.get("devices") or {}).items():  # polled sources (Modbus)
                 cycles = ", ".join(f"{ms} ms (every {p} s)"

@@ -8,6 +8,8 @@ model.py   the address-space snapshot on the link; ua.py, certs.py: helpers
 services.py  the mirror's Read, Write, Call, HistoryRead, monitored items as the spec
              says: index_range.py, history_read.py, history_processed.py
 history_store.py  the mirror's on-disk history     ticks.py  100 ns DateTimes in asyncua
+TX's connection: commissioning.py (refusals, with the fix), backoff.py (when to try
+again), fingerprint.py (is the cached model still right); expiry.py (own certificates)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from agent.opcua.codec import OpcuaModel, OpcuaValues
 
 def _source(cfg: Any, ctx: TxContext) -> Source:
     from agent.opcua.source import OpcuaSource
-    return OpcuaSource(cfg, ctx.wake, ctx.fail)
+    return OpcuaSource(cfg, ctx.wake)
 
 
 def _sink(cfg: Any, ctx: RxContext) -> Sink:

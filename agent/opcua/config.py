@@ -75,6 +75,12 @@ class OpcuaSourceConfig:
                                    "`reconnect_max`", example="1.0", lo=0.05, hi=3600)
     reconnect_max: float = setting(60.0, doc="longest reconnect delay", example="60.0",
                                    lo_field="reconnect_min", hi=86400)
+    reconnect_fast_for: float = setting(120.0, doc="after losing a connected server, retry it "
+                                        "every `reconnect_min` for this long (a restart) before "
+                                        "backing off", example="120.0", lo=0.0, hi=86400)
+    cert_warn_days: float = setting(30.0, doc="warn (at start, daily, in the status) this many "
+                                    "days before `cert_file` expires", example="30.0", lo=0.0,
+                                    hi=3650)
     queue_limit: int = setting(200_000, doc="value changes held while the link is slower "
                                "(overflow counted, logged)", example="200000", lo=100)
     carousel_share: float = setting(0.1, doc="share of the link each of the two re-sends may "
@@ -176,6 +182,9 @@ class OpcuaMirrorConfig:
     history_max_values: int = setting(10_000, doc="values per node in one HistoryRead answer; "
                                       "the rest come with a continuation point",
                                       example="10000", lo=1, hi=1_000_000)
+    cert_warn_days: float = setting(30.0, doc="warn (at start, daily, in the status) this many "
+                                    "days before `cert_file` expires", example="30.0", lo=0.0,
+                                    hi=3650)
 
 
 def parse_mirror(t: Table, spooled: bool = False) -> OpcuaMirrorConfig:
@@ -219,6 +228,11 @@ def parse_mirror(t: Table, spooled: bool = False) -> OpcuaMirrorConfig:
     if trusted is not None and not trusted.is_dir():
         t.fail("trusted_clients_dir", f"not a folder: {trusted}",
                "point it at a folder holding the client certificates to trust")
+    if trusted is not None and not any(p.is_file() for p in trusted.iterdir()):
+        # asyncua's TrustStore cannot load an empty folder (docs/ARCHITECTURE.md, traps),
+        # and no client could open a secure channel anyway
+        t.fail("trusted_clients_dir", f"{trusted} holds no certificate",
+               "copy the IT clients' certificates (PEM or DER) into it")
     if not cfg.allow_anonymous and not users:
         t.fail("allow_anonymous", "no anonymous access and no users: nobody could log in",
                'add users = { operator = "secret" }, or allow_anonymous = true')

@@ -189,6 +189,31 @@ class Crawler:
         return CrawlResult(ModelSnapshot(tuple(self.namespaces), nodes), variables,
                            dict(self.counters))
 
+    # -- for the reconnect check (agent/opcua/fingerprint.py) ----------------
+
+    async def browse(self, nodes: list[ua.NodeId], reftype: ua.NodeId | None,
+                     mask: int = ua.BrowseResultMask.All
+                     ) -> list[list[ua.ReferenceDescription]]:
+        """Forward references of each node (of `reftype` and its subtypes), whole; `mask`
+        0 asks for the target node ids only (a smaller answer)."""
+        return await self._browse(nodes, ua.BrowseDirection.Forward, reftype, mask)
+
+    async def read_attributes(self, nodes: Sequence[ua.NodeId], attrs: Sequence[int]
+                              ) -> list[tuple[str, int, ua.DataValue]]:
+        """(node id, attribute, DataValue) of each attribute of each node, chunked."""
+        wanted = [(n, a) for n in nodes for a in attrs]
+        out: list[tuple[str, int, ua.DataValue]] = []
+        step = self.limits.read
+        for i in range(0, len(wanted), step):
+            batch = wanted[i:i + step]
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Neither
+            params.NodesToRead = [_rv(n, a) for n, a in batch]
+            self.counters["read_requests"] += 1
+            dvs = await self.session.read(params)
+            out += [(n.to_string(), int(a), dv) for (n, a), dv in zip(batch, dvs, strict=True)]
+        return out
+
     # -- browse --------------------------------------------------------------
 
     async def _add_root(self, root: ua.NodeId, found: dict[ua.NodeId, _Found],
@@ -274,7 +299,8 @@ class Crawler:
         order.append(target)
 
     async def _browse(self, nodes: list[ua.NodeId], direction: ua.BrowseDirection,
-                      reftype: ua.NodeId | None) -> list[list[ua.ReferenceDescription]]:
+                      reftype: ua.NodeId | None, mask: int = ua.BrowseResultMask.All
+                      ) -> list[list[ua.ReferenceDescription]]:
         """All references of each node, chunked, continuation points followed."""
         out: list[list[ua.ReferenceDescription]] = [[] for _ in nodes]
         step = self.limits.browse
@@ -292,7 +318,7 @@ class Crawler:
                 desc.ReferenceTypeId = reftype if reftype is not None else node_id()
                 desc.IncludeSubtypes = True
                 desc.NodeClassMask = 0
-                desc.ResultMask = ua.BrowseResultMask.All
+                desc.ResultMask = mask
                 params.NodesToBrowse.append(desc)
             self.counters["browse_requests"] += 1
             try:

@@ -33,6 +33,15 @@ Uncertain with their last value until a fresh value (a change or the next
 keyframe) makes them Good. Values arriving while the link counts as lost are
 shown Uncertain. Nothing is degraded before the link was first seen healthy
 (an RX that just started has nothing stale to flag).
+
+Recovery: TX reports its source "connected" only once the values it read on
+reconnecting are on the link, so when the link and source are healthy again
+(RECOVER) the values that arrived during the outage are current and turn Good at
+once; the others wait for their next fresh value. Static values (an instance's
+properties that come with the model, such as a method's InputArguments) follow
+the quality too, down to Uncertain only (a Bad status would null what is still
+the model's value), and turn Good again at RECOVER; type properties (EnumStrings
+of a DataType) describe types, not the plant, and stay as they are.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_
 from agent.opcua.certs import cert_der, key_der
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
 from agent.opcua.config import OpcuaMirrorConfig
+from agent.opcua.expiry import ExpiryWatch
 from agent.opcua.history_read import HistoryReader
 from agent.opcua.history_store import HistoryStore
 from agent.opcua.late import LateRecord, current_values, still_current
@@ -97,6 +107,13 @@ class _Var:
     node: Any                          # asyncua AttributeValue of the Value attribute
     fresh: ua.DataValue | None = None  # last value from the source
     level: int = 0                     # 0 as received, 1 uncertain, 2 bad
+    episode: int = -1                  # the outage during which `fresh` arrived, if any
+    static: bool = False               # its value comes with the model (a method's arguments)
+
+
+# Node classes whose properties describe types, not the plant's state: never degraded.
+_TYPE_CLASSES = (ua.NodeClass.ObjectType, ua.NodeClass.VariableType, ua.NodeClass.ReferenceType,
+                 ua.NodeClass.DataType)
 
 
 _DIAG_VARS: dict[str, tuple[Any, ua.VariantType]] = {
@@ -130,6 +147,11 @@ class OpcuaMirror:
         self._heartbeat_age: float | None = None
         self._tx_counters: dict[str, int] = {}
         self._quality = QualityState(cfg.bad_after)
+        self._episode = 0  # outages so far; values that arrive during one are tagged with it
+        self.expiry = ExpiryWatch(f"the mirror's OPC UA server certificate for '{cfg.name}'",
+                                  cfg.cert_file, cfg.cert_warn_days,
+                                  "make a new one (diode opcua-cert --server) and have the IT "
+                                  "clients trust it", log) if cfg.cert_file is not None else None
         self._diag: dict[str, Any] = {}
         self._diag_ns = 0
         self._task: asyncio.Task[None] | None = None
@@ -186,6 +208,8 @@ class OpcuaMirror:
         install_services(server.iserver, HistoryReader(
             self._history, self._is_historized,
             cfg.history_max_values))
+        if self.expiry is not None:
+            self.expiry.tick(time.monotonic())  # at start; daily from the quality loop
         self.server = server
         self._builder = Builder(server.iserver)
         await self._create_diagnostics(list(await server.get_namespace_array()))
@@ -290,8 +314,10 @@ class OpcuaMirror:
                 _record(history, entry, dv)
             v.fresh = dv
             if self._quality.arriving() != Quality.GOOD:
-                # Late records while the link or source counts as lost: the value is
-                # new, but nothing says it is current.
+                # While the link or source counts as lost: the value is new, but nothing
+                # says it is current yet. TX says "connected" only once the values it read
+                # on reconnecting are on the link, so at RECOVER these turn Good at once.
+                v.episode = self._episode
                 await self._degrade(v, 1, now_utc())
             else:
                 v.level = 0
@@ -367,6 +393,7 @@ class OpcuaMirror:
         # Keep the snapshot's order for a later rebuild (parents before children).
         self._records = {r.node_id: old[r.node_id] for r in snap.nodes if r.node_id in old}
         await self._bind_variables([r for r in done])
+        await self._bind_statics([n for _, n in changed if A.Value in n.attrs])
         self.version = version
         self.state = SinkState.SERVING
         self.counters["models_installed"] += 1
@@ -386,7 +413,10 @@ class OpcuaMirror:
         for i, rec in enumerate(recs):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            if rec.node_class != ua.NodeClass.Variable or A.Value in rec.attrs:
+            if rec.node_class != ua.NodeClass.Variable:
+                continue
+            if A.Value in rec.attrs:
+                await self._bind_statics([rec])
                 continue
             nd = aspace.get(nid(rec.node_id))
             if nd is None or A.Value not in nd.attributes:
@@ -425,6 +455,37 @@ class OpcuaMirror:
                 await self._history.flush()
             except Exception:  # a full or broken disk: counted by the log, retried
                 log.exception("mirror '%s': writing the history failed", self.name)
+    async def _bind_statics(self, recs: list[NodeRecord]) -> None:
+        """Track instance variables whose value came with the model (a method's
+        InputArguments): they follow the mirror's quality like every value, so an IT
+        client does not read Good from a source that is gone, but only down to
+        Uncertain (their value is the model's, still the last known) and Good again only
+        at RECOVER, when TX reports the source connected (its model checked again)."""
+        assert self.server is not None
+        aspace = self.server.iserver.aspace
+        for rec in recs:
+            if self._under_type(rec):
+                continue
+            nd = aspace.get(nid(rec.node_id))
+            if nd is None or A.Value not in nd.attributes:
+                continue
+            av = nd.attributes[A.Value]
+            v = self._vars[rec.node_id] = _Var(av, av.value, static=True)
+            if self._quality.level:
+                await self._degrade(v, 1, now_utc())
+
+    def _under_type(self, rec: NodeRecord) -> bool:
+        """Whether a type (not an instance) holds this node, through its parents."""
+        seen = 0
+        parent = rec.parent
+        while parent is not None and seen < 64:
+            p = self._records.get(parent)
+            if p is None:
+                return False
+            if p.node_class in _TYPE_CLASSES:
+                return True
+            parent, seen = p.parent, seen + 1
+        return False
 
     # -- quality -----------------------------------------------------------------------
 
@@ -450,6 +511,8 @@ class OpcuaMirror:
     async def _quality_loop(self) -> None:
         while True:
             await asyncio.sleep(0.5)
+            if self.expiry is not None:
+                self.expiry.tick(time.monotonic())
             try:
                 await self._update_quality(time.monotonic())
                 await self._update_diagnostics()
@@ -476,9 +539,12 @@ class OpcuaMirror:
             await self._set_level(q.level)
 
     async def _set_level(self, level: int, recovering: bool = False) -> None:
-        """Degrade every value to `level`; or, `recovering`, lift Bad ones to Uncertain
-        (each turns Good with its next fresh value)."""
+        """Degrade every value to `level` (a static one to Uncertain at most); or,
+        `recovering`: Good again for static values and for values that arrived during
+        this outage (read by TX's new session), Bad ones lifted to Uncertain (each turns
+        Good with its next fresh value)."""
         stamp = now_utc()
+        episode = self._episode
         async with self._lock:
             for i, v in enumerate(list(self._vars.values())):
                 if i % YIELD_EVERY == YIELD_EVERY - 1:
@@ -486,10 +552,18 @@ class OpcuaMirror:
                 if v.fresh is None:
                     continue
                 if recovering:
-                    if v.level == 2:  # back from Bad: the last value, but not Good yet
+                    if v.static or v.episode == episode:
+                        if v.level:
+                            v.level = 0
+                            await set_value(v.node, v.fresh)
+                    elif v.level == 2:  # back from Bad: the last value, but not Good yet
                         await self._degrade(v, 1, stamp)
-                elif v.level < level:
-                    await self._degrade(v, level, stamp)
+                else:
+                    target = min(level, 1) if v.static else level
+                    if v.level < target:
+                        await self._degrade(v, target, stamp)
+            if recovering:
+                self._episode += 1
         self.counters["quality_changes"] += 1
 
     async def _degrade(self, v: _Var, level: int, stamp: Any) -> None:
@@ -566,7 +640,10 @@ class OpcuaMirror:
         return self.counters["records_dropped"]
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.state, **self.all_counters()}
+        out = {"state": self.state, **self.all_counters()}
+        if self.expiry is not None:
+            out.update(self.expiry.status())
+        return out
 
     async def on_link(self, link: LinkView) -> None:
         await self.set_link_state(link.state, source_state=link.tx_sources.get(self.key),
@@ -580,7 +657,9 @@ class OpcuaMirror:
         if self._history is not None:
             out.update(self._history.counters)
             out["history_nodes"] = len(self._historized)
-        out["variables"] = len(self._vars)
+        statics = sum(v.static for v in self._vars.values())
+        out["variables"] = len(self._vars) - statics  # those the source sends values for
+        out["static_values"] = statics
         return out
 
 

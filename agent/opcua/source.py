@@ -1,12 +1,16 @@
 """TX side: one OPC UA server (asyncua client) turned into link records.
 
 ```
-OT server ─► connect (security, user) ─► crawl (opcua_crawl) ─► ModelSnapshot ─► OpcuaModel chunks ─┐
-                 ▲   backoff                 ▲ every rebrowse_period,                             ├─► take()
-                 │                           │ or a GeneralModelChangeEvent                        │
-                 └── lost / stale ◄──── subscription (chunked to MaxMonitoredItemsPerCall) ─► OpcuaValues
-                                               data changes, handled per publish response, never dropped
-                                               silently (bounded queue, overflow counted and logged)
+OT server ─► discover (GetEndpoints, no security) ─► check (policy offered, pinned certificate, clocks)
+   ▲             ─► connect (security, user) ──── Refused ─► one line with the fix, "refused", backoff
+   │             ─► fingerprint unchanged? keep the model : crawl (crawl.py) ─► ModelSnapshot
+   │                                                                  ─► OpcuaModel chunks ─┐
+   │             ─► read every value ─► subscribe ─► "connected" once the values are taken ├─► take()
+   │                  (re-crawl every rebrowse_period, or on a GeneralModelChangeEvent)     │
+   └── lost / stale ◄── subscription (chunked to MaxMonitoredItemsPerCall) ─► OpcuaValues ──┘
+   backoff.py: every reconnect_min at first after a loss, then doubling to reconnect_max
+       data changes handled per publish response, never dropped silently
+       (bounded queue, overflow counted and logged)
 
 run_carousel(): model chunks every model_carousel_period, value keyframes every
 value_keyframe_period, paced to a share of the link.
@@ -21,9 +25,23 @@ Values leave as OPC UA binary Variants, so custom structures cross as the
 server encoded them (an ExtensionObject body the mirror passes through) and
 TX needs no type dictionary.
 
-A server that refuses us (bad credentials, untrusted certificate, security
-policy it does not offer) is a loud error through `on_fatal`; an unreachable
-one is retried with exponential backoff and counted as an outage.
+Connecting (agent/opcua/commissioning.py): each try starts with GetEndpoints
+without security, so a policy the server does not offer, a pinned server
+certificate it does not present and a clock skew are named before any secure
+channel; a server that refuses us (an untrusted TX certificate, an expired one,
+bad credentials) or closes the connection during the secure-channel handshake
+gives one line with the server, the TX certificate's thumbprint and the fix. The
+source is then "refused" (in the heartbeat, so RX and IT see it; `last_error` in
+the status) and tries again with backoff: the fix is made on the server, and TX
+must pick it up without a restart. An unreachable server is retried with backoff
+too, quickly at first when it was connected a moment ago (agent/opcua/backoff.py).
+
+Reconnecting: if the server's address space still has the fingerprint taken
+after the last crawl (agent/opcua/fingerprint.py: three requests), the cached
+model is kept and no crawl is made. Either way the session reads every value
+once, and reports "connected" only once those values are on the link, so RX's
+mirror can take the values it received since the outage as current as soon as it
+hears "connected" (agent/opcua/mirror.py).
 """
 
 from __future__ import annotations
@@ -43,16 +61,31 @@ from asyncua.crypto import security_policies
 from asyncua.ua.ua_binary import variant_to_binary
 
 from agent.adapter import Carousel, SourceState
-from agent.errors import AdapterError
 from agent.link import records
+from agent.opcua.backoff import Backoff
 from agent.opcua.certs import cert_der, key_der
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
+from agent.opcua.commissioning import (
+    Discovery,
+    Refused,
+    check_endpoint,
+    discover,
+    explain,
+    explain_silent,
+    is_refusal,
+    server_cert_warning,
+    skew_warning,
+)
 from agent.opcua.config import OpcuaSourceConfig
 from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
+from agent.opcua.expiry import ExpiryWatch
+from agent.opcua.fingerprint import Probe, fingerprint, probe_of
 from agent.opcua.model import ModelSnapshot
 from agent.opcua.ua import status
 
 __all__ = ["OpcuaSource", "OpcuaSourceConfig", "SourceRefused"]
+
+SourceRefused = Refused  # the name earlier versions exported
 
 # The config's names (agent/opcua/config.py) -> asyncua
 SECURITY_POLICIES: dict[str, Any] = {
@@ -69,30 +102,10 @@ TRIGGERS = {"StatusValue": ua.DataChangeTrigger.StatusValue,
 
 log = logging.getLogger("diode.source.opcua")
 
-# Refusals: retrying cannot help until someone changes a setting.
-_REFUSALS: dict[int, str] = {
-    ua.StatusCodes.BadUserAccessDenied: "check username and password",
-    ua.StatusCodes.BadIdentityTokenInvalid: "check username and password",
-    ua.StatusCodes.BadIdentityTokenRejected: "the server does not accept this kind of login "
-                                             "(anonymous or username); set username/password",
-    ua.StatusCodes.BadCertificateUntrusted: "trust the client certificate on the OT server",
-    ua.StatusCodes.BadSecurityChecksFailed: "trust the client certificate on the OT server "
-                                            "(and check its application URI)",
-    ua.StatusCodes.BadCertificateInvalid: "make a new client certificate (diode opcua-cert)",
-    ua.StatusCodes.BadCertificateTimeInvalid: "the client certificate expired or is not yet "
-                                              "valid: make a new one",
-    ua.StatusCodes.BadCertificateUriInvalid: "application_uri must equal the URI in the client "
-                                             "certificate",
-    ua.StatusCodes.BadCertificateHostNameInvalid: "check the endpoint host name",
-    ua.StatusCodes.BadCertificateRevoked: "the client certificate was revoked: make a new one",
-    ua.StatusCodes.BadCertificateUseNotAllowed: "make a new client certificate",
-    ua.StatusCodes.BadSecurityPolicyRejected: "set a security_policy the server offers",
-    ua.StatusCodes.BadSecurityModeRejected: "set a security_mode the server offers",
-    ua.StatusCodes.BadNoValidCertificates: "set cert_file and key_file",
-}
-
 NULL_VARIANT = variant_to_binary(ua.Variant())
 KEEPALIVE = 5.0  # seconds between subscription keep-alives
+REPEAT_LOG = 600.0  # seconds before the same connection failure is logged again
+_NETWORK = (OSError, TimeoutError, ConnectionError, ua.UaError)
 _HANDLE_BASE = 1 << 20  # our client handles; asyncua's own counter starts at 200
 
 
@@ -143,10 +156,6 @@ class _BatchSubscription(Subscription):
                 self._on_status(notif.Status)
 
 
-class SourceRefused(AdapterError):
-    """The server refused us; retrying will not help."""
-
-
 # -- the source ----------------------------------------------------------------------
 
 
@@ -158,25 +167,37 @@ class OpcuaSource:
     keyframes periodically. `state` goes into the heartbeat's sources map.
     """
 
-    def __init__(self, cfg: OpcuaSourceConfig, wake: Callable[[], None] = lambda: None,
-                 on_fatal: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: OpcuaSourceConfig, wake: Callable[[], None] = lambda: None) -> None:
         self.cfg = cfg
         self.key = f"opcua:{cfg.name}"
         self._wake = wake
-        self._on_fatal = on_fatal
         self.state = SourceState.STOPPED
         self.carousels = (
             Carousel("model", cfg.model_carousel_period, cfg.carousel_share,
                      lambda: self._counted(self.model_carousel(), "model_records")),
             Carousel("values", cfg.value_keyframe_period, cfg.carousel_share,
                      lambda: self._counted(self.value_keyframe(), "keyframe_records")))
-        self.fatal: str | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._logged: tuple[str, float] = ("", 0.0)
+        self._silent_closes = 0
+        self._warned: set[str] = set()
+        self.discovery: Discovery | None = None
+        self.expiry = ExpiryWatch(f"TX's OPC UA client certificate for '{cfg.name}'",
+                                  cfg.cert_file, cfg.cert_warn_days,
+                                  "make a new one (diode opcua-cert) and trust it on the "
+                                  "server", log) if cfg.cert_file is not None else None
         self.counters: dict[str, int] = dict.fromkeys((
-            "connects", "outages", "crawls", "model_versions", "nodes", "variables",
-            "monitored_items", "monitor_errors", "changes", "value_records", "queue_dropped",
-            "model_records", "keyframe_records", "carousel_records", "crawl_ms",
-            "browse_requests", "read_requests", "model_events", "initial_reads"), 0)
+            "connects", "outages", "connect_failures", "refusals", "crawls", "model_versions",
+            "model_reuses", "nodes", "variables", "monitored_items", "monitor_errors", "changes",
+            "value_records", "queue_dropped", "model_records", "keyframe_records",
+            "carousel_records", "crawl_ms", "check_ms", "browse_requests", "read_requests",
+            "model_events", "initial_reads"), 0)
         self.model: ModelSnapshot | None = None
+        self._variables: list[str] = []
+        self._print: tuple[Probe, str] | None = None  # the model's fingerprint: probe, digest
+        self._queued = 0   # values ever put in _pending
+        self._taken = 0    # values ever taken from it
         self.version: str | None = None
         self._model_chunks: list[OpcuaModel] = []
         self._live: deque[records.Record] = deque()
@@ -197,6 +218,14 @@ class OpcuaSource:
 
     async def start(self) -> None:
         self._stopping = False
+        if not log.isEnabledFor(logging.DEBUG):
+            # asyncua's client logs its own lines (tracebacks among them) for every failed
+            # try, and its certificate checks warn on every try; the source logs each
+            # failure once, with the cause and the fix (and expiry.py warns ahead).
+            for name in ("asyncua.client", "asyncua.crypto.uacrypto"):
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        if self.expiry is not None:
+            self.expiry.tick(time.monotonic())
         self._task = asyncio.create_task(self._run(), name=f"opcua-source-{self.cfg.name}")
 
     async def stop(self) -> None:
@@ -206,8 +235,7 @@ class OpcuaSource:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self._disconnect()
-        if self.state != SourceState.REFUSED:
-            self.state = SourceState.STOPPED
+        self.state = SourceState.STOPPED
 
     def waiting(self) -> int:
         return len(self._pending) + len(self._live)
@@ -216,10 +244,21 @@ class OpcuaSource:
         return self.counters["queue_dropped"]
 
     def stats(self) -> dict[str, Any]:
-        return {"queued": self.waiting()}
+        """The queue, and what an operator commissioning the channel needs: the state, the
+        last connection error (with its fix), TX's certificate and its expiry."""
+        out: dict[str, Any] = {"queued": self.waiting(), "state": str(self.state)}
+        if self.last_error is not None:
+            out["last_error"] = self.last_error
+            out["last_error_at"] = self.last_error_at
+        if self.expiry is not None:
+            out.update(self.expiry.status())
+        if self.discovery is not None and self.discovery.skew is not None:
+            out["server_clock_skew"] = round(self.discovery.skew, 1)
+        return out
 
     def tick(self) -> None:
-        pass
+        if self.expiry is not None:
+            self.expiry.tick(time.monotonic())  # daily
 
     def framed(self, tags: list[object]) -> None:
         pass
@@ -249,6 +288,7 @@ class OpcuaSource:
                 batch.append(e)
                 last[e[0]] = e
                 size += _entry_size(e)
+            self._taken += len(batch)
             out.append(OpcuaValues(self.cfg.name, False, tuple(batch)))
             self.counters["value_records"] += 1
         return out
@@ -297,51 +337,94 @@ class OpcuaSource:
 
     async def _run(self) -> None:
         cfg = self.cfg
-        delay = cfg.reconnect_min
+        backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max, cfg.reconnect_fast_for)
         while not self._stopping:
             self.state = SourceState.CONNECTING
             try:
                 await self._connect()
-            except SourceRefused as exc:
-                self._refused(str(exc))
-                return
-            except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
-                self.counters["outages"] += 1
+            except Refused as exc:
+                await self._refused(str(exc), exc.cause, backoff.refused())
+                continue
+            except _NETWORK as exc:
+                if not self.counters["connects"] and not self.counters["connect_failures"]:
+                    self.counters["outages"] += 1  # the first try after start failed
+                self.counters["connect_failures"] += 1
                 self.state = SourceState.DISCONNECTED
-                log.warning("%s: cannot connect: %s; retrying in %.1f s", cfg.label,
-                            _describe(exc), delay)
+                delay = backoff.failed(time.monotonic())
+                self._failed(f"{cfg.label}: cannot connect: {_describe(exc)}", delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_max)
                 continue
             self.counters["connects"] += 1
+            refusal: Refused | None = None
             try:
-                await self._session()
-            except SourceRefused as exc:
-                self._refused(str(exc))
-                return
-            except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
-                log.warning("%s: connection lost: %s", cfg.label, _describe(exc))
+                await self._session(backoff)
+            except Refused as exc:
+                refusal = exc
+            except _NETWORK as exc:
+                self._failed(f"{cfg.label}: connection lost: {_describe(exc)}", None)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("%s: unexpected error; reconnecting", cfg.label)
-            self.counters["outages"] += 1
             reached = self.state == SourceState.CONNECTED
+            if reached:
+                self.counters["outages"] += 1
             self.state = SourceState.DISCONNECTED
             await self._disconnect()
-            # Back off also when connecting works but the session keeps failing.
-            delay = cfg.reconnect_min if reached else min(delay * 2, cfg.reconnect_max)
-            await asyncio.sleep(delay)
+            if refusal is not None:
+                await self._refused(str(refusal), refusal.cause, backoff.refused())
+                continue
+            # A server lost after it served us is most likely restarting: retry it quickly
+            # for a while. One that fails its sessions before that is backed off.
+            now = time.monotonic()
+            if reached:
+                backoff.lost(now)
+            await asyncio.sleep(backoff.failed(now))
 
-    def _refused(self, message: str) -> None:
+    def _note(self, line: str, cause: str | None = None) -> bool:
+        """Remember `line` as the last error; True when it is worth logging now (a new
+        cause, or REPEAT_LOG seconds since this one was logged)."""
+        now = time.monotonic()
+        self.last_error, self.last_error_at = line, time.time()
+        cause = cause or line
+        last, at = self._logged
+        if cause == last and now - at < REPEAT_LOG:
+            return False
+        self._logged = (cause, now)
+        return True
+
+    def _failed(self, line: str, delay: float | None) -> None:
+        if self._note(line):
+            log.warning("%s%s", line, "" if delay is None else f"; retrying in {delay:.1f} s "
+                        "(this line is not repeated while the cause stays the same)")
+
+    async def _refused(self, message: str, cause: str, delay: float) -> None:
         self.state = SourceState.REFUSED
-        self.fatal = message
-        log.error("%s", message)
-        if self._on_fatal is not None:
-            self._on_fatal(message)
+        self.counters["refusals"] += 1
+        if self._note(message, cause):
+            log.error("%s. Trying again in %.0f s, then less and less often", message, delay)
+        await asyncio.sleep(delay)
+
+    def _warn_once(self, line: str | None) -> None:
+        if line is not None and line not in self._warned:
+            self._warned.add(line)
+            log.warning("%s", line)
 
     async def _connect(self) -> None:
+        """Discover, check, open a session; Refused with the fix, or a network error."""
         cfg = self.cfg
+        policy = SECURITY_POLICIES[cfg.security_policy]
+        mode = SECURITY_MODES[cfg.security_mode] if policy is not None else None
+        try:
+            disc = self.discovery = await asyncio.wait_for(discover(cfg.endpoint, cfg.timeout),
+                                                           cfg.timeout * 2)
+        except _NETWORK:
+            self._silent_closes = 0  # not even discovery: the server is away, not refusing
+            raise
+        self._warn_once(skew_warning(cfg, disc))
+        ep = check_endpoint(cfg, disc, policy.URI if policy is not None else None, mode)
+        if ep is not None:
+            self._warn_once(server_cert_warning(cfg, ep, disc))
         # The health probe times out after watchdog_intervall: a busy server must not
         # look dead after one slow second (asyncua's default).
         client = Client(cfg.endpoint, timeout=cfg.timeout, watchdog_intervall=cfg.timeout)
@@ -351,50 +434,43 @@ class OpcuaSource:
         if cfg.username is not None:
             client.set_user(cfg.username)
             client.set_password(cfg.password or "")
-        policy = SECURITY_POLICIES[cfg.security_policy]
+        if policy is not None:
+            assert cfg.cert_file is not None and cfg.key_file is not None and ep is not None
+            try:
+                cert, key = cert_der(cfg.cert_file), key_der(cfg.key_file)
+            except (OSError, ValueError) as exc:
+                raise Refused(f"{cfg.label}: cannot load TX's certificate or key: {exc}. Fix: "
+                              "point cert_file/key_file at the files made by `diode "
+                              "opcua-cert`") from None
+            # The certificate the endpoint presented (check_endpoint compared it with a pin):
+            # asyncua would otherwise fetch the endpoints a second time.
+            await client.set_security(policy, cert, key, server_certificate=ep.ServerCertificate,
+                                      mode=mode or ua.MessageSecurityMode.SignAndEncrypt)
+        self._lost.clear()
+        client.connection_lost_callback = self._on_connection_lost
         try:
-            if policy is not None:
-                assert cfg.cert_file is not None and cfg.key_file is not None
-                try:
-                    cert, key = cert_der(cfg.cert_file), key_der(cfg.key_file)
-                    server_cert = cert_der(cfg.server_cert_file) if cfg.server_cert_file \
-                        else None
-                except (OSError, ValueError) as exc:
-                    raise SourceRefused(f"{cfg.label}: cannot load the client certificate or "
-                                        f"key: {exc}. Fix: point cert_file/key_file at the "
-                                        f"files made by `diode opcua-cert`") from None
-                try:
-                    await client.set_security(policy, cert, key, server_certificate=server_cert,
-                                              mode=SECURITY_MODES[cfg.security_mode])
-                except ua.UaError as exc:
-                    if "endpoint" in str(exc).lower():
-                        raise SourceRefused(
-                            f"{cfg.label}: offers no endpoint with security policy "
-                            f"{cfg.security_policy} and mode {cfg.security_mode}. Fix: set "
-                            f"security_policy/security_mode to one the server offers") from None
-                    raise
-            self._lost.clear()
-            client.connection_lost_callback = self._on_connection_lost
-            await client.connect()
+            # asyncua may wait for an answer that never comes once the server dropped the
+            # channel: every step has a deadline, so a try always ends.
+            await asyncio.wait_for(client.connect(), cfg.timeout * 2)
         except ua.UaStatusCodeError as exc:
-            fix = _REFUSALS.get(exc.code)
-            if fix is not None:
-                raise SourceRefused(f"{cfg.label}: refused the connection: "
-                                    f"{status(exc.code).name}. Fix: {fix}"
-                                    + self._cert_hint(exc.code)) from None
+            client.disconnect_socket()
+            if is_refusal(exc.code):
+                raise Refused(explain(cfg, exc.code, disc), status(exc.code).name) from None
             raise
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            client.disconnect_socket()
+            # The server answered GetEndpoints a moment ago, then closed or went silent
+            # during the secure handshake: what servers do to a certificate they do not
+            # trust. Twice in a row, so a server that restarts in between is not blamed.
+            if policy is not None:
+                self._silent_closes += 1
+                if self._silent_closes >= 2:
+                    what = ("stopped answering" if isinstance(exc, TimeoutError)
+                            else "closed the connection")
+                    raise Refused(explain_silent(cfg, what)) from None
+            raise
+        self._silent_closes = 0
         self.client = client
-
-    def _cert_hint(self, code: int) -> str:
-        if code not in (ua.StatusCodes.BadCertificateUntrusted,
-                        ua.StatusCodes.BadSecurityChecksFailed) or self.cfg.cert_file is None:
-            return ""
-        from agent.opcua.certs import thumbprint
-        try:
-            return f" (client certificate {self.cfg.cert_file}, thumbprint " \
-                   f"{thumbprint(self.cfg.cert_file)})"
-        except (OSError, ValueError):
-            return ""
 
     async def _on_connection_lost(self, exc: Exception) -> None:
         self._lost.set()
@@ -407,25 +483,28 @@ class OpcuaSource:
 
     # -- one session -------------------------------------------------------------------
 
-    async def _session(self) -> None:
+    async def _session(self, backoff: Backoff) -> None:
         client = self.client
         assert client is not None
         cfg = self.cfg
         limits = await read_limits(client.uaclient)
         self.state = SourceState.CRAWLING
-        result = await self._crawl(client, limits)
-        self._install(result)
+        variables = await self._model_for(client, limits)
         self._handles.clear()
         self._node_of.clear()
         self._server_handle.clear()
         # One bulk read gives RX every value now; creating thousands of monitored
         # items can take a busy server many seconds (their first notifications repeat
         # these values, which is harmless).
-        await self._read_values(client, limits, result.variables)
-        sub = await self._subscribe(client, limits, result.variables)
+        await self._read_values(client, limits, variables)
+        read_up_to = self._queued
+        sub = await self._subscribe(client, limits, variables)
+        await self._until_taken(read_up_to)
         self.state = SourceState.CONNECTED
+        backoff.connected()
+        self._logged = ("", 0.0)  # the next outage is news, even with the same cause
         log.info("%s: connected; %d nodes, %d variables subscribed, model %s", cfg.label,
-                 len(result.snapshot.nodes), len(self._handles), self.version)
+                 len(self.model.nodes) if self.model else 0, len(self._handles), self.version)
         next_browse = time.monotonic() + cfg.rebrowse_period
         stale_after = max(KEEPALIVE * 3, cfg.timeout)
         while True:
@@ -443,7 +522,48 @@ class OpcuaSource:
                 if result.snapshot.version != self.version:
                     self._install(result)
                     await self._resubscribe(sub, limits, result.variables)
+                await self._take_fingerprint(client, limits)
                 next_browse = time.monotonic() + cfg.rebrowse_period
+
+    async def _model_for(self, client: Client, limits: Limits) -> list[str]:
+        """The variables to subscribe: of the cached model when the server's fingerprint
+        is unchanged (no crawl), else of a new crawl."""
+        cfg = self.cfg
+        if self._print is not None and self.model is not None:
+            started = time.monotonic()
+            probe, digest = self._print
+            namespaces = await client.get_namespace_array()
+            now = await fingerprint(client.uaclient, limits, namespaces, cfg.subtrees, probe)
+            self.counters["check_ms"] = int((time.monotonic() - started) * 1000)
+            if now == digest:
+                self.counters["model_reuses"] += 1
+                log.info("%s: address space unchanged (fingerprint of %d nodes and %d objects' "
+                         "children, %d ms): model %s kept, no crawl", cfg.label,
+                         len(probe.sample), len(probe.containers), self.counters["check_ms"],
+                         self.version)
+                return self._variables
+            log.info("%s: address space fingerprint changed: crawling again", cfg.label)
+        result = await self._crawl(client, limits)
+        self._install(result)
+        await self._take_fingerprint(client, limits)
+        return result.variables
+
+    async def _take_fingerprint(self, client: Client, limits: Limits) -> None:
+        """After a crawl: what the next reconnect compares with."""
+        if self.model is None:
+            return
+        probe = probe_of(self.model)
+        digest = await fingerprint(client.uaclient, limits, list(self.model.namespaces),
+                                   self.cfg.subtrees, probe)
+        self._print = (probe, digest)
+
+    async def _until_taken(self, mark: int) -> None:
+        """Wait (at most `timeout`) until the link took the values queued up to `mark`: the
+        heartbeat's "connected" must not overtake the values read in this session."""
+        deadline = time.monotonic() + self.cfg.timeout
+        while self._taken < mark and self._pending and time.monotonic() < deadline:
+            self._wake()
+            await asyncio.sleep(0.01)
 
     async def _wait_any(self) -> None:
         lost = asyncio.create_task(self._lost.wait())
@@ -475,6 +595,7 @@ class OpcuaSource:
         version, data = snap.encode()
         self.counters["nodes"] = len(snap.nodes)
         self.counters["variables"] = len(result.variables)
+        self._variables = result.variables
         if version == self.version:
             return
         old = self.version
@@ -511,6 +632,7 @@ class OpcuaSource:
                     self._dropped()
                     continue
                 pending.append(entry_of(nid, dv))
+                self._queued += 1
             self.counters["initial_reads"] += len(chunk)
             self._wake()
 
@@ -620,6 +742,7 @@ class OpcuaSource:
                 continue
             pending.append(entry_of(nid, item.Value))
             n += 1
+        self._queued += n
         self.counters["changes"] += n
         if was_empty and n:
             self._wake()

@@ -361,8 +361,9 @@ def test_unreachable_server_is_retried_and_counted() -> None:
                                             reconnect_min=0.1, reconnect_max=0.2, timeout=1.0))
         await src.start()
         try:
-            await until(lambda: src.counters["outages"] >= 2, 10, "two outages")
+            await until(lambda: src.counters["connect_failures"] >= 2, 10, "two failed tries")
             assert src.state in ("connecting", "disconnected")
+            assert src.counters["outages"] == 1  # one outage (since start), tried again
         finally:
             await src.stop()
         assert src.state == "stopped"
@@ -375,14 +376,14 @@ def test_wrong_password_is_a_loud_refusal() -> None:
         mirror = OpcuaMirror(OpcuaMirrorConfig("m", url, allow_anonymous=False,
                                                users=(("op", "right"),)))
         await mirror.start()
-        fatal: list[str] = []
-        src = OpcuaSource(OpcuaSourceConfig("m", url, username="op", password="wrong"),
-                          on_fatal=fatal.append)
+        src = OpcuaSource(OpcuaSourceConfig("m", url, username="op", password="wrong"))
         try:
             await src.start()
-            await until(lambda: fatal, 15, "the refusal")
-            assert src.state == "refused"
-            assert "BadUserAccessDenied" in fatal[0] and "Fix:" in fatal[0]
+            # refused, and tried again after the first backoff (5 s): not fatal
+            await until(lambda: src.counters["refusals"] >= 2, 15, "the refusal, twice")
+            assert src.state == "refused" and src.last_error is not None
+            assert "BadUserAccessDenied" in src.last_error and "Fix:" in src.last_error
+            assert "wrong" not in src.last_error  # no secret in a log line
         finally:
             await src.stop()
             await mirror.stop()

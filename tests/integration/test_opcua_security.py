@@ -2,8 +2,8 @@
 own certificate, the mirror as a server trusting only the certificates in a folder.
 
 A trusted TX connects over Basic256Sha256 / SignAndEncrypt and crawls; an
-untrusted one is refused loudly (on_fatal, state "refused"), never retried
-silently.
+untrusted one is refused loudly (state "refused", `last_error` naming its
+thumbprint and the fix) and tried again with backoff, never silently.
 """
 
 from __future__ import annotations
@@ -41,24 +41,24 @@ def test_trusted_client_connects_untrusted_is_refused(tmp_path: Path) -> None:
             key_file=srv_key, trusted_clients_dir=trusted))
         await mirror.start()
         sources = {}
-        fatal: dict[str, list[str]] = {"good": [], "bad": []}
         try:
             for who, (cert, key) in certs.items():
                 sources[who] = OpcuaSource(OpcuaSourceConfig(
                     "sec", url, security_policy="Basic256Sha256", security_mode="SignAndEncrypt",
                     cert_file=cert, key_file=key, application_uri=f"urn:diode:tx:{who}",
-                    timeout=3.0), on_fatal=fatal[who].append)
+                    timeout=3.0))
                 await sources[who].start()
-            deadline = time.monotonic() + 30
-            while not (sources["good"].state == "connected" and fatal["bad"]):
-                assert time.monotonic() < deadline, (sources["good"].state, fatal)
+            good, bad = sources["good"], sources["bad"]
+            deadline = time.monotonic() + 40
+            # refused, then tried again after the first backoff (5 s)
+            while not (good.state == "connected" and bad.counters["refusals"] >= 2):
+                assert time.monotonic() < deadline, (good.state, bad.state, bad.last_error)
                 await asyncio.sleep(0.05)
-            good = sources["good"]
             assert good.counters["variables"] >= 8  # the mirror's DiodeDiagnostics
-            assert not fatal["good"]
-            assert sources["bad"].state == "refused"
-            message = fatal["bad"][0]
-            assert "refused" in message and "Fix:" in message, message
+            assert good.last_error is None
+            assert bad.state == "refused" and bad.counters["connects"] == 0
+            message = bad.stats()["last_error"]
+            assert "BadCertificateUntrusted" in message and "Fix: trust" in message, message
             assert thumbprint(certs["bad"][0]) in message, message
         finally:
             for src in sources.values():

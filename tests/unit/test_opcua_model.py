@@ -324,6 +324,8 @@ def test_mirror_config_defaults_and_errors(tmp_path: Path) -> None:
     cfg = parse_opcua_mirror({"name": "plant", "users": {"op": "pw"}}, f)
     assert cfg.security_policies == ("None",) and cfg.users == (("op", "pw"),)
     assert "pw" not in repr(cfg)
+    empty = tmp_path / "trusted"
+    empty.mkdir()
     cases = [
         ({"name": "p", "allow_anonymous": False}, "nobody could log in"),
         ({"name": "p", "security_policies": ["Basic256Sha256_SignAndEncrypt"]},
@@ -331,6 +333,7 @@ def test_mirror_config_defaults_and_errors(tmp_path: Path) -> None:
         ({"name": "p", "security_policies": ["Basic256"]}, "expected a non-empty list"),
         ({"name": "p", "bad_after": -1}, "between"),
         ({"name": "p", "trusted_clients_dir": "nope"}, "not a folder"),
+        ({"name": "p", "trusted_clients_dir": str(empty)}, "holds no certificate"),
     ]
     for table, words in cases:
         with pytest.raises(ConfigError) as err:

@@ -10,6 +10,7 @@ accept them. Everything is for tests and the demo only.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _VALIDITY = datetime.timedelta(days=30)
@@ -214,3 +215,36 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     with os.fdopen(fd, "wb") as f:
         os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
         f.write(data)
+
+
+def opcua_certificate(cert_path: Path, key_path: Path, application_uri: str,
+                      not_before: datetime.datetime, not_after: datetime.datetime, *,
+                      server: bool = False) -> str:
+    """A self-signed OPC UA application certificate (RSA, DER) valid from `not_before`
+    to `not_after`, for tests of expired certificates and skewed clocks (`diode
+    opcua-cert` always starts at now); returns its SHA-1 thumbprint."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = _name(application_uri)
+    usage = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server
+                                                  else [])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(application_uri), x509.DNSName("localhost")]),
+                critical=False)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True,
+                                         key_encipherment=True, data_encipherment=True,
+                                         key_agreement=False, key_cert_sign=server,
+                                         crl_sign=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    cert_path.write_bytes(der)
+    return hashlib.sha1(der).hexdigest()

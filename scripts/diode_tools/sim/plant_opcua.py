@@ -25,6 +25,16 @@ structure classes it registers do not leak into the test process)::
 
     python -m diode_tools.sim.plant_opcua --port 4840 --variables 10000 --rate 10000
 
+Security (for commissioning tests): ``--cert FILE --key FILE`` adds the secure
+endpoints (``--policy``, repeatable; ``--no-none`` drops the open one), and
+``--trusted-dir DIR`` makes the plant refuse at CreateSession every client
+certificate not in DIR (BadCertificateUntrusted) or outside its validity
+(BadCertificateTimeInvalid), as plant servers do; with ``--refuse-at-open
+error|close`` it refuses an untrusted one already at OpenSecureChannel, with an
+ERR message (BadSecurityChecksFailed) or by just closing the connection, as many
+other servers do. DIR is read at each session,
+so "trust it on the server" is copying the certificate file into DIR.
+
 It prints ``READY opc.tcp://...`` when listening. SIGUSR1 adds a variable
 under Plant/Added, SIGUSR2 removes the last added one, SIGHUP pauses or
 resumes the value changes; each prints ``ADDED <node id>``, ``REMOVED <node
@@ -45,14 +55,21 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
+from asyncua.common.utils import ServiceError
+from asyncua.server.uaprocessor import UaProcessor
+from asyncua.ua.ua_binary import uatcp_to_binary
+from cryptography import x509
 
+from agent.opcua.certs import cert_der, key_der, load_certificate, thumbprint_of
 from agent.opcua.ticks import TickTime
-from agent.opcua.ua import data_value, node_id
+from agent.opcua.ua import data_value, node_id, status
 
 NAMESPACE = "urn:diode:plant"
 PER_FOLDER = 100
@@ -63,10 +80,73 @@ def variable_id(i: int) -> str:
     return f"Area{i // PER_FOLDER:03d}.V{i:05d}"
 
 
+@dataclass(frozen=True)
+class PlantSecurity:
+    """The plant's own certificate, the policies it offers, whom it trusts."""
+    cert: Path
+    key: Path
+    policies: tuple[str, ...] = ("Basic256Sha256_SignAndEncrypt",)
+    offer_none: bool = True
+    trusted_dir: Path | None = None  # None: any client certificate
+    # Refuse an untrusted certificate already at OpenSecureChannel, as many servers do
+    # (asyncua itself checks only at CreateSession): "error" answers an ERR message
+    # BadSecurityChecksFailed and closes, "close" just closes the connection.
+    refuse_at_open: str | None = None
+
+
+class TrustDir:
+    """A certificate validator trusting the certificates in a folder, read at every
+    session (so trusting a client is copying its certificate there, no restart)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _trusted(self) -> set[str]:
+        out = set()
+        for p in self.folder.iterdir():
+            try:
+                out.add(thumbprint_of(load_certificate(p)))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def trusts(self, der: bytes) -> bool:
+        return thumbprint_of(x509.load_der_x509_certificate(der)) in self._trusted()
+
+    async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
+        if thumbprint_of(cert) not in self._trusted():
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+
+def refuse_at_open(trust: TrustDir, how: str) -> None:
+    """Make this process's asyncua servers refuse untrusted client certificates in
+    OpenSecureChannel (see PlantSecurity.refuse_at_open). The simulator is its own
+    process, so patching asyncua's processor here touches nothing else."""
+    original = UaProcessor.open_secure_channel
+
+    def open_secure_channel(self: UaProcessor, algohdr: Any, seqhdr: Any, body: Any) -> None:
+        cert = getattr(algohdr, "SenderCertificate", None)
+        if cert and not trust.trusts(cert):
+            if how == "error":
+                err = ua.ErrorMessage(status(ua.StatusCodes.BadSecurityChecksFailed),
+                                      cast(Any, "certificate not trusted"))
+                self._transport.write(uatcp_to_binary(cast(Any, ua.MessageType.Error), err))
+            self._transport.close()
+            return
+        original(self, algohdr, seqhdr, body)
+
+    UaProcessor.open_secure_channel = open_secure_channel  # type: ignore[method-assign]
+
+
 class PlantOpcua:
     def __init__(self, port: int, variables: int = 1000, rate: float = 1000.0,
-                 host: str = "127.0.0.1", tick: float = 0.05, seed: int = 7) -> None:
+                 host: str = "127.0.0.1", tick: float = 0.05, seed: int = 7,
+                 security: PlantSecurity | None = None) -> None:
         self.endpoint = f"opc.tcp://{host}:{port}/plant/"
+        self.security = security
         self.variables = variables
         self.rate = rate
         self.tick = tick
@@ -85,7 +165,21 @@ class PlantOpcua:
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("diode plant simulator")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        sec = self.security
+        if sec is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            policies = [getattr(ua.SecurityPolicyType, p) for p in sec.policies]
+            if sec.offer_none:
+                policies.insert(0, ua.SecurityPolicyType.NoSecurity)
+            server.set_security_policy(policies)
+            await server.load_certificate(cert_der(sec.cert))
+            await server.load_private_key(key_der(sec.key))
+            if sec.trusted_dir is not None:
+                trust = TrustDir(sec.trusted_dir)
+                server.set_certificate_validator(trust)
+                if sec.refuse_at_open is not None:
+                    refuse_at_open(trust, sec.refuse_at_open)
         # Keep the plant's timestamps: clients writing are not ours, the loop is.
         self.ns = ns = await server.register_namespace(NAMESPACE)
         objects = server.nodes.objects
@@ -228,9 +322,9 @@ class PlantOpcua:
             wv.Value = dataclasses.replace(wv.Value, SourceTimestamp=TickTime.of(
                 base, ua.datetime_to_win_epoch(base) + (k % 100000) % 9 + 1))
         # The server's own admin session: a bulk internal write, no client involved.
-        for status in await self.server.iserver.attribute_service.write(params):
-            if not status.is_good():
-                logging.getLogger("plant").warning("write refused: %s", status)
+        for code in await self.server.iserver.attribute_service.write(params):
+            if not code.is_good():
+                logging.getLogger("plant").warning("write refused: %s", code)
 
     async def _run(self) -> None:
         start = time.monotonic()
@@ -281,12 +375,24 @@ class PlantProcess:
     """The plant simulator as a child process (`python -m diode_tools.sim.plant_opcua`)."""
 
     def __init__(self, port: int, variables: int = 1000, rate: float = 1000.0,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", security: PlantSecurity | None = None) -> None:
         self.endpoint = f"opc.tcp://{host}:{port}/plant/"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "diode_tools.sim.plant_opcua", "--host", host, "--port", str(port),
-             "--variables", str(variables), "--rate", str(rate)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.port, self.variables, self.rate, self.host = port, variables, rate, host
+        self.security = security
+        args = [sys.executable, "-m", "diode_tools.sim.plant_opcua", "--host", host, "--port",
+                str(port), "--variables", str(variables), "--rate", str(rate)]
+        if security is not None:
+            args += ["--cert", str(security.cert), "--key", str(security.key)]
+            for p in security.policies:
+                args += ["--policy", p]
+            if not security.offer_none:
+                args.append("--no-none")
+            if security.trusted_dir is not None:
+                args += ["--trusted-dir", str(security.trusted_dir)]
+            if security.refuse_at_open is not None:
+                args += ["--refuse-at-open", security.refuse_at_open]
+        self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      text=True)
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.expect("READY", 60)
@@ -326,6 +432,10 @@ class PlantProcess:
     def resume(self) -> None:
         self._signal(signal.SIGHUP, "RESUMED")
 
+    def restarted(self) -> PlantProcess:
+        """A new plant process on the same port, with the same address space."""
+        return PlantProcess(self.port, self.variables, self.rate, self.host, self.security)
+
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()
@@ -342,9 +452,21 @@ async def _main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=4840)
     ap.add_argument("--variables", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=1000.0, help="value changes per second")
+    ap.add_argument("--cert", type=Path, help="the plant's certificate: secure endpoints")
+    ap.add_argument("--key", type=Path, help="its key")
+    ap.add_argument("--policy", action="append", help="e.g. Basic256Sha256_SignAndEncrypt")
+    ap.add_argument("--no-none", action="store_true", help="no endpoint without security")
+    ap.add_argument("--trusted-dir", type=Path, help="trust only client certificates here")
+    ap.add_argument("--refuse-at-open", choices=("error", "close"),
+                    help="refuse untrusted certificates at OpenSecureChannel")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    plant = PlantOpcua(args.port, args.variables, args.rate, host=args.host)
+    security = None
+    if args.cert is not None:
+        security = PlantSecurity(args.cert, args.key, tuple(args.policy or
+                                                             ("Basic256Sha256_SignAndEncrypt",)),
+                                 not args.no_none, args.trusted_dir, args.refuse_at_open)
+    plant = PlantOpcua(args.port, args.variables, args.rate, host=args.host, security=security)
     await plant.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
