@@ -126,7 +126,9 @@ def test_expiry_on_a_throttled_link_counts_the_time_on_the_link(
     assert 0 < len(got) < n
     for m in got:
         age = m.at - t0
-        assert age <= expiry + 0.5, f"{m.topic} arrived {age:.1f} s old with a {expiry} s expiry"
+        # the slack: what no clock measures (a datagram waiting in RX's socket buffer, the
+        # IT broker and this subscriber), up to a few hundred ms on a loaded machine
+        assert age <= expiry + 0.75, f"{m.topic} arrived {age:.2f} s old with a {expiry} s expiry"
         left = m.properties.MessageExpiryInterval
         assert age + left <= expiry + 1.5, f"{m.topic}: {age:.1f} s old, {left} s left"
     expired = st["counters"]["mqtt:plant.expired"]
