@@ -26,7 +26,7 @@ only once it is `min_age` old, after its live copies went out.
 
 The window covers an outage of RX of up to about `seconds` minus one cycle:
 a cycle sends the whole window, so it takes the window's bytes at the
-driver's share of the link (figures in the status: `recovery_span_s`).
+driver's share of the link (TX's status: `recovery_span_ms`, `recovery_bytes`).
 """
 
 from __future__ import annotations

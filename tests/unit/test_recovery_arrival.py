@@ -9,7 +9,7 @@ from typing import Any
 
 from asyncua import ua
 
-from agent.adapter import Arrival, LinkView, SinkState
+from agent.adapter import Arrival
 from agent.link import records
 from agent.link.health import HealthParams, LinkHealth
 from agent.mqtt.codec import MqttMessage
@@ -20,38 +20,19 @@ from agent.opcua.ticks import to_ticks as ticks
 from agent.rxcore import RxCore
 
 from .link_kit import T0, Tx, epoch_at, receiver
+from .test_cores import ListSink
 
 EPOCH = epoch_at(T0)
 
 
-class ArrivalSink:
+class ArrivalSink(ListSink):
+    """Notes (topic, number, arrival) of each message."""
+
     def __init__(self) -> None:
-        self.got: list[tuple[str, int, Arrival]] = []
-
-    @property
-    def key(self) -> str:
-        return "mqtt:ch"
-
-    @property
-    def state(self) -> SinkState:
-        return SinkState.CONNECTED
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
+        super().__init__("mqtt:ch")
 
     def submit(self, record: Any, now: float, arrival: Arrival = Arrival.LIVE) -> None:
         self.got.append((record.topic, int.from_bytes(record.payload[:4], "big"), arrival))
-
-    def tick(self) -> None: ...
-
-    def dropped(self) -> int:
-        return 0
-
-    def status(self) -> dict[str, Any]:
-        return {}
-
-    async def on_link(self, link: LinkView) -> None: ...
 
 
 def msg(topic: str, i: int) -> MqttMessage:
