@@ -83,7 +83,7 @@ def _bench(args: argparse.Namespace) -> int:
         result.update(spool_e2e(args.messages))
     elif args.what == "opcua":
         from diode_tools.bench.opcua import run_opcua_bench
-        result = run_opcua_bench(nodes=args.nodes)
+        result = run_opcua_bench(nodes=args.nodes or 10_000)
     elif args.what == "syslog":
         from diode_tools.bench.syslog import run_syslog_bench
         result = run_syslog_bench(messages=args.messages, bitrate=args.bitrate or 100_000_000,
@@ -91,6 +91,10 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.what == "modbus":
         from diode_tools.bench.modbus import run_modbus_bench
         result = run_modbus_bench(cycles=args.cycles)
+    elif args.what == "plant":
+        from diode_tools.bench.plant import run_plant_bench
+        result = run_plant_bench(nodes=args.nodes or 20_000, rounds=args.rounds,
+                                 old=not args.no_old)
     elif args.what == "recovery":
         from diode_tools.bench.recovery import run_recovery_bench
         result = run_recovery_bench()
@@ -190,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--json", action="store_true", help="last line: one JSON summary")
     sp.set_defaults(func=_demo)
     sp = sub.add_parser("bench", help="measure throughput and loss")
-    sp.add_argument("what", choices=("mqtt", "link", "spool", "opcua", "syslog", "modbus",
-                                     "recovery"))
+    sp.add_argument("what", choices=("mqtt", "link", "spool", "opcua", "plant", "syslog",
+                                     "modbus", "recovery"))
     sp.add_argument("--cycles", type=int, default=20, help="modbus: poll cycles measured")
-    sp.add_argument("--nodes", type=int, default=10_000, help="opcua: plant variables")
+    sp.add_argument("--nodes", type=int, default=None,
+                    help="opcua, plant: plant variables (default 10000, plant 20000)")
+    sp.add_argument("--no-old", action="store_true",
+                    help="plant: skip the phase with the settings before the plant budget")
     sp.add_argument("--records", type=int, default=200_000, help="spool: records to append")
     sp.add_argument("--loss", type=float, default=0.05)
     sp.add_argument("--repeat", type=int, default=3)
@@ -204,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="mqtt, syslog: link bit rate TX paces to (default 400000000 for "
                     "mqtt, 100000000 for syslog)")
     sp.add_argument("--rounds", type=int, default=3,
-                    help="mqtt, syslog: rounds of both paths; figures are their medians")
+                    help="mqtt, syslog: rounds of both paths; plant: probes per phase; "
+                    "figures are their medians")
     sp.add_argument("--json", action="store_true", help="print only the JSON line")
     sp.set_defaults(func=_bench)
     sp = sub.add_parser("wipe", help="decommission: destroy the spool key and overwrite "

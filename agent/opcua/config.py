@@ -54,10 +54,20 @@ class OpcuaSourceConfig:
                                    label="`password` or `password_file`")
     subtrees: tuple[str, ...] = setting(("i=85",), doc="node ids to mirror, with everything "
                                         "below them", example='["ns=2;s=Plant"]')
-    sampling_interval: float = setting(0.1, doc="asked of the server per monitored item",
-                                       example="0.1", lo=0.0, hi=3600)
-    publishing_interval: float = setting(0.1, doc="of the subscription", example="0.1",
+    sampling_interval: float = setting(0.0, doc="asked of the server per monitored item; 0: "
+                                       "the fastest it can, on change where it can (every "
+                                       "change reaches the mirror), never faster than the "
+                                       "node's MinimumSamplingInterval", example="1.0", lo=0.0,
+                                       hi=3600)
+    publishing_interval: float = setting(0.1, doc="of each subscription", example="0.1",
                                          lo=0.01, hi=3600)
+    items_per_subscription: int = setting(5000, doc="monitored items per subscription (fewer "
+                                          "if the server says so)", example="5000", lo=1,
+                                          hi=1_000_000)
+    requests_per_second: float = setting(20.0, doc="browse, read and monitored-item requests "
+                                         "TX may make of the server (the crawl, the first "
+                                         "read, subscribing)", example="20.0", lo=0.1,
+                                         hi=10_000)
     queue_size: int = setting(10, doc="per monitored item, on the server", example="10", lo=1,
                               hi=10000)
     trigger: str = setting("StatusValue", doc='`"StatusValueTimestamp"` also reports new '

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from asyncua import ua
-from asyncua.ua.ua_binary import variant_to_binary
+from asyncua.common.utils import Buffer
+from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
 
 from agent.opcua.model import ModelSnapshot, NodeRecord
 from agent.opcua.ua import node_id
@@ -81,22 +82,30 @@ class Session(Protocol):
 
 @dataclass
 class Limits:
+    """Nodes per request the server takes (halved when it says BadTooManyOperations),
+    and monitored items per subscription (0: no limit).
+
+    Its MinSupportedSampleRate is not taken: asking 0 ("the fastest practical")
+    lets a server monitor on change, where asking its minimum would make it poll."""
     browse: int = DEFAULT_MAX_BROWSE
     read: int = DEFAULT_MAX_READ
     monitored: int = DEFAULT_MAX_MONITORED
+    per_subscription: int = 0
 
     @classmethod
     def from_server(cls, values: Sequence[Any]) -> Limits:
-        def pick(v: Any, default: int) -> int:
-            return min(int(v), HARD_CAP) if isinstance(v, int) and v > 0 else default
-        b, r, m = (list(values) + [None] * 3)[:3]
+        def pick(v: Any, default: int, cap: int = HARD_CAP) -> int:
+            return min(int(v), cap) if isinstance(v, int) and v > 0 else default
+        b, r, m, per_sub = (list(values) + [None] * 4)[:4]
         return cls(pick(b, DEFAULT_MAX_BROWSE), pick(r, DEFAULT_MAX_READ),
-                   min(pick(m, DEFAULT_MAX_MONITORED), MONITORED_CAP))
+                   min(pick(m, DEFAULT_MAX_MONITORED), MONITORED_CAP),
+                   pick(per_sub, 0, 1 << 31))
 
 
 LIMIT_NODES = (node_id(_O.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse),
                node_id(_O.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead),
-               node_id(_O.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall))
+               node_id(_O.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall),
+               node_id(_O.Server_ServerCapabilities_MaxMonitoredItemsPerSubscription))
 
 
 async def read_limits(session: Session) -> Limits:
@@ -129,6 +138,9 @@ class CrawlResult:
     snapshot: ModelSnapshot
     variables: list[str]            # instance variables to subscribe, node id strings
     counters: dict[str, int]
+    # variables whose MinimumSamplingInterval says the server cannot sample them
+    # faster than this (ms)
+    min_sampling: dict[str, float] = field(default_factory=dict)
 
 
 def _rv(nid: ua.NodeId, attr: int) -> ua.ReadValueId:
@@ -186,8 +198,13 @@ class Crawler:
         variables = [f.nid.to_string() for f in (found[n] for n in order)
                      if f.node_class == ua.NodeClass.Variable and not f.in_types
                      and not f.static and _readable(f.attrs.get(A.AccessLevel))]
+        min_sampling = {}
+        for f in (found[n] for n in order):
+            ms = _duration(f.attrs.get(A.MinimumSamplingInterval))
+            if ms > 0 and f.node_class == ua.NodeClass.Variable and not f.in_types:
+                min_sampling[f.nid.to_string()] = ms
         return CrawlResult(ModelSnapshot(tuple(self.namespaces), nodes), variables,
-                           dict(self.counters))
+                           dict(self.counters), min_sampling)
 
     # -- for the reconnect check (agent/opcua/fingerprint.py) ----------------
 
@@ -426,6 +443,18 @@ class Crawler:
                     continue
                 f.attrs[int(a)] = variant_to_binary(dv.Value)
             i += len(batch)
+
+
+def _duration(value: bytes | None) -> float:
+    """A Duration attribute (a Double variant) in ms; 0 if absent or not a number (-1
+    means "indeterminate" in the spec, which asks nothing of us either)."""
+    if value is None:
+        return 0.0
+    try:
+        v = variant_from_binary(Buffer(value)).Value
+    except Exception:  # noqa: BLE001 - a server's odd encoding is not our failure
+        return 0.0
+    return float(v) if isinstance(v, int | float) and v > 0 else 0.0
 
 
 def _readable(access_level: bytes | None) -> bool:

@@ -7,7 +7,7 @@ OT server ─► discover (GetEndpoints, no security) ─► check (policy offer
    │                                                                  ─► OpcuaModel chunks ─┐
    │             ─► read every value ─► subscribe ─► "connected" once the values are taken ├─► take()
    │                  (re-crawl every rebrowse_period, or on a GeneralModelChangeEvent)     │
-   └── lost / stale ◄── subscription (chunked to MaxMonitoredItemsPerCall) ─► OpcuaValues ──┘
+   └── lost / stale ◄── subscriptions (subscriptions.py) ─► OpcuaValues ───────────────────┘
    backoff.py: every reconnect_min at first after a loss, then doubling to reconnect_max
        data changes handled per publish response, never dropped silently
        (bounded queue, overflow counted and logged)
@@ -16,10 +16,8 @@ run_carousel(): model chunks every model_carousel_period, value keyframes every
 value_keyframe_period, paced to a share of the link.
 ```
 
-The subscription does not use asyncua's async iterator (it drops the oldest
-item silently when its queue is full) nor its per-notification handler tasks:
-a `Subscription` subclass takes each publish response whole and queues the
-changes with their status code and both timestamps.
+Every request of a session (crawl, fingerprint, reads, monitored items) waits
+its turn in the source's plant budget (agent/opcua/budget.py).
 
 Values leave as OPC UA binary Variants, so custom structures cross as the
 server encoded them (an ExtensionObject body the mirror passes through) and
@@ -48,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -56,13 +55,13 @@ from datetime import datetime
 from typing import Any
 
 from asyncua import Client, ua
-from asyncua.common.subscription import Subscription
 from asyncua.crypto import security_policies
 from asyncua.ua.ua_binary import variant_to_binary
 
 from agent.adapter import Carousel, SourceState
 from agent.link import records
 from agent.opcua.backoff import Backoff
+from agent.opcua.budget import PacedSession, PlantBudget
 from agent.opcua.certs import cert_der, key_der
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
 from agent.opcua.commissioning import (
@@ -81,6 +80,7 @@ from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
 from agent.opcua.expiry import ExpiryWatch
 from agent.opcua.fingerprint import Probe, fingerprint, probe_of
 from agent.opcua.model import ModelSnapshot
+from agent.opcua.subscriptions import KEEPALIVE, Monitoring
 from agent.opcua.ua import status
 
 __all__ = ["OpcuaSource", "OpcuaSourceConfig", "SourceRefused"]
@@ -97,13 +97,10 @@ SECURITY_POLICIES: dict[str, Any] = {
 SECURITY_MODES = {"Sign": ua.MessageSecurityMode.Sign,
                   "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
 
-TRIGGERS = {"StatusValue": ua.DataChangeTrigger.StatusValue,
-            "StatusValueTimestamp": ua.DataChangeTrigger.StatusValueTimestamp}
 
 log = logging.getLogger("diode.source.opcua")
 
 NULL_VARIANT = variant_to_binary(ua.Variant())
-KEEPALIVE = 5.0  # seconds between subscription keep-alives
 REPEAT_LOG = 600.0  # seconds before the same connection failure is logged again
 _NETWORK = (OSError, TimeoutError, ConnectionError, ua.UaError)
 _HANDLE_BASE = 1 << 20  # our client handles; asyncua's own counter starts at 200
@@ -124,36 +121,6 @@ def entry_of(nid: str, dv: ua.DataValue) -> OpcuaValue:
 
 def _entry_size(e: OpcuaValue) -> int:
     return len(e[0]) + len(e[1]) + 24
-
-
-class _NoHandler:
-    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-        pass
-
-
-class _BatchSubscription(Subscription):
-    """Takes each publish response whole, in the client's loop: no task per
-    notification, no bounded iterator queue."""
-
-    def __init__(self, session: Any, params: ua.CreateSubscriptionParameters,
-                 on_changes: Callable[[list[ua.MonitoredItemNotification]], None],
-                 on_event: Callable[[], None], on_status: Callable[[ua.StatusCode], None]) -> None:
-        super().__init__(session, params, _NoHandler())
-        self._on_changes, self._on_event, self._on_status = on_changes, on_event, on_status
-
-    async def publish_callback(self, publish_result: ua.PublishResult) -> None:
-        self.last_publish_at = time.monotonic()
-        msg = publish_result.NotificationMessage
-        if not msg.NotificationData:
-            return
-        self.last_sequence_number = int(msg.SequenceNumber)
-        for notif in msg.NotificationData:
-            if isinstance(notif, ua.DataChangeNotification):
-                self._on_changes(notif.MonitoredItems)
-            elif isinstance(notif, ua.EventNotificationList):
-                self._on_event()
-            elif isinstance(notif, ua.StatusChangeNotification):
-                self._on_status(notif.Status)
 
 
 # -- the source ----------------------------------------------------------------------
@@ -192,7 +159,8 @@ class OpcuaSource:
             "model_reuses", "nodes", "variables", "monitored_items", "monitor_errors", "changes",
             "value_records", "queue_dropped", "model_records", "keyframe_records",
             "carousel_records", "crawl_ms", "check_ms", "browse_requests", "read_requests",
-            "model_events", "initial_reads"), 0)
+            "model_events", "initial_reads", "subscriptions", "sampling_revised",
+            "sampling_max_ms", "sampling_limited"), 0)
         self.model: ModelSnapshot | None = None
         self._variables: list[str] = []
         self._print: tuple[Probe, str] | None = None  # the model's fingerprint: probe, digest
@@ -203,10 +171,10 @@ class OpcuaSource:
         self._live: deque[records.Record] = deque()
         self._pending: deque[OpcuaValue] = deque()
         self._last: dict[str, OpcuaValue] = {}   # what the link was given, per node
-        self._handles: dict[str, int] = {}       # node id -> client handle
-        self._node_of: dict[int, str] = {}       # client handle -> node id
-        self._server_handle: dict[str, int] = {}
-        self._next_handle = _HANDLE_BASE
+        self._min_sampling: dict[str, float] = {}
+        self._monitoring: Monitoring | None = None  # of the current session
+        self._handle_ids = itertools.count(_HANDLE_BASE)  # never reused by a later session
+        self.budget = PlantBudget(cfg.requests_per_second, self.counters)
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
         self._model_event = asyncio.Event()
@@ -487,24 +455,27 @@ class OpcuaSource:
         client = self.client
         assert client is not None
         cfg = self.cfg
-        limits = await read_limits(client.uaclient)
+        session = PacedSession(client.uaclient, self.budget)
+        limits = await read_limits(session)
         self.state = SourceState.CRAWLING
-        variables = await self._model_for(client, limits)
-        self._handles.clear()
-        self._node_of.clear()
-        self._server_handle.clear()
+        variables = await self._model_for(client, session, limits)
         # One bulk read gives RX every value now; creating thousands of monitored
         # items can take a busy server many seconds (their first notifications repeat
         # these values, which is harmless).
-        await self._read_values(client, limits, variables)
+        await self._read_values(session, limits, variables)
         read_up_to = self._queued
-        sub = await self._subscribe(client, limits, variables)
+        watch = self._monitoring = Monitoring(
+            client.uaclient.session, cfg, limits, self.budget, self._handle_ids, self.counters,
+            self._on_changes, self._on_model_event, self._on_status)
+        await watch.monitor(variables, self._min_sampling)
         await self._until_taken(read_up_to)
         self.state = SourceState.CONNECTED
         backoff.connected()
         self._logged = ("", 0.0)  # the next outage is news, even with the same cause
-        log.info("%s: connected; %d nodes, %d variables subscribed, model %s", cfg.label,
-                 len(self.model.nodes) if self.model else 0, len(self._handles), self.version)
+        log.info("%s: connected; %d nodes, %d variables monitored in %d subscriptions, model "
+                 "%s; %d requests (%.1f s waiting for the plant budget)", cfg.label,
+                 len(self.model.nodes) if self.model else 0, len(watch.handle_of),
+                 len(watch.subs), self.version, self.counters["requests"], self.budget.waited)
         next_browse = time.monotonic() + cfg.rebrowse_period
         stale_after = max(KEEPALIVE * 3, cfg.timeout)
         while True:
@@ -513,27 +484,28 @@ class OpcuaSource:
                 await asyncio.wait_for(self._wait_any(), wait)
             if self._lost.is_set():
                 raise ConnectionError("the server connection was lost")
-            if sub.last_publish_at is not None and \
-                    time.monotonic() - sub.last_publish_at > stale_after:
+            if watch.stale(time.monotonic(), stale_after):
                 raise ConnectionError(f"no publish response for {stale_after:.0f} s")
             if self._model_event.is_set() or time.monotonic() >= next_browse:
                 self._model_event.clear()
-                result = await self._crawl(client, limits)
+                result = await self._crawl(client, session, limits)
                 if result.snapshot.version != self.version:
                     self._install(result)
-                    await self._resubscribe(sub, limits, result.variables)
-                await self._take_fingerprint(client, limits)
+                    await watch.unmonitor(set(result.variables))
+                    await watch.monitor(result.variables, result.min_sampling)
+                await self._take_fingerprint(session, limits)
                 next_browse = time.monotonic() + cfg.rebrowse_period
 
-    async def _model_for(self, client: Client, limits: Limits) -> list[str]:
+    async def _model_for(self, client: Client, session: PacedSession, limits: Limits
+                         ) -> list[str]:
         """The variables to subscribe: of the cached model when the server's fingerprint
         is unchanged (no crawl), else of a new crawl."""
         cfg = self.cfg
         if self._print is not None and self.model is not None:
             started = time.monotonic()
             probe, digest = self._print
-            namespaces = await client.get_namespace_array()
-            now = await fingerprint(client.uaclient, limits, namespaces, cfg.subtrees, probe)
+            namespaces = await self._namespaces(client)
+            now = await fingerprint(session, limits, namespaces, cfg.subtrees, probe)
             self.counters["check_ms"] = int((time.monotonic() - started) * 1000)
             if now == digest:
                 self.counters["model_reuses"] += 1
@@ -543,17 +515,17 @@ class OpcuaSource:
                          self.version)
                 return self._variables
             log.info("%s: address space fingerprint changed: crawling again", cfg.label)
-        result = await self._crawl(client, limits)
+        result = await self._crawl(client, session, limits)
         self._install(result)
-        await self._take_fingerprint(client, limits)
+        await self._take_fingerprint(session, limits)
         return result.variables
 
-    async def _take_fingerprint(self, client: Client, limits: Limits) -> None:
+    async def _take_fingerprint(self, session: PacedSession, limits: Limits) -> None:
         """After a crawl: what the next reconnect compares with."""
         if self.model is None:
             return
         probe = probe_of(self.model)
-        digest = await fingerprint(client.uaclient, limits, list(self.model.namespaces),
+        digest = await fingerprint(session, limits, list(self.model.namespaces),
                                    self.cfg.subtrees, probe)
         self._print = (probe, digest)
 
@@ -574,10 +546,16 @@ class OpcuaSource:
             lost.cancel()
             model.cancel()
 
-    async def _crawl(self, client: Client, limits: Limits) -> CrawlResult:
+    async def _namespaces(self, client: Client) -> list[str]:
+        await self.budget.request()
+        namespaces: list[str] = await client.get_namespace_array()
+        return namespaces
+
+    async def _crawl(self, client: Client, session: PacedSession, limits: Limits
+                     ) -> CrawlResult:
         started = time.monotonic()
-        crawler = Crawler(client.uaclient, limits)
-        namespaces = await client.get_namespace_array()
+        crawler = Crawler(session, limits)
+        namespaces = await self._namespaces(client)
         try:
             result = await crawler.crawl([ua.NodeId.from_string(s) for s in self.cfg.subtrees],
                                          namespaces)
@@ -596,6 +574,7 @@ class OpcuaSource:
         self.counters["nodes"] = len(snap.nodes)
         self.counters["variables"] = len(result.variables)
         self._variables = result.variables
+        self._min_sampling = result.min_sampling
         if version == self.version:
             return
         old = self.version
@@ -614,7 +593,8 @@ class OpcuaSource:
                      old, version, len(snap.nodes))
         self._wake()
 
-    async def _read_values(self, client: Client, limits: Limits, variables: list[str]) -> None:
+    async def _read_values(self, session: PacedSession, limits: Limits, variables: list[str]
+                           ) -> None:
         step = limits.read
         for i in range(0, len(variables), step):
             chunk = variables[i:i + step]
@@ -625,7 +605,7 @@ class OpcuaSource:
                 rv.NodeId = ua.NodeId.from_string(nid)
                 rv.AttributeId = ua.AttributeIds.Value
                 params.NodesToRead.append(rv)
-            dvs = await client.uaclient.read(params)
+            dvs = await session.read(params)
             pending = self._pending
             for nid, dv in zip(chunk, dvs, strict=True):
                 if len(pending) >= self.cfg.queue_limit:
@@ -638,98 +618,9 @@ class OpcuaSource:
 
     # -- subscription ------------------------------------------------------------------
 
-    async def _subscribe(self, client: Client, limits: Limits,
-                         variables: list[str]) -> _BatchSubscription:
-        cfg = self.cfg
-        params = ua.CreateSubscriptionParameters()
-        params.RequestedPublishingInterval = cfg.publishing_interval * 1000
-        # A keep-alive every KEEPALIVE seconds at most, so a dead subscription shows.
-        keepalive = max(1, round(KEEPALIVE / cfg.publishing_interval))
-        params.RequestedMaxKeepAliveCount = keepalive
-        params.RequestedLifetimeCount = keepalive * 10
-        params.MaxNotificationsPerPublish = 0
-        params.PublishingEnabled = True
-        params.Priority = 0
-        sub = _BatchSubscription(client.uaclient.session, params, self._on_changes,
-                                 self._on_model_event, self._on_status)
-        await sub.init()
-        await self._monitor(sub, limits, variables)
-        try:
-            await sub.subscribe_events(ua.ObjectIds.Server, ua.ObjectIds.GeneralModelChangeEventType)
-        except (ua.UaError, ValueError) as exc:
-            log.debug("%s: no model change events: %s", cfg.label, exc)
-        return sub
-
-    async def _monitor(self, sub: _BatchSubscription, limits: Limits, variables: list[str]) -> None:
-        cfg = self.cfg
-        todo = [v for v in variables if v not in self._handles]
-        step = limits.monitored
-        i = 0
-        errors_logged = 0
-        flt = None
-        if cfg.trigger != "StatusValue":
-            flt = ua.DataChangeFilter()
-            flt.Trigger = TRIGGERS[cfg.trigger]
-        while i < len(todo):
-            chunk = todo[i:i + step]
-            mirs = []
-            for nid in chunk:
-                handle = self._next_handle
-                self._next_handle += 1
-                self._handles[nid] = handle
-                self._node_of[handle] = nid
-                rv = ua.ReadValueId()
-                rv.NodeId = ua.NodeId.from_string(nid)
-                rv.AttributeId = ua.AttributeIds.Value
-                mp = ua.MonitoringParameters()
-                mp.ClientHandle = handle
-                mp.SamplingInterval = cfg.sampling_interval * 1000
-                mp.QueueSize = cfg.queue_size
-                mp.DiscardOldest = True
-                if flt is not None:
-                    mp.Filter = flt
-                mir = ua.MonitoredItemCreateRequest()
-                mir.ItemToMonitor = rv
-                mir.MonitoringMode = ua.MonitoringMode.Reporting
-                mir.RequestedParameters = mp
-                mirs.append(mir)
-            try:
-                results = await sub.create_monitored_items(mirs)
-            except ua.UaStatusCodeError as exc:
-                if exc.code == ua.StatusCodes.BadTooManyOperations and step > 1:
-                    for nid in chunk:
-                        self._node_of.pop(self._handles.pop(nid), None)
-                    step = max(1, step // 2)
-                    limits.monitored = step
-                    continue
-                raise
-            for nid, res in zip(chunk, results, strict=True):
-                if isinstance(res, ua.StatusCode):
-                    self.counters["monitor_errors"] += 1
-                    self._node_of.pop(self._handles.pop(nid), None)
-                    if errors_logged < 5:
-                        errors_logged += 1
-                        log.warning("%s: cannot monitor %s: %s", cfg.label, nid, res.name)
-                else:
-                    self._server_handle[nid] = res
-            i += len(chunk)
-        self.counters["monitored_items"] = len(self._server_handle)
-
-    async def _resubscribe(self, sub: _BatchSubscription, limits: Limits,
-                           variables: list[str]) -> None:
-        keep = set(variables)
-        gone = [nid for nid in self._handles if nid not in keep]
-        server_handles = [self._server_handle.pop(nid) for nid in gone if nid in self._server_handle]
-        for nid in gone:
-            self._node_of.pop(self._handles.pop(nid), None)
-        step = limits.monitored
-        for i in range(0, len(server_handles), step):
-            with contextlib.suppress(ua.UaStatusCodeError):
-                await sub.unsubscribe(server_handles[i:i + step])
-        await self._monitor(sub, limits, variables)
-
     def _on_changes(self, items: list[ua.MonitoredItemNotification]) -> None:
-        pending, node_of = self._pending, self._node_of
+        pending = self._pending
+        node_of = self._monitoring.node_of if self._monitoring is not None else {}
         limit = self.cfg.queue_limit
         was_empty = not pending
         n = 0

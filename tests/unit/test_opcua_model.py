@@ -291,7 +291,8 @@ def parse_opcua_mirror(table: dict[str, Any], path: Path,
 
 def test_mirror_policy_names_map_to_asyncua() -> None:
     from agent.opcua.mirror import POLICY_TYPES
-    from agent.opcua.source import SECURITY_MODES, SECURITY_POLICIES, TRIGGERS
+    from agent.opcua.source import SECURITY_MODES, SECURITY_POLICIES
+    from agent.opcua.subscriptions import TRIGGERS
     assert tuple(POLICY_TYPES) == opcua_config.MIRROR_POLICIES
     assert tuple(SECURITY_POLICIES) == opcua_config.SECURITY_POLICIES
     assert tuple(SECURITY_MODES) == opcua_config.SECURITY_MODES

@@ -4,6 +4,7 @@ for tests that must not pass only because every peer runs asyncua.
     with NodeOpcuaPlant() as plant:          # scripts/node-opcua/plant.mjs
         ...  # plant.endpoint; its nodes: plant.mjs's header (namespace index 2)
     results = node_client(url, [{"op": "read", "nodeId": "ns=2;s=Plant.Counter"}])
+    plant = BigPlant(20_000, 1000.0, workdir)  # scripts/node-opcua/big_plant.mjs; .close()
 
 `node_client` runs `scripts/node-opcua/client.mjs` once per call: it connects,
 runs the operations in order (read with IndexRange, history raw or processed,
@@ -123,3 +124,31 @@ class NodeOpcuaPlant:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class BigPlant:
+    """scripts/node-opcua/big_plant.mjs on a free loopback port, its log in `work`:
+    `nodes` variables, `rate` changes a second in ticks of `tick_ms`, each declaring a
+    MinimumSamplingInterval of `min_sampling_ms`."""
+
+    def __init__(self, nodes: int, rate: float, work: Path, min_sampling_ms: float = 0,
+                 tick_ms: float = 100) -> None:
+        self.port = free_port()
+        self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/plant"
+        self.log_path = work / "plant.log"
+        node = find_node_opcua()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [node, str(NODE_OPCUA_DIR / "big_plant.mjs"), "127.0.0.1", str(self.port),
+                 str(nodes), str(rate), str(min_sampling_ms), str(tick_ms)], cwd=NODE_OPCUA_DIR,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + 120
+        while "READY" not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise NodeOpcuaError("node-opcua big plant did not start:\n"
+                                     + self.log_path.read_text(errors="replace")[-2000:])
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        terminate(self.proc, 5.0)

@@ -1,0 +1,252 @@
+"""TX side: the monitored items of one session, within the plant budget.
+
+```
+variables ─► sampling asked: max(sampling_interval, the node's MinimumSamplingInterval)
+   ▼
+create monitored items, MaxMonitoredItemsPerCall at a time, each request within the
+   │  budget (budget.py), into subscriptions of at most items_per_subscription items
+   ▼                                           (or the server's MaxMonitoredItemsPerSubscription)
+BatchSubscription ─► publish response whole ─► on_changes(items) / on_event() / on_status()
+```
+
+A subscription does not use asyncua's async iterator (it drops the oldest item
+silently when its queue is full) nor its per-notification handler tasks:
+`BatchSubscription` takes each publish response whole and hands its changes on
+with their status code and both timestamps.
+
+Items asked more slowly than `sampling_interval` because the node or the server
+says it cannot sample faster are counted (`sampling_limited`). What the server
+revised: an item it samples more slowly than asked coalesces faster changes on
+the plant, before TX sees them. They are counted (`sampling_revised`, the
+slowest in `sampling_max_ms`) and logged once per request run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from asyncua import ua
+from asyncua.common.subscription import Subscription
+from asyncua.common.utils import ServiceError
+
+from agent.opcua.budget import PlantBudget
+from agent.opcua.config import OpcuaSourceConfig
+from agent.opcua.crawl import Limits
+
+log = logging.getLogger("diode.source.opcua")
+
+KEEPALIVE = 5.0  # seconds between subscription keep-alives
+TRIGGERS = {"StatusValue": ua.DataChangeTrigger.StatusValue,
+            "StatusValueTimestamp": ua.DataChangeTrigger.StatusValueTimestamp}
+ERRORS_LOGGED = 5  # items that cannot be monitored, named in the log per request run
+
+OnChanges = Callable[[list[ua.MonitoredItemNotification]], None]
+
+
+class _NoHandler:
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        pass
+
+
+class BatchSubscription(Subscription):
+    """Takes each publish response whole, in the client's loop: no task per
+    notification, no bounded iterator queue."""
+
+    def __init__(self, session: Any, params: ua.CreateSubscriptionParameters,
+                 on_changes: OnChanges, on_event: Callable[[], None],
+                 on_status: Callable[[ua.StatusCode], None]) -> None:
+        super().__init__(session, params, _NoHandler())
+        self._on_changes, self._on_event, self._on_status = on_changes, on_event, on_status
+        self.items = 0  # monitored items it holds
+
+    async def create_items(self, requests: list[ua.MonitoredItemCreateRequest]
+                           ) -> list[ua.MonitoredItemCreateResult]:
+        """CreateMonitoredItems, whole results: asyncua's own call keeps no revised
+        sampling interval, and this subscription dispatches by client handle itself."""
+        params = ua.CreateMonitoredItemsParameters()
+        params.SubscriptionId = self.subscription_id
+        params.ItemsToCreate = requests
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        try:
+            results: list[ua.MonitoredItemCreateResult] = \
+                await self.server.create_monitored_items(params)
+        except ServiceError as exc:
+            raise ua.UaStatusCodeError(exc.code) from None
+        return results
+
+    async def publish_callback(self, publish_result: ua.PublishResult) -> None:
+        self.last_publish_at = time.monotonic()
+        msg = publish_result.NotificationMessage
+        if not msg.NotificationData:
+            return
+        self.last_sequence_number = int(msg.SequenceNumber)
+        for notif in msg.NotificationData:
+            if isinstance(notif, ua.DataChangeNotification):
+                self._on_changes(notif.MonitoredItems)
+            elif isinstance(notif, ua.EventNotificationList):
+                self._on_event()
+            elif isinstance(notif, ua.StatusChangeNotification):
+                self._on_status(notif.Status)
+
+
+class Monitoring:
+    """The session's subscriptions and monitored items. `node_of` maps a client handle
+    (unique for the source's life: `handles`) to its node id."""
+
+    def __init__(self, session: Any, cfg: OpcuaSourceConfig, limits: Limits,
+                 budget: PlantBudget, handles: Iterator[int], counters: dict[str, int],
+                 on_changes: OnChanges, on_event: Callable[[], None],
+                 on_status: Callable[[ua.StatusCode], None]) -> None:
+        self._session, self.cfg, self.limits, self.budget = session, cfg, limits, budget
+        self._handles, self.counters = handles, counters
+        self._callbacks = (on_changes, on_event, on_status)
+        per_sub = cfg.items_per_subscription
+        if limits.per_subscription:
+            per_sub = min(per_sub, limits.per_subscription)
+        self.per_subscription = per_sub
+        self.subs: list[BatchSubscription] = []
+        self.handle_of: dict[str, int] = {}
+        self.node_of: dict[int, str] = {}
+        self._placed: dict[str, tuple[BatchSubscription, int]] = {}  # node -> sub, server handle
+        self._filter: ua.DataChangeFilter | None = None
+        if cfg.trigger != "StatusValue":
+            self._filter = ua.DataChangeFilter()
+            self._filter.Trigger = TRIGGERS[cfg.trigger]
+
+    def sampling_ms(self, nid: str, min_sampling: dict[str, float]) -> float:
+        """What to ask for `nid`: never faster than the node or the server can sample."""
+        return max(self.cfg.sampling_interval * 1000, min_sampling.get(nid, 0.0))
+
+    def stale(self, now: float, after: float) -> bool:
+        """A subscription has not published (not even a keep-alive) for `after` s."""
+        return any(s.last_publish_at is not None and now - s.last_publish_at > after
+                   for s in self.subs)
+
+    async def _new_subscription(self) -> BatchSubscription:
+        cfg = self.cfg
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = cfg.publishing_interval * 1000
+        # A keep-alive every KEEPALIVE seconds at most, so a dead subscription shows.
+        keepalive = max(1, round(KEEPALIVE / cfg.publishing_interval))
+        params.RequestedMaxKeepAliveCount = keepalive
+        params.RequestedLifetimeCount = keepalive * 10
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
+        sub = BatchSubscription(self._session, params, *self._callbacks)
+        await self.budget.request()
+        await sub.init()
+        if not self.subs:  # one subscription is enough for the server's model changes
+            try:
+                await self.budget.request()
+                await sub.subscribe_events(ua.ObjectIds.Server,
+                                           ua.ObjectIds.GeneralModelChangeEventType)
+            except (ua.UaError, ValueError) as exc:
+                log.debug("%s: no model change events: %s", cfg.label, exc)
+        self.subs.append(sub)
+        self.counters["subscriptions"] = len(self.subs)
+        return sub
+
+    async def _room(self) -> BatchSubscription:
+        for sub in self.subs:
+            if sub.items < self.per_subscription:
+                return sub
+        return await self._new_subscription()
+
+    def _request(self, nid: str, handle: int, sampling: float) -> ua.MonitoredItemCreateRequest:
+        rv = ua.ReadValueId()
+        rv.NodeId = ua.NodeId.from_string(nid)
+        rv.AttributeId = ua.AttributeIds.Value
+        mp = ua.MonitoringParameters()
+        mp.ClientHandle = handle
+        mp.SamplingInterval = sampling
+        mp.QueueSize = self.cfg.queue_size
+        mp.DiscardOldest = True
+        if self._filter is not None:
+            mp.Filter = self._filter
+        mir = ua.MonitoredItemCreateRequest()
+        mir.ItemToMonitor = rv
+        mir.MonitoringMode = ua.MonitoringMode.Reporting
+        mir.RequestedParameters = mp
+        return mir
+
+    async def monitor(self, variables: list[str], min_sampling: dict[str, float]) -> None:
+        """Monitor each of `variables` not monitored yet."""
+        todo = [v for v in variables if v not in self.handle_of]
+        errors_logged = 0
+        revised, slowest = 0, 0.0
+        fastest = self.cfg.sampling_interval * 1000
+        i = 0
+        while i < len(todo):
+            sub = await self._room()
+            step = min(self.limits.monitored, self.per_subscription - sub.items)
+            chunk = todo[i:i + step]
+            asked = [self.sampling_ms(nid, min_sampling) for nid in chunk]
+            self.counters["sampling_limited"] += sum(a > fastest for a in asked)
+            mirs = []
+            for nid, sampling in zip(chunk, asked, strict=True):
+                handle = next(self._handles)
+                self.handle_of[nid] = handle
+                self.node_of[handle] = nid
+                mirs.append(self._request(nid, handle, sampling))
+            await self.budget.request()
+            try:
+                results = await sub.create_items(mirs)
+            except ua.UaStatusCodeError as exc:
+                for nid in chunk:
+                    self.node_of.pop(self.handle_of.pop(nid), None)
+                if exc.code == ua.StatusCodes.BadTooManyOperations and step > 1:
+                    self.limits.monitored = max(1, step // 2)
+                    continue
+                if exc.code == ua.StatusCodes.BadTooManyMonitoredItems and sub.items:
+                    self.per_subscription = sub.items  # the server's real bound: a new one
+                    continue
+                raise
+            for nid, res, want in zip(chunk, results, asked, strict=True):
+                if not res.StatusCode.is_good():
+                    self.counters["monitor_errors"] += 1
+                    self.node_of.pop(self.handle_of.pop(nid), None)
+                    if errors_logged < ERRORS_LOGGED:
+                        errors_logged += 1
+                        log.warning("%s: cannot monitor %s: %s", self.cfg.label, nid,
+                                    res.StatusCode.name)
+                    continue
+                self._placed[nid] = (sub, res.MonitoredItemId)
+                sub.items += 1
+                got = res.RevisedSamplingInterval
+                if got > want:
+                    revised += 1
+                    slowest = max(slowest, got)
+            i += len(chunk)
+        self.counters["monitored_items"] = len(self._placed)
+        if revised:
+            self.counters["sampling_revised"] += revised
+            self.counters["sampling_max_ms"] = max(self.counters["sampling_max_ms"],
+                                                   math.ceil(slowest))
+            log.info("%s: the server samples %d items more slowly than asked (the slowest "
+                     "every %.0f ms): faster changes are coalesced on the plant", self.cfg.label,
+                     revised, slowest)
+
+    async def unmonitor(self, keep: set[str]) -> None:
+        """Stop monitoring every variable not in `keep`."""
+        gone = [nid for nid in self.handle_of if nid not in keep]
+        by_sub: dict[BatchSubscription, list[int]] = {}
+        for nid in gone:
+            self.node_of.pop(self.handle_of.pop(nid), None)
+            placed = self._placed.pop(nid, None)
+            if placed is not None:
+                by_sub.setdefault(placed[0], []).append(placed[1])
+        step = self.limits.monitored
+        for sub, server_handles in by_sub.items():
+            sub.items -= len(server_handles)
+            for i in range(0, len(server_handles), step):
+                await self.budget.request()
+                with contextlib.suppress(ua.UaStatusCodeError):
+                    await sub.unsubscribe(server_handles[i:i + step])
+        self.counters["monitored_items"] = len(self._placed)
+
