@@ -11,7 +11,7 @@ Registers: function codes 1 to 4); the client is private to it and only its
 generic `execute` is called, so no other request can be formed anywhere in
 agent/modbus. As a second lock, every PDU the client puts on the wire
 passes `_outgoing`, which counts it by function code and raises on any other
-code before it is framed. tests/unit/test_modbus_source.py checks both, and
+code before it is framed. tests/unit/modbus/test_source.py checks both, and
 the integration tests count the simulated PLC's requests by function code.
 
 pymodbus (imported here, so only when a channel is configured) runs with

@@ -14,7 +14,7 @@ Part 6, 5.2 (all little-endian)::
     LocalizedText   mask (0x01 locale, 0x02 text) [String locale] [String text]
     ExtensionObject NodeId (the encoding's id) 0x01 Int32 length body
 
-tests/unit/test_modbus_uabin.py decodes every one of them with asyncua.
+tests/unit/modbus/test_uabin.py decodes every one of them with asyncua.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ TX starts first, with copies of each frame spread wide (interleave 128: the
 three copies of a heartbeat go out over about 0.2 s) and heartbeats every
 0.1 s, so RX's first datagram almost surely falls between the copies of some
 heartbeat: the case that raised a false DEGRADED on a cold, busy machine
-(see tests/unit/test_health_join.py).
+(see tests/unit/link/test_health_join.py).
 """
 
 from __future__ import annotations

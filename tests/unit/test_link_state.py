@@ -11,7 +11,7 @@ import pytest
 from agent.link.receiver import LinkReceiver
 from agent.link_state import LinkStateFile
 
-from .link_kit import LINK_ID, T0, Tx, epoch_at, feed, receiver, topics
+from .link.link_kit import LINK_ID, T0, Tx, epoch_at, feed, receiver, topics
 
 
 def _rx_with_traffic(n: int = 10) -> tuple[LinkReceiver, Tx, list[bytes]]:

@@ -19,7 +19,7 @@ from agent.opcua.late import LateRecord, still_current
 from agent.opcua.ticks import to_ticks as ticks
 from agent.rxcore import RxCore
 
-from .link_kit import T0, Tx, epoch_at, receiver
+from .link.link_kit import T0, Tx, epoch_at, receiver
 from .test_cores import ListSink
 
 EPOCH = epoch_at(T0)

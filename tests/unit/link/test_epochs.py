@@ -19,6 +19,7 @@ from agent.link.epochs import MEMORY_EPOCHS, EpochMemory
 from agent.link.events import EpochChanged, FramesLost, RecordReceived
 from agent.link.receiver import LinkReceiver
 
+from .core_kit import EPOCH, OLD_EPOCH, delivered, msg, one_frame_per_record, sender, single_copies
 from .link_kit import T0, Tx, epoch_at, feed, forged, message, outcomes, receiver, topics
 
 TAKEOVER = 3.0
@@ -247,6 +248,116 @@ def test_any_json_is_a_memory_or_a_value_error(doc: object) -> None:
 def test_memory_of_another_link_is_refused() -> None:
     with pytest.raises(ValueError, match="link id"):
         receiver(memory=EpochMemory(link_id=8))
+
+
+# -- replays and epochs in one sender's stream, through the link core -----------------------
+
+
+def test_replays_of_current_epoch_are_dropped_as_replayed() -> None:
+    # Every frame already had its 3 copies: a replay of any of them is one too many,
+    # whether RX still keeps the frame's datagram (the last 64) or not. Counted as
+    # duplicates they would hide loss.
+    rx = receiver(copy_window=64, max_copies=3)
+    tx = sender(repeat=3, interleave=8)
+    datagrams = one_frame_per_record(tx, [msg(i) for i in range(200)])
+    first = feed(rx, datagrams)
+    assert delivered(first) == [msg(i) for i in range(200)]
+    base = dict(rx.counters)
+    assert base["duplicates"] == 400
+    again = feed(rx, datagrams, now=10.0)
+    assert delivered(again) == [] and again == []
+    assert rx.counters["replayed"] - base["replayed"] == len(datagrams)
+    assert rx.counters["duplicates"] == base["duplicates"]
+    assert rx.counters["frames"] == base["frames"]
+
+
+def test_retired_epoch_is_replayed_even_after_long_silence() -> None:
+    rx = receiver()
+    old = single_copies(5, OLD_EPOCH)
+    new = single_copies(5, EPOCH)
+    feed(rx, old + new, now=0.0)
+    assert rx.epoch == EPOCH
+    for now in (0.5, 100.0):
+        before = rx.counters["replayed"]
+        assert feed(rx, old, now) == []
+        assert rx.counters["replayed"] - before == len(old)
+    assert rx.epoch == EPOCH
+
+
+def test_new_epoch_is_followed_and_delivery_continues() -> None:
+    rx = receiver()
+    first = feed(rx, one_frame_per_record(sender(EPOCH), [msg(i) for i in range(10)]))
+    assert first[0] == EpochChanged(None, EPOCH)
+    later = EPOCH + (60 << 32)  # the TX restarted a minute later: seq restarts at 0
+    tx2 = sender(later)
+    events = feed(rx, one_frame_per_record(tx2, [msg(i) for i in range(100, 110)]), now=1.0)
+    assert events[0] == EpochChanged(EPOCH, later)
+    assert delivered(events) == [msg(i) for i in range(100, 110)]
+    assert all(e.epoch == later for e in events if isinstance(e, RecordReceived))
+    assert rx.counters["epochs"] == 2 and rx.counters["lost"] == 0
+
+
+def test_new_epoch_flushes_the_old_one_and_counts_its_gaps() -> None:
+    rx = receiver()
+    old = single_copies(6, OLD_EPOCH)
+    events = feed(rx, old[:2] + old[3:])   # frame 2 of the old epoch never arrives
+    assert delivered(events) == [msg(0), msg(1)]
+    events = feed(rx, single_copies(2, EPOCH, start=50))
+    assert events[0] == FramesLost(OLD_EPOCH, 2, 1)
+    assert delivered(events) == [msg(3), msg(4), msg(5), msg(50), msg(51)]
+    assert EpochChanged(OLD_EPOCH, EPOCH) in events
+
+
+def test_fresh_receiver_joins_where_it_first_hears() -> None:
+    d = single_copies(10)
+    rx = receiver(reorder_timeout=0.5)
+    events = feed(rx, d[4:], now=1.0)
+    assert events[0] == EpochChanged(None, EPOCH)
+    assert delivered(events) == [msg(i) for i in range(4, 10)]
+    assert rx.handle_timer(100.0) == [] and rx.counters["lost"] == 0
+    # What was sent before it joined comes late: delivered once, marked recovered (the
+    # sinks keep it from overwriting anything newer), and counted in `late`
+    events = feed(rx, d[:4], now=2.0)
+    assert [(e.record, e.recovered) for e in events] == [(msg(i), True) for i in range(4)]
+    assert rx.counters["recovered"] == 4 and rx.counters["lost"] == 0
+    assert feed(rx, d[:4], now=3.0) == []
+
+
+def test_restarted_tx_is_expected_from_seq_zero() -> None:
+    rx = receiver(reorder_timeout=0.5)
+    feed(rx, single_copies(3, OLD_EPOCH), now=0.0)
+    d = single_copies(6, EPOCH)
+    events = feed(rx, d[2:4], now=1.0)        # the restarted TX's frames 0 and 1 are late
+    assert events == [EpochChanged(OLD_EPOCH, EPOCH)]
+    assert delivered(feed(rx, d[:2], now=1.1)) == [msg(i) for i in range(4)]
+    events = feed(rx, d[5:], now=1.2)         # frame 4 never comes
+    assert rx.handle_timer(1.69) == []
+    events = rx.handle_timer(1.7)
+    assert events == [FramesLost(EPOCH, 4, 1), RecordReceived(msg(5), EPOCH, 5)]
+
+
+def test_older_epoch_refused_while_live_then_taken_over_after_silence() -> None:
+    takeover = 3.0
+    rx = receiver(epoch_takeover=takeover)
+    feed(rx, single_copies(3, EPOCH), now=10.0)
+    # A board whose clock went backwards restarts with a smaller epoch.
+    behind = EPOCH - (3600 << 32)
+    restarted = single_copies(4, behind, start=500)
+    for now in (10.0, 11.0, 10.0 + takeover - 0.001):
+        before = rx.counters["stale_epoch"]
+        assert rx.receive(restarted[0], now) == []
+        assert rx.counters["stale_epoch"] == before + 1
+        # ...while the live epoch keeps going (and keeps the watchdog fed).
+    assert delivered(feed(rx, single_copies(4, EPOCH)[3:], now=12.0)) == [msg(3)]
+    assert rx.receive(restarted[0], 12.0 + takeover - 0.001) == []
+    events = feed(rx, restarted, now=12.0 + takeover)
+    assert events[0] == EpochChanged(EPOCH, behind)
+    assert delivered(events) == [msg(i) for i in range(500, 504)]
+    # The epoch it replaced is not retired: its old frames are replays, and were it
+    # still alive (the silence a pause, the new epoch a replay), its fresh frames
+    # would bring it back (test_live_epoch_comes_back_after_a_replay_won_during_a_pause).
+    assert feed(rx, single_copies(3, EPOCH), now=20.0) == []
+    assert rx.counters["replayed"] == 3
 
 
 # -- property: whatever is injected ---------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_epoch_flood.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "bench_epoch_flood.py"
 
 
 def test_bench_runs_small_and_every_genuine_frame_gets_through(

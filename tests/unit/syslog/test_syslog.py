@@ -266,7 +266,7 @@ def test_spool_folders_never_collide_with_a_channel_name() -> None:
 @pytest.mark.parametrize("role", ["tx", "rx"])
 def test_the_example_configs_syslog_block_loads_once_uncommented(tmp_path: Path,
                                                                  role: str) -> None:
-    text = (Path(__file__).resolve().parents[2] / "board" / "config" / f"{role}.toml").read_text()
+    text = (Path(__file__).resolve().parents[3] / "board" / "config" / f"{role}.toml").read_text()
     block = text[text.index("# [[syslog]]"):].splitlines()
     block = block[:next((i for i, ln in enumerate(block) if not ln.startswith("# ")),
                         len(block))]  # up to the next section of the example

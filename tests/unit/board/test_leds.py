@@ -48,7 +48,7 @@ from agent.board.profiles import (
 )
 from agent.link.health import LinkState
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class FakeClock:

@@ -26,7 +26,7 @@ from agent.mqtt.codec import MqttMessage
 from agent.opcua.codec import OpcuaModel, OpcuaValues
 from agent.opcua.model import ModelAssembler
 
-MODBUS = Path(__file__).resolve().parents[2] / "agent" / "modbus"
+MODBUS = Path(__file__).resolve().parents[3] / "agent" / "modbus"
 
 
 class FakeBus:

@@ -177,7 +177,7 @@ def test_a_refused_merged_read_splits_into_its_contiguous_runs() -> None:
 
 
 def test_the_commented_examples_in_board_config_load_once_uncommented(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     for role, marker in (("tx", "# [[modbus]]"), ("rx", "# [[opcua]]")):
         text = (repo / "board" / "config" / f"{role}.toml").read_text()
         head, _, tail = text.partition(marker)
