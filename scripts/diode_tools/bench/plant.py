@@ -18,7 +18,8 @@ Phases, one after the other on the same plant:
 - `old_defaults` (unless `--no-old`): the same with what TX asked before the
   plant budget (100 ms sampling, no request budget, one subscription), so
   the bench shows it can see a disturbance. A probe that does not finish
-  within `probe_timeout` counts as that long and says so.
+  within `probe_timeout`, or whose connection the plant drops, counts as
+  `probe_timeout` and as `unfinished`.
 
 Each phase's figure is the median of `rounds` probes (browse + read seconds).
 `*_ratio` is that against `alone` (1.0: no effect). All processes share this
@@ -36,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asyncua import Client
+from asyncua import Client, ua
 
 from diode_tools.bench.opcua import _plant_variables, _read
 from diode_tools.sim.agents import AgentPair
@@ -60,11 +61,15 @@ async def _probe_once(endpoint: str, nodes: int) -> tuple[float, float]:
 
 
 def probe(endpoint: str, nodes: int, timeout: float) -> dict[str, Any]:
-    """One probe: browse and read seconds; the timeout's length if it did not finish."""
+    """One probe: browse and read seconds; the timeout's length if it did not finish in
+    time, or the plant dropped the probe's connection (overloaded, it does)."""
+    started = time.monotonic()
     try:
         browse, read = asyncio.run(asyncio.wait_for(_probe_once(endpoint, nodes), timeout))
-    except TimeoutError:
-        return {"s": timeout, "browse_s": None, "read_s": None, "finished": False}
+    except (TimeoutError, OSError, ua.UaError) as exc:
+        took = timeout if isinstance(exc, TimeoutError) else time.monotonic() - started
+        return {"s": max(took, timeout), "browse_s": None, "read_s": None, "finished": False,
+                "error": type(exc).__name__}
     return {"s": browse + read, "browse_s": round(browse, 2), "read_s": round(read, 2),
             "finished": True}
 
@@ -94,7 +99,7 @@ def _mirrored(work: Path, plant: BigPlant, nodes: int, rounds: int, timeout: flo
         t0 = time.monotonic()
         pair.start("tx")
         if syncing:
-            out["syncing"] = probe(plant.endpoint, nodes, timeout)["s"]
+            out["syncing"] = round(probe(plant.endpoint, nodes, timeout)["s"], 2)
         pair.wait_up(300)
         out["sync_s"] = round(time.monotonic() - t0, 1)
         time.sleep(2.0)  # past the first notifications: the steady state

@@ -234,6 +234,8 @@ class FakeSession:
                 v = ua.Variant(0 if name == "V3" else 1, ua.VariantType.Byte)
             elif a == ua.AttributeIds.DataType:
                 v = ua.Variant(node_id(11), ua.VariantType.NodeId)
+            elif a == ua.AttributeIds.MinimumSamplingInterval and name in ("V5", "V6"):
+                v = ua.Variant(500.0 if name == "V5" else -1.0, ua.VariantType.Double)
             out.append(ua.DataValue(v) if v is not None else
                        ua.DataValue(StatusCode=status(ua.StatusCodes.BadAttributeIdInvalid)))
         return out
@@ -262,12 +264,17 @@ def test_crawler_follows_continuation_points_and_limits() -> None:
     # V3 has no CurrentRead: not subscribed. Type-part nodes never are.
     assert "ns=2;s=V3" not in result.variables and "ns=2;s=Extra" in result.variables
     assert len(result.variables) == 25
+    # V5 cannot be sampled faster than 500 ms; V6's -1 ("indeterminate") asks nothing
+    assert result.min_sampling == {"ns=2;s=V5": 500.0}
 
 
 def test_limits_from_server_values() -> None:
-    assert Limits.from_server([0, None, 50]) == Limits(1000, 5000, 50)
+    assert Limits.from_server([0, None, 50]) == Limits(1000, 5000, 50, 0)
     assert Limits.from_server([0, 0, 0]).monitored == 1000
     assert Limits.from_server([10**9, 7, 1]).browse == 10000
+    # MaxMonitoredItemsPerSubscription: 0 or absent is "no limit"
+    assert Limits.from_server([0, 0, 0, 2000]).per_subscription == 2000
+    assert Limits.from_server([0, 0, 0, 0]).per_subscription == 0
 
 
 # -- configuration -------------------------------------------------------------------------
