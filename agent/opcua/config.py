@@ -75,6 +75,10 @@ class OpcuaSourceConfig:
                            example='"StatusValueTimestamp"', choices=TRIGGERS)
     rebrowse_period: float = setting(120.0, doc="full re-crawl to find added, removed and "
                                      "renamed nodes", example="120.0", lo=1.0)
+    change_check_period: float = setting(2.0, doc="a cheap check for model changes (three "
+                                         "requests: the namespace array, a slice of the "
+                                         "folders' children and of the nodes' names; 0: off)",
+                                         example="2.0", lo=0.0, hi=3600)
     model_carousel_period: float = setting(15.0, doc="re-send of the address space, for an RX "
                                            "that (re)starts", example="15.0", lo=1.0)
     value_keyframe_period: float = setting(15.0, doc="re-send of every last value",

@@ -23,6 +23,7 @@ to find the server's own nodes below them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,17 @@ class CrawlResult:
     # variables whose MinimumSamplingInterval says the server cannot sample them
     # faster than this (ms)
     min_sampling: dict[str, float] = field(default_factory=dict)
+    # object (and subtree root) -> children_digest of its hierarchical references, as
+    # the crawl saw them: what agent/opcua/change_watch.py compares with
+    children: dict[str, bytes] = field(default_factory=dict)
+
+
+def children_digest(refs: Iterable[ua.ReferenceDescription]) -> bytes:
+    """The target node ids of a node's hierarchical references, digested."""
+    h = hashlib.blake2b(digest_size=12)
+    for line in sorted(r.NodeId.to_string() for r in refs):
+        h.update(line.encode() + b"\0")
+    return h.digest()
 
 
 def _rv(nid: ua.NodeId, attr: int) -> ua.ReadValueId:
@@ -172,6 +184,7 @@ class Crawler:
         self._hier.update({n: False for n in _KNOWN_NONHIER})
         self.counters = {"browse_requests": 0, "browse_next_requests": 0, "read_requests": 0,
                          "browse_errors": 0, "read_errors": 0}
+        self.children: dict[str, bytes] = {}
 
     async def crawl(self, roots: Sequence[ua.NodeId], namespaces: Sequence[str]) -> CrawlResult:
         self.namespaces = list(namespaces)
@@ -204,7 +217,7 @@ class Crawler:
             if ms > 0 and f.node_class == ua.NodeClass.Variable and not f.in_types:
                 min_sampling[f.nid.to_string()] = ms
         return CrawlResult(ModelSnapshot(tuple(self.namespaces), nodes), variables,
-                           dict(self.counters), min_sampling)
+                           dict(self.counters), min_sampling, self.children)
 
     # -- for the reconnect check (agent/opcua/fingerprint.py) ----------------
 
@@ -270,6 +283,8 @@ class Crawler:
             if anchors:
                 results = await self._browse(anchors, ua.BrowseDirection.Forward, HIERARCHICAL)
                 for src, refs in zip(anchors, results, strict=True):
+                    if not types:
+                        self.children[src.to_string()] = children_digest(refs)
                     for ref in refs:
                         target = _plain(ref.NodeId, self.namespaces)
                         if target is None:
@@ -287,6 +302,9 @@ class Crawler:
                 await self._resolve_reftypes({r.ReferenceTypeId for refs in results for r in refs})
                 for src, refs in zip(recorded, results, strict=True):
                     f = found[src]
+                    if not types and f.node_class == ua.NodeClass.Object:
+                        self.children[src.to_string()] = children_digest(
+                            r for r in refs if self._hier.get(r.ReferenceTypeId, False))
                     for ref in refs:
                         target = _plain(ref.NodeId, self.namespaces)
                         if target is None:

@@ -6,7 +6,8 @@ OT server ─► discover (GetEndpoints, no security) ─► check (policy offer
    │             ─► fingerprint unchanged? keep the model : crawl (crawl.py) ─► ModelSnapshot
    │                                                                  ─► OpcuaModel chunks ─┐
    │             ─► read every value ─► subscribe ─► "connected" once the values are taken ├─► take()
-   │                  (re-crawl every rebrowse_period, or on a GeneralModelChangeEvent)     │
+   │                  (re-crawl every rebrowse_period, on a GeneralModelChangeEvent, or     │
+   │                   when a check every change_check_period sees one: change_watch.py)    │
    └── lost / stale ◄── subscriptions (subscriptions.py) ─► OpcuaValues ───────────────────┘
    backoff.py: every reconnect_min at first after a loss, then doubling to reconnect_max
        data changes handled per publish response, never dropped silently
@@ -63,6 +64,7 @@ from agent.link import records
 from agent.opcua.backoff import Backoff
 from agent.opcua.budget import PacedSession, PlantBudget
 from agent.opcua.certs import cert_der, key_der
+from agent.opcua.change_watch import RECRAWL_GAP, ChangeWatch
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
 from agent.opcua.commissioning import (
     Discovery,
@@ -160,7 +162,8 @@ class OpcuaSource:
             "value_records", "queue_dropped", "model_records", "keyframe_records",
             "carousel_records", "crawl_ms", "check_ms", "browse_requests", "read_requests",
             "model_events", "initial_reads", "subscriptions", "sampling_revised",
-            "sampling_max_ms", "sampling_limited"), 0)
+            "sampling_max_ms", "sampling_limited", "model_checks", "model_changes_seen",
+            "model_checks_unconfirmed"), 0)
         self.model: ModelSnapshot | None = None
         self._variables: list[str] = []
         self._print: tuple[Probe, str] | None = None  # the model's fingerprint: probe, digest
@@ -172,6 +175,8 @@ class OpcuaSource:
         self._pending: deque[OpcuaValue] = deque()
         self._last: dict[str, OpcuaValue] = {}   # what the link was given, per node
         self._min_sampling: dict[str, float] = {}
+        self._crawled_at = 0.0
+        self._children: dict[str, bytes] = {}  # what the last crawl saw; change_watch.py
         self._monitoring: Monitoring | None = None  # of the current session
         self._handle_ids = itertools.count(_HANDLE_BASE)  # never reused by a later session
         self.budget = PlantBudget(cfg.requests_per_second, self.counters)
@@ -476,25 +481,46 @@ class OpcuaSource:
                  "%s; %d requests (%.1f s waiting for the plant budget)", cfg.label,
                  len(self.model.nodes) if self.model else 0, len(watch.handle_of),
                  len(watch.subs), self.version, self.counters["requests"], self.budget.waited)
+        changes = self._change_watch()
         next_browse = time.monotonic() + cfg.rebrowse_period
+        next_check = time.monotonic() + cfg.change_check_period
+        seen = False  # a check saw a change: the crawl confirms it
         stale_after = max(KEEPALIVE * 3, cfg.timeout)
         while True:
-            wait = max(0.05, min(1.0, next_browse - time.monotonic()))
+            now = time.monotonic()
+            wait = max(0.05, min(1.0, next_browse - now, next_check - now))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_any(), wait)
             if self._lost.is_set():
                 raise ConnectionError("the server connection was lost")
-            if watch.stale(time.monotonic(), stale_after):
+            now = time.monotonic()
+            if watch.stale(now, stale_after):
                 raise ConnectionError(f"no publish response for {stale_after:.0f} s")
-            if self._model_event.is_set() or time.monotonic() >= next_browse:
+            if self._model_event.is_set() or now >= next_browse:
                 self._model_event.clear()
                 result = await self._crawl(client, session, limits)
                 if result.snapshot.version != self.version:
                     self._install(result)
                     await watch.unmonitor(set(result.variables))
                     await watch.monitor(result.variables, result.min_sampling)
+                elif seen:
+                    self.counters["model_checks_unconfirmed"] += 1
+                seen = False
                 await self._take_fingerprint(session, limits)
+                changes = self._change_watch()
                 next_browse = time.monotonic() + cfg.rebrowse_period
+            elif changes is not None and now >= next_check and not seen:
+                self.counters["model_checks"] += 1
+                reason = await changes.check(session, limits, await self._namespaces(client))
+                next_check = time.monotonic() + cfg.change_check_period
+                if reason is not None:
+                    seen = True
+                    self.counters["model_changes_seen"] += 1
+                    # a crawl costs the plant: at most a fifth of the time crawling
+                    gap = max(RECRAWL_GAP, 5 * self.counters["crawl_ms"] / 1000)
+                    next_browse = max(time.monotonic(), self._crawled_at + gap)
+                    log.info("%s: address space changed (%s): crawling in %.0f s", cfg.label,
+                             reason, next_browse - time.monotonic())
 
     async def _model_for(self, client: Client, session: PacedSession, limits: Limits
                          ) -> list[str]:
@@ -519,6 +545,12 @@ class OpcuaSource:
         self._install(result)
         await self._take_fingerprint(session, limits)
         return result.variables
+
+    def _change_watch(self) -> ChangeWatch | None:
+        """A watch on the current model (None: change_check_period 0)."""
+        if self.model is None or not self.cfg.change_check_period:
+            return None
+        return ChangeWatch(self.model, self._children)
 
     async def _take_fingerprint(self, session: PacedSession, limits: Limits) -> None:
         """After a crawl: what the next reconnect compares with."""
@@ -563,6 +595,7 @@ class OpcuaSource:
             raise SourceRefused(f"{self.cfg.label}: {exc}. Fix: correct subtrees") from None
         c = self.counters
         c["crawls"] += 1
+        self._crawled_at = time.monotonic()
         c["crawl_ms"] = int((time.monotonic() - started) * 1000)
         c["browse_requests"] += crawler.counters["browse_requests"]
         c["read_requests"] += crawler.counters["read_requests"]
@@ -575,6 +608,7 @@ class OpcuaSource:
         self.counters["variables"] = len(result.variables)
         self._variables = result.variables
         self._min_sampling = result.min_sampling
+        self._children = result.children
         if version == self.version:
             return
         old = self.version

@@ -112,9 +112,10 @@ def test_mirror_served_by_the_agents(diode: Diode, plant: PlantProcess, order: s
         asyncio.run(_write_refused(endpoint, shared[0], user))
     asyncio.run(_node_management_refused(endpoint))
     rx = next(a for a in agents if a.role == "rx")
-    st = diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
-                           == "serving", 10, "mirror serving")
-    assert st["tx"]["sources"]["opcua:plant"] == "connected"
+    # TX's state reaches RX with its next heartbeat, and RX's status file a second later
+    diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
+                      == "serving" and s["tx"]["sources"].get("opcua:plant") == "connected",
+                      10, "mirror serving, TX's source connected")
 
 
 def test_first_model_reaches_a_mirror_started_with_tx(diode: Diode, plant: PlantProcess
