@@ -9,6 +9,8 @@
 // may change several times a tick), set from the source as a device driver would; each change
 // writes the next number of one plant-wide count. Every variable declares
 // MinimumSamplingInterval = MIN_SAMPLING_MS (default 0: it can be monitored on change).
+// SIGUSR1 adds a variable Plant.AddedNNN to Area000 and prints "ADDED <node id>"; SIGUSR2
+// deletes the last one added and prints "REMOVED <node id>".
 import { DataType, OPCUAServer, StatusCodes, Variant } from "node-opcua";
 
 const [host, portText, nText, rateText, minText, tickText] = process.argv.slice(2);
@@ -54,6 +56,25 @@ setInterval(() => {
       StatusCodes.Good, now);
   }
 }, tick);
+
+const added = [];
+process.on("SIGUSR1", () => {
+  const name = `Added${String(added.length).padStart(3, "0")}`;
+  const v = ns.addVariable({
+    organizedBy: space.findNode("ns=2;s=Plant.Area000") ?? plant, browseName: name,
+    nodeId: `s=Plant.${name}`, dataType: "Double",
+    value: new Variant({ dataType: DataType.Double, value: added.length }),
+  });
+  added.push(v);
+  console.log(`ADDED ${v.nodeId.toString()}`);
+});
+process.on("SIGUSR2", () => {
+  const v = added.pop();
+  if (v) {
+    space.deleteNode(v);
+    console.log(`REMOVED ${v.nodeId.toString()}`);
+  }
+});
 
 await server.start();
 console.log(`READY opc.tcp://${host}:${portText}/plant`);

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -149,6 +150,26 @@ class BigPlant:
                 raise NodeOpcuaError("node-opcua big plant did not start:\n"
                                      + self.log_path.read_text(errors="replace")[-2000:])
             time.sleep(0.1)
+
+    def _signal(self, sig: int, word: str) -> str:
+        """Send `sig`; the node id the plant printed after `word`."""
+        before = self.log_path.read_text(errors="replace").count(word)
+        self.proc.send_signal(sig)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines()
+                     if ln.startswith(word + " ")]
+            if len(lines) > before:
+                return lines[-1].split()[1]
+            time.sleep(0.05)
+        raise NodeOpcuaError(f"node-opcua big plant: no {word} line within 10 s")
+
+    def add_variable(self) -> str:
+        """A new variable in Area000 while running: its node id."""
+        return self._signal(signal.SIGUSR1, "ADDED")
+
+    def remove_last_added(self) -> str:
+        return self._signal(signal.SIGUSR2, "REMOVED")
 
     def close(self) -> None:
         terminate(self.proc, 5.0)
