@@ -81,6 +81,7 @@ from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
 from agent.opcua.expiry import ExpiryWatch
 from agent.opcua.fingerprint import Probe, fingerprint, probe_of
 from agent.opcua.model import ModelSnapshot
+from agent.opcua.namespaces import Renumbering
 from agent.opcua.ua import status
 
 __all__ = ["OpcuaSource", "OpcuaSourceConfig", "SourceRefused"]
@@ -206,6 +207,7 @@ class OpcuaSource:
         self._handles: dict[str, int] = {}       # node id -> client handle
         self._node_of: dict[int, str] = {}       # client handle -> node id
         self._server_handle: dict[str, int] = {}
+        self._stale: set[str] = set()            # handled ids that name another node now
         self._next_handle = _HANDLE_BASE
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
@@ -493,6 +495,7 @@ class OpcuaSource:
         self._handles.clear()
         self._node_of.clear()
         self._server_handle.clear()
+        self._stale.clear()
         # One bulk read gives RX every value now; creating thousands of monitored
         # items can take a busy server many seconds (their first notifications repeat
         # these values, which is harmless).
@@ -599,6 +602,8 @@ class OpcuaSource:
         if version == self.version:
             return
         old = self.version
+        if self.model is not None and self.model.namespaces != snap.namespaces:
+            self._renumber(Renumbering.of(self.model.namespaces, snap.namespaces))
         self.model, self.version = snap, version
         from agent.opcua.model import split
         self._model_chunks = split(self.cfg.name, version, data, self.cfg.model_chunk_size)
@@ -613,6 +618,24 @@ class OpcuaSource:
             log.info("%s: address space changed: model %s -> %s (%d nodes)", self.cfg.label,
                      old, version, len(snap.nodes))
         self._wake()
+
+    def _renumber(self, renumbering: Renumbering) -> None:
+        """The server's namespace array changed: what TX holds under node ids moves to the
+        ids of the new array (agent/opcua/namespaces.py), before the new model goes out.
+        Values waiting and the keyframe's values follow their node; a monitored item
+        whose id names another node now (or none) stops counting at once and is made
+        again under its node's new id (`_resubscribe`)."""
+        def moved(e: OpcuaValue) -> OpcuaValue | None:
+            nid = renumbering.node(e[0])
+            return e if nid == e[0] else None if nid is None else (nid, *e[1:])
+
+        pending = [m for m in map(moved, self._pending) if m is not None]
+        self._taken += len(self._pending) - len(pending)  # never given to the link
+        self._pending = deque(pending)
+        self._last = {m[0]: m for m in map(moved, self._last.values()) if m is not None}
+        for nid in [n for n in self._handles if not renumbering.keeps(n)]:
+            self._stale.add(nid)
+            self._node_of.pop(self._handles[nid], None)
 
     async def _read_values(self, client: Client, limits: Limits, variables: list[str]) -> None:
         step = limits.read
@@ -718,7 +741,8 @@ class OpcuaSource:
     async def _resubscribe(self, sub: _BatchSubscription, limits: Limits,
                            variables: list[str]) -> None:
         keep = set(variables)
-        gone = [nid for nid in self._handles if nid not in keep]
+        gone = [nid for nid in self._handles if nid not in keep or nid in self._stale]
+        self._stale.clear()
         server_handles = [self._server_handle.pop(nid) for nid in gone if nid in self._server_handle]
         for nid in gone:
             self._node_of.pop(self._handles.pop(nid), None)
