@@ -35,6 +35,7 @@ from asyncua.server.address_space import AttributeValue, NodeData
 from asyncua.server.internal_server import InternalServer
 from asyncua.ua.ua_binary import variant_from_binary
 
+from agent.opcua.diff import Relink
 from agent.opcua.model import NodeRecord
 from agent.opcua.ua import node_id, status
 
@@ -277,8 +278,8 @@ class Builder:
             dv = ua.DataValue(fixed if fixed is not None else variant)
             if attr in (A.BrowseName, A.DisplayName) and attr in nd.attributes:
                 await aspace.write_attribute_value(n, A(attr), dv)  # syncs reference names
-            elif attr == A.Value and attr in nd.attributes:
-                await set_value(nd.attributes[attr], dv)
+            elif attr in nd.attributes:  # in place: items monitoring the attribute see it
+                await set_value(nd.attributes[A(attr)], dv)
             else:
                 nd.attributes[A(attr)] = AttributeValue(dv)
         if old.type_def != new.type_def:
@@ -295,6 +296,21 @@ class Builder:
         if old_refs != new_refs:
             self.remove_refs(new.node_id, old_refs - new_refs)
             self.add_refs(new.node_id, [r for r in new.refs if r not in old_refs], mirrored)
+
+    def relink(self, link: Relink, mirrored: set[str]) -> None:
+        """Add again a kept node's references to or from nodes just added (agent/opcua/
+        diff.py): removed first where one survived, so none is there twice."""
+        if link.parent is not None:
+            parent, rtype = link.parent
+            self.remove_refs(parent, [(rtype, link.node_id)])
+            self.add_refs(parent, [(rtype, link.node_id)], mirrored)
+        if link.refs:
+            self.remove_refs(link.node_id, link.refs)
+            self.add_refs(link.node_id, link.refs, mirrored)
+        if link.type_def is not None:
+            ref = [(HAS_TYPE_DEFINITION.to_string(), link.type_def)]
+            self.remove_refs(link.node_id, ref)
+            self.add_refs(link.node_id, ref, set())  # as AddNodes makes it: forward only
 
 
 def _ref_item(source: ua.NodeId, rtype: ua.NodeId, target: ua.NodeId,

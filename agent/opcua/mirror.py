@@ -2,7 +2,7 @@
 
 ```
 OpcuaModel chunks ─► ModelAssembler ─► snapshot ─► diff with what is mirrored ─► delete / add / update nodes
-                                                   (namespace array copied: node ids are identical)
+                                                   (diff.py; namespace array copied: node ids are identical)
 OpcuaValues ─────► decode Variant ─► DataValue(value, status, source ts, server ts) ─► node + IT subscribers
                    (values for nodes the model has not brought yet wait, the last one per node)
                    ─► history (historized nodes: agent/opcua/history_store.py) ◄─ HistoryRead
@@ -20,9 +20,15 @@ Namespaces: the mirror's NamespaceArray is the source's, index for index,
 followed by the mirror's own diagnostics namespace, so a node id such as
 ``ns=2;s=Plant`` is the same on both sides. Index 1 is therefore the source
 server's URI, not the mirror's application URI (which only names the mirror
-in its endpoints and certificate). When the source's namespace array changes,
-the mirror rebuilds its whole address space and the diagnostics move to the
-new last index.
+in its endpoints and certificate).
+
+Model changes are applied as a diff (agent/opcua/diff.py), so IT clients'
+monitored items on nodes that did not change keep flowing, whatever else the
+source changed. A changed namespace array is one more diff: namespaces are
+matched by URI, a node whose namespace kept its index keeps its node id (an
+appended namespace moves none), and only the nodes of namespaces that moved
+are removed and added under their new ids. The diagnostics object moves only
+when its namespace's index changes, i.e. when the source's array changes length.
 
 Quality (a Bad status nulls the value: docs/ARCHITECTURE.md, "Traps in our
 dependencies"): while the link or the
@@ -68,6 +74,7 @@ from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_
 from agent.opcua.certs import cert_der, key_der
 from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
 from agent.opcua.config import OpcuaMirrorConfig
+from agent.opcua.diff import diff
 from agent.opcua.expiry import ExpiryWatch
 from agent.opcua.history_read import HistoryReader
 from agent.opcua.history_store import HistoryStore
@@ -212,7 +219,8 @@ class OpcuaMirror:
             self.expiry.tick(time.monotonic())  # at start; daily from the quality loop
         self.server = server
         self._builder = Builder(server.iserver)
-        await self._create_diagnostics(list(await server.get_namespace_array()))
+        await self._serve_namespaces(tuple(await server.get_namespace_array()))
+        await self._create_diagnostics()
         await start_bounded(server, cfg.name)  # bounded connections, sizes, time, logs
         self.state = SinkState.WAITING_MODEL
         self._task = asyncio.create_task(self._quality_loop(), name=f"opcua-mirror-{cfg.name}")
@@ -341,41 +349,28 @@ class OpcuaMirror:
         server, builder = self.server, self._builder
         assert server is not None and builder is not None
         started = time.monotonic()
-        if snap.namespaces != self.namespaces:
-            if self._records:
-                log.warning("mirror '%s': the source's namespace array changed; rebuilding the "
-                            "address space", self.name)
-                await builder.delete(reversed(list(self._records)))
-                self._records.clear()
-                self._vars.clear()
-            await self._delete_diagnostics()
-            ns_array = list(snap.namespaces)
-            await server.write_attribute_value(
-                node_id(ua.ObjectIds.Server_NamespaceArray),
-                ua.DataValue(ua.Variant(ns_array, ua.VariantType.String)))
-            self.namespaces = snap.namespaces
-            await self._create_diagnostics(ns_array)
-        new = {r.node_id: r for r in snap.nodes}
         old = self._records
-        removed = [n for n in reversed(list(old)) if n not in new]
-        added = [r for r in snap.nodes if r.node_id not in old]
-        changed = [(old[r.node_id], r) for r in snap.nodes
-                   if r.node_id in old and old[r.node_id] != r]
-        moved = [(o, n) for o, n in changed if o.node_class != n.node_class]
-        if moved:  # a node that changed class is a new node under an old id
-            removed += [o.node_id for o, _ in moved]
-            added += [n for _, n in moved]
-            changed = [(o, n) for o, n in changed if o.node_class == n.node_class]
-        await builder.delete(removed)
-        for nid_ in removed:
+        d = diff(old.values(), self.namespaces, snap.nodes, snap.namespaces)
+        if snap.namespaces != self.namespaces:
+            if old:
+                log.info("mirror '%s': the source's namespace array changed (%d -> %d "
+                         "namespaces): nodes whose namespace moved get their new ids",
+                         self.name, len(self.namespaces), len(snap.namespaces))
+            await self._serve_namespaces(snap.namespaces)
+            self.namespaces = snap.namespaces
+        await builder.delete(d.removed)
+        for nid_ in d.removed:
             old.pop(nid_, None)
             self._vars.pop(nid_, None)
+        if self.cfg.diagnostics and not self._diag:
+            await self._create_diagnostics()  # after the removals: its index may be theirs
+        changed = list(d.changed)
         hist = historized(snap, self.cfg.history_nodes) if self._history is not None \
             else frozenset()
-        done = await builder.add(added, hist)
+        done = await builder.add(list(d.added), hist)
         for rec in done:
             old[rec.node_id] = rec
-        mirrored = set(new)
+        mirrored = {r.node_id for r in snap.nodes}
         for i, rec in enumerate(done):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
@@ -385,6 +380,14 @@ class OpcuaMirror:
                 await asyncio.sleep(0)
             await builder.update(o, n, mirrored, n.node_id in hist)
             old[n.node_id] = n
+        for i, link in enumerate(d.relinks):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            builder.relink(link, mirrored)
+        # A variable whose value no longer comes with the model: the source sends it now.
+        live = [n for o, n in changed if A.Value in o.attrs and A.Value not in n.attrs]
+        for n in live:
+            self._vars.pop(n.node_id, None)
         fresh = {r.node_id for r in done}
         for n_id in hist ^ self._historized:  # moved into or out of a historized subtree
             if n_id not in fresh:
@@ -392,7 +395,7 @@ class OpcuaMirror:
         self._historized = hist
         # Keep the snapshot's order for a later rebuild (parents before children).
         self._records = {r.node_id: old[r.node_id] for r in snap.nodes if r.node_id in old}
-        await self._bind_variables([r for r in done])
+        await self._bind_variables([*done, *live])
         await self._bind_statics([n for _, n in changed if A.Value in n.attrs])
         self.version = version
         self.state = SinkState.SERVING
@@ -401,7 +404,7 @@ class OpcuaMirror:
         await self._diag_write("Nodes", len(self._records))
         log.info("mirror '%s': model %s installed in %.2f s: %d nodes (+%d -%d ~%d)", self.name,
                  version, time.monotonic() - started, len(self._records), len(done),
-                 len(removed), len(changed))
+                 len(d.removed), len(changed))
 
     async def _bind_variables(self, recs: list[NodeRecord]) -> None:
         """Track the new variables without a static value; give them their early
@@ -581,17 +584,29 @@ class OpcuaMirror:
 
     # -- diagnostics -----------------------------------------------------------------
 
-    async def _create_diagnostics(self, ns_array: list[str]) -> None:
+    async def _serve_namespaces(self, source: tuple[str, ...]) -> None:
+        """Serve the source's NamespaceArray, index for index, and the mirror's own
+        namespace after it. The diagnostics object keeps its node id while its namespace
+        keeps its index (the source's array kept its length); when the source appends or
+        removes namespaces the index is another's now, so the object goes (IT clients'
+        items on it see BadNodeIdUnknown) and is made again at the new last index."""
+        assert self.server is not None
+        served = list(source)
+        if self.cfg.diagnostics and DIAG_NAMESPACE not in served:
+            served.append(DIAG_NAMESPACE)
+        if self._diag and (DIAG_NAMESPACE not in served
+                           or served.index(DIAG_NAMESPACE) != self._diag_ns):
+            await self._delete_diagnostics()
+        await self.server.write_attribute_value(
+            node_id(ua.ObjectIds.Server_NamespaceArray),
+            ua.DataValue(ua.Variant(served, ua.VariantType.String)))
+
+    async def _create_diagnostics(self) -> None:
+        """Objects/DiodeDiagnostics in the mirror's namespace, as served now."""
         if not self.cfg.diagnostics or self.server is None:
             return
         server = self.server
-        ns_array = list(ns_array)
-        if DIAG_NAMESPACE not in ns_array:
-            ns_array.append(DIAG_NAMESPACE)
-            await server.write_attribute_value(
-                node_id(ua.ObjectIds.Server_NamespaceArray),
-                ua.DataValue(ua.Variant(ns_array, ua.VariantType.String)))
-        ns = self._diag_ns = ns_array.index(DIAG_NAMESPACE)
+        ns = self._diag_ns = list(await server.get_namespace_array()).index(DIAG_NAMESPACE)
         folder = await server.nodes.objects.add_object(node_id("DiodeDiagnostics", ns),
                                                        ua.QualifiedName("DiodeDiagnostics", ns))
         self._diag = {}
@@ -600,6 +615,9 @@ class OpcuaMirror:
                                              ua.QualifiedName(name, ns), value, vtype)
             self._diag[name] = node.nodeid
         await self._update_diagnostics()
+        if self.version is not None:
+            await self._diag_write("ModelVersion", self.version)
+            await self._diag_write("Nodes", len(self._records))
 
     async def _delete_diagnostics(self) -> None:
         if not self._diag or self._builder is None:

@@ -82,6 +82,7 @@ from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
 from agent.opcua.expiry import ExpiryWatch
 from agent.opcua.fingerprint import Probe, fingerprint, probe_of
 from agent.opcua.model import ModelSnapshot
+from agent.opcua.namespaces import Renumbering
 from agent.opcua.subscriptions import KEEPALIVE, Monitoring
 from agent.opcua.ua import status
 
@@ -612,6 +613,8 @@ class OpcuaSource:
         if version == self.version:
             return
         old = self.version
+        if self.model is not None and self.model.namespaces != snap.namespaces:
+            self._renumber(Renumbering.of(self.model.namespaces, snap.namespaces))
         self.model, self.version = snap, version
         from agent.opcua.model import split
         self._model_chunks = split(self.cfg.name, version, data, self.cfg.model_chunk_size)
@@ -626,6 +629,23 @@ class OpcuaSource:
             log.info("%s: address space changed: model %s -> %s (%d nodes)", self.cfg.label,
                      old, version, len(snap.nodes))
         self._wake()
+
+    def _renumber(self, renumbering: Renumbering) -> None:
+        """The server's namespace array changed: what TX holds under node ids moves to the
+        ids of the new array (agent/opcua/namespaces.py), before the new model goes out.
+        Values waiting and the keyframe's values follow their node; a monitored item
+        whose id names another node now (or none) stops counting at once and is made
+        again under its node's new id (`_resubscribe`)."""
+        def moved(e: OpcuaValue) -> OpcuaValue | None:
+            nid = renumbering.node(e[0])
+            return e if nid == e[0] else None if nid is None else (nid, *e[1:])
+
+        pending = [m for m in map(moved, self._pending) if m is not None]
+        self._taken += len(self._pending) - len(pending)  # never given to the link
+        self._pending = deque(pending)
+        self._last = {m[0]: m for m in map(moved, self._last.values()) if m is not None}
+        if self._monitoring is not None:
+            self._monitoring.renumbered(renumbering)
 
     async def _read_values(self, session: PacedSession, limits: Limits, variables: list[str]
                            ) -> None:

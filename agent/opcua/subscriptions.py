@@ -37,6 +37,7 @@ from asyncua.common.utils import ServiceError
 from agent.opcua.budget import PlantBudget
 from agent.opcua.config import OpcuaSourceConfig
 from agent.opcua.crawl import Limits
+from agent.opcua.namespaces import Renumbering
 
 log = logging.getLogger("diode.source.opcua")
 
@@ -113,6 +114,7 @@ class Monitoring:
         self.handle_of: dict[str, int] = {}
         self.node_of: dict[int, str] = {}
         self._placed: dict[str, tuple[BatchSubscription, int]] = {}  # node -> sub, server handle
+        self._stale: set[str] = set()  # monitored ids that name another node now
         self._filter: ua.DataChangeFilter | None = None
         if cfg.trigger != "StatusValue":
             self._filter = ua.DataChangeFilter()
@@ -232,9 +234,18 @@ class Monitoring:
                      "every %.0f ms): faster changes are coalesced on the plant", self.cfg.label,
                      revised, slowest)
 
+    def renumbered(self, renumbering: Renumbering) -> None:
+        """The server's namespace array changed: an item whose id names another node now
+        (or none) stops counting at once; `unmonitor` deletes it, `monitor` makes it again
+        under its node's new id."""
+        for nid in [n for n in self.handle_of if not renumbering.keeps(n)]:
+            self._stale.add(nid)
+            self.node_of.pop(self.handle_of[nid], None)
+
     async def unmonitor(self, keep: set[str]) -> None:
-        """Stop monitoring every variable not in `keep`."""
-        gone = [nid for nid in self.handle_of if nid not in keep]
+        """Stop monitoring every variable not in `keep`, and every renumbered one."""
+        gone = [nid for nid in self.handle_of if nid not in keep or nid in self._stale]
+        self._stale.clear()
         by_sub: dict[BatchSubscription, list[int]] = {}
         for nid in gone:
             self.node_of.pop(self.handle_of.pop(nid), None)

@@ -14,6 +14,8 @@
 //        -> [status name per item]
 //   {"op": "call", "items": [{"objectId", "methodId"}, ...]} -> [status name per item]
 //   {"op": "subscribe", "nodeId", "indexRange", "seconds": 2} -> {status, values: [...]}
+//   {"op": "subscribe", "nodeIds": [...], "seconds": 2} -> [{nodeId, status, values}, ...]
+//        (one subscription, a monitored item per node, held for the whole time)
 //
 // A DataValue is {status, value, sourceTicks, serverTicks} with values as JSON (typed
 // arrays as lists) and the timestamps as OPC UA ticks (100 ns since 1601, decimal strings;
@@ -98,17 +100,20 @@ async function subscribe(session, op) {
     requestedMaxKeepAliveCount: 10, maxNotificationsPerPublish: 0, publishingEnabled: true,
     priority: 1,
   });
-  const values = [];
-  const item = ClientMonitoredItem.create(sub,
-    { nodeId: resolveNodeId(op.nodeId), attributeId: AttributeIds.Value,
-      indexRange: op.indexRange || null },
-    { samplingInterval: 100, queueSize: 100, discardOldest: true }, TimestampsToReturn.Both);
-  let status = "Good";
-  item.on("changed", (dv) => values.push(dataValue(dv)));
-  item.on("err", (message) => { status = String(message); });
+  const items = (op.nodeIds || [op.nodeId]).map((nodeId) => {
+    const seen = { nodeId, status: "Good", values: [] };
+    const item = ClientMonitoredItem.create(sub,
+      { nodeId: resolveNodeId(nodeId), attributeId: AttributeIds.Value,
+        indexRange: op.indexRange || null },
+      { samplingInterval: 100, queueSize: 100, discardOldest: true }, TimestampsToReturn.Both);
+    item.on("changed", (dv) => seen.values.push(dataValue(dv)));
+    item.on("err", (message) => { seen.status = String(message); });
+    return seen;
+  });
   await new Promise((resolve) => setTimeout(resolve, (op.seconds || 2) * 1000));
   await sub.terminate();
-  return { status, values };
+  if (op.nodeIds) return items;
+  return { status: items[0].status, values: items[0].values };
 }
 
 async function run(session, op) {
@@ -169,5 +174,6 @@ try {
 } finally {
   await client.disconnect();
 }
-console.log(JSON.stringify(out));
-process.exit(code);
+// Exit only once stdout is written: to a pipe it is asynchronous, and an exit right
+// after a large write would cut it (at 64 KiB).
+process.stdout.write(`${JSON.stringify(out)}\n`, () => process.exit(code));

@@ -1,6 +1,8 @@
 """The mirror applying model versions by hand-made snapshots: renames, moves and
-deletions in place (IT subscriptions survive), and a namespace-array change
-(full rebuild, diagnostics move to the new last index)."""
+deletions in place (IT subscriptions survive), namespace-array changes as a diff
+(an appended namespace changes no node id; an inserted one moves only the nodes
+after it; the diagnostics move only when their index must), and a node that
+changed class (re-created, its kept neighbours linked to it again)."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ async def feed(mirror: OpcuaMirror, snap: ModelSnapshot) -> None:
         await mirror.apply(records.decode(records.encode(rec)))
 
 
-def test_model_versions_apply_in_place_and_namespace_change_rebuilds() -> None:
+def test_model_versions_apply_in_place_and_namespace_changes_as_a_diff() -> None:
     url = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
 
     async def main() -> None:
@@ -67,10 +69,12 @@ def test_model_versions_apply_in_place_and_namespace_change_rebuilds() -> None:
             assert await x.read_value() == 4.5
             # An IT client subscribed to X keeps its subscription across the rename.
             seen: list[Any] = []
+            codes: list[str] = []
 
             class Handler:
                 def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
                     seen.append(val)
+                    codes.append(data.monitored_item.Value.StatusCode.name)
             sub = await client.create_subscription(50, Handler())
             await sub.subscribe_data_change(x)
 
@@ -100,7 +104,54 @@ def test_model_versions_apply_in_place_and_namespace_change_rebuilds() -> None:
             assert 7.0 in seen
             assert mirror.all_counters()["nodes_updated"] >= 2
 
-            # C: the source gained a namespace before ours: everything is rebuilt.
+            # B2: a namespace appended, with a node: no node id changes, X keeps flowing;
+            # the diagnostics leave the index the new namespace takes.
+            b2 = ModelSnapshot((*NS, "urn:extra"), (*b.nodes, var("ns=3;s=E", "E", "ns=2;s=G")))
+            await feed(mirror, b2)
+            ns = await client.get_namespace_array()
+            assert ns == [*b2.namespaces, DIAG_NAMESPACE]
+            assert (await client.get_node("ns=3;s=E").read_browse_name()).Name == "E"
+            assert {c.nodeid.to_string() for c in await g.get_children()} == \
+                {"ns=2;s=F.X", "ns=2;s=G.Z", "ns=3;s=E"}
+            await mirror.apply(opcua_codec.OpcuaValues("m", False, (
+                ("ns=2;s=F.X", v(9.0, ua.VariantType.Double), 0, None, None),)))
+            for _ in range(100):
+                if 9.0 in seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert 9.0 in seen and set(codes) == {"Good"}, codes
+            assert await x.read_value() == 9.0
+            diag = client.get_node("ns=4;s=DiodeDiagnostics.ModelVersion")
+            assert await diag.read_value() == b2.version
+
+            # B3: a URI replaced in place (same length): the diagnostics keep their node id,
+            # so an IT client's item on them sees the new version, never BadNodeIdUnknown.
+            diag_seen: list[Any] = []
+
+            class DiagHandler:
+                def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+                    diag_seen.append(data.monitored_item.Value)
+            diag_sub = await client.create_subscription(50, DiagHandler())
+            await diag_sub.subscribe_data_change(diag)
+            # X's DataType rewritten too: in place, so an item on that attribute sees it.
+            await diag_sub.subscribe_data_change(x, A.DataType)
+            float_x = NodeRecord(b.nodes[2].node_id, 2, "ns=2;s=G", "i=47", "i=63", {
+                **b.nodes[2].attrs, A.DataType: v(ua.NodeId(10), ua.VariantType.NodeId)})
+            b3 = ModelSnapshot((*NS, "urn:other"), (*b.nodes[:2], float_x, b.nodes[3]))
+            await feed(mirror, b3)
+            for _ in range(100):
+                if any(dv.Value.Value == b3.version for dv in diag_seen) and \
+                        any(dv.Value.Value == ua.NodeId(10) for dv in diag_seen):
+                    break
+                await asyncio.sleep(0.02)
+            assert [dv.Value.Value for dv in diag_seen if isinstance(dv.Value.Value, str)
+                    ][-1] == b3.version
+            assert ua.NodeId(10) in [dv.Value.Value for dv in diag_seen]
+            assert all(dv.StatusCode.is_good() for dv in diag_seen)
+            gone = (await client.read_attributes([client.get_node("ns=3;s=E")], A.BrowseName))[0]
+            assert gone.StatusCode.value == ua.StatusCodes.BadNodeIdUnknown  # urn:extra went
+
+            # C: the source gained a namespace before the plant's: its nodes move to ns=3.
             c = ModelSnapshot(("http://opcfoundation.org/UA/", "urn:source", "urn:new", "urn:plant"),
                               (folder("ns=3;s=F", "F"), var("ns=3;s=F.X", "X", "ns=3;s=F")))
             await feed(mirror, c)
@@ -111,6 +162,26 @@ def test_model_versions_apply_in_place_and_namespace_change_rebuilds() -> None:
             assert gone.StatusCode.value == ua.StatusCodes.BadNodeIdUnknown
             diag = client.get_node(f"ns={ns.index(DIAG_NAMESPACE)};s=DiodeDiagnostics.ModelVersion")
             assert await diag.read_value() == c.version
+            for _ in range(100):  # X's old id is gone: its item is told
+                if "BadNodeIdUnknown" in codes:
+                    break
+                await asyncio.sleep(0.02)
+            assert "BadNodeIdUnknown" in codes
+
+            # D: F changed class (an Object became a View): re-created; X, kept, is still
+            # its child, and K's reference to it is there again.
+            k = NodeRecord("ns=3;s=K", 2, "i=85", "i=35", "i=63", var("x", "K", "").attrs,
+                           (("i=53", "ns=3;s=F"),))
+            d1 = ModelSnapshot(c.namespaces, (*c.nodes, k))
+            await feed(mirror, d1)
+            view = NodeRecord("ns=3;s=F", 128, "i=85", "i=35", None, folder("x", "F").attrs)
+            d2 = ModelSnapshot(c.namespaces, (view, c.nodes[1], k))
+            await feed(mirror, d2)
+            f3 = client.get_node("ns=3;s=F")
+            assert await f3.read_node_class() == ua.NodeClass.View
+            assert [n.nodeid.to_string() for n in await f3.get_children()] == ["ns=3;s=F.X"]
+            assert [n.nodeid.to_string() for n in await client.get_node("ns=3;s=K").get_referenced_nodes(
+                ua.ObjectIds.HasCause, ua.BrowseDirection.Forward)] == ["ns=3;s=F"]
         finally:
             await client.disconnect()
             await mirror.stop()

@@ -12,7 +12,8 @@ Address space (namespace ``urn:diode:plant``, string node ids)::
         Setpoint                                custom structure PumpSetpoint
         Writable                                Double with write access (the mirror must refuse)
         Reset()                                 a method (the mirror must refuse calls)
-      Added                                     nodes added at runtime (`add_variable`)
+      Added                                     nodes added at runtime (`add_variable`,
+                                                and `Extra.Value` of each namespace added)
 
 Values change at `rate` changes per second in total, written inside the server
 in bulk (one AttributeService.write per tick, as the server's own admin
@@ -39,6 +40,19 @@ It prints ``READY opc.tcp://...`` when listening. SIGUSR1 adds a variable
 under Plant/Added, SIGUSR2 removes the last added one, SIGHUP pauses or
 resumes the value changes; each prints ``ADDED <node id>``, ``REMOVED <node
 id>``, ``PAUSED`` or ``RESUMED``. `PlantProcess` runs it that way for tests.
+
+Namespace changes come as lines on stdin (a signal carries no URI), each
+answered with ``NAMESPACES <JSON array>``, the NamespaceArray after it:
+
+- ``append-namespace URI``: URI becomes the last namespace, with one String
+  variable ``ns=<its index>;s=Extra.Value`` under Plant/Added whose value names
+  its URI (``"URI k"``, k counting ticks), so a client sees which namespace a
+  value comes from.
+- ``insert-namespace URI BEFORE``: URI is inserted before BEFORE, one of the
+  namespaces appended so; those from BEFORE on move up one index, their
+  Extra.Value nodes are recreated under their new node ids, and URI gets an
+  Extra.Value of its own, under the node id BEFORE's had (the same string now
+  names another node). The plant's own namespace cannot move: its nodes stay.
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import math
 import queue
@@ -72,6 +87,7 @@ from agent.opcua.ticks import TickTime
 from agent.opcua.ua import data_value, node_id, status
 
 NAMESPACE = "urn:diode:plant"
+EXTRA = "Extra.Value"  # the variable of each namespace added at runtime
 PER_FOLDER = 100
 MOTOR_STATES = ("Stopped", "Running", "Fault")
 
@@ -156,6 +172,7 @@ class PlantOpcua:
         self.ns = 0
         self.ids: list[ua.NodeId] = []
         self.added: list[ua.NodeId] = []
+        self.extra: dict[str, ua.NodeId] = {}  # namespace added at runtime -> its Extra.Value
         self._rng = random.Random(seed)
         self._task: asyncio.Task[None] | None = None
         self._special: dict[str, ua.NodeId] = {}
@@ -275,6 +292,36 @@ class PlantOpcua:
         await self.server.delete_nodes([self.server.get_node(nid)])
         return nid.to_string()
 
+    async def append_namespace(self, uri: str) -> list[str]:
+        """Add `uri` as the last namespace, with its Extra.Value; the new NamespaceArray."""
+        ns = await self.server.register_namespace(uri)
+        if uri not in self.extra:
+            await self._add_extra(uri, ns)
+        return list(await self.server.get_namespace_array())
+
+    async def insert_namespace(self, uri: str, before: str) -> list[str]:
+        """Insert `uri` before `before` (a namespace `append_namespace` added): the
+        namespaces from `before` on move up one index (as a server does when an
+        information model is loaded before others); the new NamespaceArray."""
+        uris = list(await self.server.get_namespace_array())
+        if uri in uris or before not in self.extra:
+            raise ValueError(f"cannot insert {uri} before {before}")
+        at = uris.index(before)
+        moved = uris[at:]
+        await self.server.delete_nodes([self.server.get_node(self.extra.pop(u)) for u in moved
+                                        if u in self.extra])
+        uris.insert(at, uri)
+        await self.server.nodes.namespace_array.write_value(uris)
+        for u in [uri, *moved]:
+            await self._add_extra(u, uris.index(u))
+        return uris
+
+    async def _add_extra(self, uri: str, ns: int) -> None:
+        parent = self.server.get_node(node_id("Added", self.ns))
+        node = await parent.add_variable(node_id(EXTRA, ns), ua.QualifiedName("Value", ns),
+                                         f"{uri} 0", ua.VariantType.String)
+        self.extra[uri] = node.nodeid
+
     def _bulk(self, writes: list[tuple[ua.NodeId, ua.Variant]]) -> ua.WriteParameters:
         now = datetime.now(UTC)
         params = ua.WriteParameters()
@@ -315,6 +362,8 @@ class PlantOpcua:
             ]
         for nid in self.added:
             writes.append((nid, ua.Variant(float(k), ua.VariantType.Double)))
+        for uri, nid in self.extra.items():
+            writes.append((nid, ua.Variant(f"{uri} {k}", ua.VariantType.String)))
         params = self._bulk(writes)
         if sp:  # a SourceTimestamp only 100 ns ticks can carry
             wv = next(w for w in params.NodesToWrite if w.NodeId == sp["Int32"])
@@ -391,8 +440,8 @@ class PlantProcess:
                 args += ["--trusted-dir", str(security.trusted_dir)]
             if security.refuse_at_open is not None:
                 args += ["--refuse-at-open", security.refuse_at_open]
-        self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      text=True)
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True)
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.expect("READY", 60)
@@ -425,6 +474,23 @@ class PlantProcess:
 
     def remove_last_added(self) -> str:
         return self._signal(signal.SIGUSR2, "REMOVED")
+
+    def _command(self, line: str) -> list[str]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+        out = json.loads(self.expect("NAMESPACES"))
+        if not isinstance(out, list):
+            raise RuntimeError(f"plant simulator: {line!r} failed: {out}")
+        return [str(u) for u in out]
+
+    def append_namespace(self, uri: str) -> list[str]:
+        """The plant's NamespaceArray once `uri` is appended (module docstring)."""
+        return self._command(f"append-namespace {uri}")
+
+    def insert_namespace(self, uri: str, before: str) -> list[str]:
+        """The plant's NamespaceArray once `uri` is inserted before `before`."""
+        return self._command(f"insert-namespace {uri} {before}")
 
     def pause(self) -> None:
         self._signal(signal.SIGHUP, "PAUSED")
@@ -486,6 +552,26 @@ async def _main(argv: list[str] | None = None) -> None:
         print("PAUSED" if plant.paused else "RESUMED", flush=True)
 
     loop.add_signal_handler(signal.SIGHUP, toggle)
+
+    async def command(line: str) -> None:
+        words = line.split()
+        try:
+            if words[:1] == ["append-namespace"] and len(words) == 2:
+                out: Any = await plant.append_namespace(words[1])
+            elif words[:1] == ["insert-namespace"] and len(words) == 3:
+                out = await plant.insert_namespace(words[1], words[2])
+            else:
+                raise ValueError(f"unknown command {line!r}")
+        except Exception as exc:  # answered, so the caller fails with the reason
+            out = str(exc)
+        print(f"NAMESPACES {json.dumps(out)}", flush=True)
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            if line.strip():
+                asyncio.run_coroutine_threadsafe(command(line.strip()), loop).result()
+
+    threading.Thread(target=read_commands, daemon=True).start()
     print(f"READY {plant.endpoint}", flush=True)
     await stop.wait()
     await plant.stop()
