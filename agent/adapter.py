@@ -181,6 +181,9 @@ class TxContext:
     # (channel, largest_record=0) -> the channel's own Spool, or None without [spool];
     # its segments fit a record of largest_record bytes
     open_spool: Callable[..., Any]
+    # (name) -> that path under [spool] dir, or None without [spool]: for a source's own
+    # files (the OPC UA model cache)
+    data_dir: Callable[[str], Any] = lambda name: None
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ class TxAgent:
         self.spools = ChannelSpools(cfg, self.key)
 
     def _open_sources(self, rt: Runtime) -> None:
-        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=self.spools)
+        ctx = TxContext(wake=self._wake.set, fail=rt.fail, open_spool=self.spools,
+                        data_dir=self.cfg.spool_dir)
         for adapter in ADAPTERS:
             for ch in self.cfg.channels.get(adapter.name, ()):
                 self.sources.append(adapter.source(ch, ctx))

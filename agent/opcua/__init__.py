@@ -9,7 +9,9 @@ services.py  the mirror's Read, Write, Call, HistoryRead, monitored items as the
              says: index_range.py, history_read.py, history_processed.py
 history_store.py  the mirror's on-disk history     ticks.py  100 ns DateTimes in asyncua
 TX's connection: commissioning.py (refusals, with the fix), backoff.py (when to try
-again), fingerprint.py (is the cached model still right); expiry.py (own certificates)
+again), fingerprint.py (is the cached model still right), model_cache.py (it, across
+restarts); expiry.py (own certificates). What TX asks of the plant: budget.py,
+subscriptions.py, change_watch.py (model changes without events)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from agent.opcua.codec import OpcuaModel, OpcuaValues
 
 def _source(cfg: Any, ctx: TxContext) -> Source:
     from agent.opcua.source import OpcuaSource
-    return OpcuaSource(cfg, ctx.wake)
+    return OpcuaSource(cfg, ctx.wake, ctx.data_dir(f"{cfg.name}.opcua-model"))
 
 
 def _sink(cfg: Any, ctx: RxContext) -> Sink:

@@ -53,6 +53,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from asyncua import Client, ua
@@ -61,6 +62,7 @@ from asyncua.ua.ua_binary import variant_to_binary
 
 from agent.adapter import Carousel, SourceState
 from agent.link import records
+from agent.opcua import model_cache
 from agent.opcua.backoff import Backoff
 from agent.opcua.budget import PacedSession, PlantBudget
 from agent.opcua.certs import cert_der, key_der
@@ -137,7 +139,8 @@ class OpcuaSource:
     keyframes periodically. `state` goes into the heartbeat's sources map.
     """
 
-    def __init__(self, cfg: OpcuaSourceConfig, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, cfg: OpcuaSourceConfig, wake: Callable[[], None] = lambda: None,
+                 cache: Path | None = None) -> None:
         self.cfg = cfg
         self.key = f"opcua:{cfg.name}"
         self._wake = wake
@@ -164,7 +167,7 @@ class OpcuaSource:
             "carousel_records", "crawl_ms", "check_ms", "browse_requests", "read_requests",
             "model_events", "initial_reads", "subscriptions", "sampling_revised",
             "sampling_max_ms", "sampling_limited", "model_checks", "model_changes_seen",
-            "model_checks_unconfirmed"), 0)
+            "model_checks_unconfirmed", "model_cache_loads"), 0)
         self.model: ModelSnapshot | None = None
         self._variables: list[str] = []
         self._print: tuple[Probe, str] | None = None  # the model's fingerprint: probe, digest
@@ -177,6 +180,9 @@ class OpcuaSource:
         self._last: dict[str, OpcuaValue] = {}   # what the link was given, per node
         self._min_sampling: dict[str, float] = {}
         self._crawled_at = 0.0
+        self._cache = cache  # model_cache.py's file; None: no data partition
+        self._cached: tuple[str | None, str] = (None, "")  # the version and digest saved
+        self._model_data = b""
         self._children: dict[str, bytes] = {}  # what the last crawl saw; change_watch.py
         self._monitoring: Monitoring | None = None  # of the current session
         self._handle_ids = itertools.count(_HANDLE_BASE)  # never reused by a later session
@@ -200,6 +206,8 @@ class OpcuaSource:
                 logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         if self.expiry is not None:
             self.expiry.tick(time.monotonic())
+        if self._cache is not None and self.model is None:
+            self._load_cache(self._cache)
         self._task = asyncio.create_task(self._run(), name=f"opcua-source-{self.cfg.name}")
 
     async def stop(self) -> None:
@@ -547,6 +555,32 @@ class OpcuaSource:
         await self._take_fingerprint(session, limits)
         return result.variables
 
+    def _load_cache(self, path: Path) -> None:
+        """The model of the last run goes out at once; connecting only checks it."""
+        cached = model_cache.load(path, self.cfg.endpoint, self.cfg.subtrees)
+        if cached is None:
+            return
+        _, snap = cached.snapshot()
+        self._install(CrawlResult(snap, list(cached.variables), {}, cached.min_sampling,
+                                  cached.children))
+        self._print = (cached.probe, cached.digest)
+        self._cached = (self.version, cached.digest)
+        self.counters["model_cache_loads"] += 1
+        log.info("%s: model %s (%d nodes) from the cache %s, sent at once; the server's "
+                 "fingerprint decides whether it still holds", self.cfg.label, self.version,
+                 len(snap.nodes), path)
+
+    def _save_cache(self) -> None:
+        if self._cache is None or self._print is None or self.model is None:
+            return
+        probe, digest = self._print
+        if self._cached == (self.version, digest):
+            return
+        model_cache.save(self._cache, model_cache.CachedModel(
+            self.cfg.endpoint, self.cfg.subtrees, self._model_data, tuple(self._variables),
+            self._min_sampling, self._children, probe, digest))
+        self._cached = (self.version, digest)
+
     def _change_watch(self) -> ChangeWatch | None:
         """A watch on the current model (None: change_check_period 0)."""
         if self.model is None or not self.cfg.change_check_period:
@@ -561,6 +595,7 @@ class OpcuaSource:
         digest = await fingerprint(session, limits, list(self.model.namespaces),
                                    self.cfg.subtrees, probe)
         self._print = (probe, digest)
+        self._save_cache()
 
     async def _until_taken(self, mark: int) -> None:
         """Wait (at most `timeout`) until the link took the values queued up to `mark`: the
@@ -615,7 +650,7 @@ class OpcuaSource:
         old = self.version
         if self.model is not None and self.model.namespaces != snap.namespaces:
             self._renumber(Renumbering.of(self.model.namespaces, snap.namespaces))
-        self.model, self.version = snap, version
+        self.model, self.version, self._model_data = snap, version, data
         from agent.opcua.model import split
         self._model_chunks = split(self.cfg.name, version, data, self.cfg.model_chunk_size)
         self.counters["model_versions"] += 1

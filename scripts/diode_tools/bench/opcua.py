@@ -11,12 +11,14 @@ The two are run one after the other against the same plant, so they never
 compete for the CPU. The plant changes `rate` values per second in total
 (default: every variable once a second).
 
-- `sync_s` / `peer_sync_s`: from starting the agents (RX first, then TX; for
-  the peer the receiver first, then the sender) until a probe client browsing
-  Objects/Plant/Area* on the mirror finds all N plant variables (by browse name
-  ``Vnnnnn``, so the peer's renumbered node ids count too) and reading them all
-  returns Good values. The probe polls about once a second, so the figure has
-  that resolution.
+- `sync_s` / `peer_sync_s`: from starting TX (the peer's sender), with RX (the
+  peer's receiver) already serving its empty server, until a probe client
+  browsing Objects/Plant/Area* on the mirror finds all N plant variables (by
+  browse name ``Vnnnnn``, so the peer's renumbered node ids count too) and
+  reading them all returns Good values. A new TX board on a running RX, or a TX
+  restart, is this case. The probe polls about every 0.2 s (plus its own browse
+  and read), which bounds the figure's resolution. `rx_ready_s` /
+  `peer_rx_ready_s`: from starting RX until its server answered.
 - `updates_per_s`: RX's `opcua.plant.values_applied` delta over `window`
   seconds after sync, next to `plant_rate`, the plant's own change rate: if
   the two are close the diode kept up and the plant was the limit. The plant
@@ -111,10 +113,10 @@ async def _wait_synced(endpoint: str, nodes: int, timeout: float, t0: float,
                                    or dv.StatusCode.is_good())
                         if good >= nodes:
                             return round(time.monotonic() - t0, 2), seen
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.2)
         except (OSError, TimeoutError, ua.UaError):
             pass
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
     return None, seen
 
 
@@ -166,8 +168,11 @@ def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
                     raise RuntimeError(f"{role} exited with {proc.returncode}:\n{pair.log(role)}")
 
         try:
-            t0 = time.monotonic()
+            started = time.monotonic()
             pair.start("rx")
+            asyncio.run(_wait_synced(mirror, 0, 60, started, alive))
+            result["rx_ready_s"] = round(time.monotonic() - started, 2)
+            t0 = time.monotonic()
             pair.start("tx")
             sync, seen = asyncio.run(_wait_synced(mirror, nodes, timeout, t0, alive))
             result["sync_s"] = sync
@@ -222,10 +227,12 @@ def _peer(plant: PlantProcess, nodes: int, timeout: float, work: Path) -> dict[s
     try:
         from importlib.metadata import version
         result["peer"] = f"opcua-data-diode {version('opcua-data-diode')}"
-        t0 = time.monotonic()
+        started = time.monotonic()
         start("rx", "receiver_auto")
         # The sender must start after the receiver listens (its own README says so).
-        asyncio.run(_wait_synced(shadow, 0, 15, time.monotonic(), alive))
+        asyncio.run(_wait_synced(shadow, 0, 15, started, alive))
+        result["peer_rx_ready_s"] = round(time.monotonic() - started, 2)
+        t0 = time.monotonic()
         start("tx", "sender_auto")
         sync, seen = asyncio.run(_wait_synced(shadow, nodes, timeout, t0, alive))
         result["peer_sync_s"] = sync
