@@ -32,12 +32,11 @@ from dataclasses import asdict
 from typing import Any, Generic, TypeVar
 
 from agent.spool import Spool, SpoolFull
-from agent.spool.reading import forget, skip_dropped
+from agent.spool.reading import ReadCache, forget, skip_dropped
 
 T = TypeVar("T")
 Ack = Callable[[], object]
 
-_CACHE = 50_000
 
 
 class MemoryQueue(Generic[T]):
@@ -87,21 +86,21 @@ class SpoolQueue(Generic[T]):
                  decode: Callable[[bytes], T], conflate: Callable[[T], str | None]) -> None:
         self.spool = spool
         self._encode, self._decode, self._conflate = encode, decode, conflate
-        self._cache: dict[int, T] = {}
+        self._cache: ReadCache[T] = ReadCache()
         self._cursor = spool.acked_seq
         self._acks: deque[tuple[int, Ack]] = deque()
         spool.on_conflated = self._forget
 
     def put(self, item: T, ack: Ack | None) -> bool:
         """Always True: a record the spool cannot keep is counted there (dropped_full)."""
+        data = self._encode(item)
         try:
-            seq = self.spool.append(self._encode(item), self._conflate(item))
+            seq = self.spool.append(data, self._conflate(item))
         except SpoolFull:
             if ack is not None:
                 ack()
             return True
-        if len(self._cache) < _CACHE:
-            self._cache[seq] = item
+        self._cache.keep(seq, item, len(data))
         if ack is not None:
             self._acks.append((seq, ack))
         self._release()

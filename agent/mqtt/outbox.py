@@ -39,14 +39,13 @@ from paho.mqtt.enums import MQTTErrorCode
 from agent.link import records
 from agent.mqtt.codec import MqttMessage, encode_message
 from agent.spool import Spool, SpoolFull
-from agent.spool.reading import forget, skip_dropped
+from agent.spool.reading import ReadCache, forget, skip_dropped
 
 if TYPE_CHECKING:
     from agent.mqtt.sink import MqttSink
 
 log = logging.getLogger("diode.sink.mqtt")
 
-_CACHE = 50_000
 
 
 class MemoryOutbox:
@@ -122,7 +121,7 @@ class SpoolOutbox:
     def __init__(self, sink: MqttSink, spool: Spool) -> None:
         self.sink = sink
         self.spool = spool
-        self._cache: dict[int, tuple[MqttMessage, float]] = {}
+        self._cache: ReadCache[tuple[MqttMessage, float]] = ReadCache()
         self._cursor = spool.acked_seq
         self._inflight: deque[int] = deque()
         self._done: set[int] = set()
@@ -135,8 +134,7 @@ class SpoolOutbox:
             seq = self.spool.append(encode_message(msg), msg.topic if msg.retain else None)
         except SpoolFull:
             return  # its disk is full with nothing left to drop: counted by the spool
-        if len(self._cache) < _CACHE:
-            self._cache[seq] = (msg, time.time())
+        self._cache.keep(seq, (msg, time.time()), len(msg.payload) + len(msg.topic))
         self._kick()
 
     def connected(self) -> None:

@@ -26,9 +26,7 @@ from dataclasses import asdict
 from typing import Any
 
 from agent.spool import Spool, SpoolFull
-from agent.spool.reading import forget, skip_dropped
-
-_CACHE = 50_000
+from agent.spool.reading import ReadCache, forget, skip_dropped
 
 
 class MemoryBacklog:
@@ -86,7 +84,7 @@ class MemoryBacklog:
 class SpoolBacklog:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self._cache: dict[int, bytes] = {}
+        self._cache: ReadCache[bytes] = ReadCache()
         self._cursor = spool.acked_seq
         self.full_dropped = 0  # messages the spool could not keep at all (its disk is full)
         spool.on_conflated = self._forget
@@ -98,8 +96,7 @@ class SpoolBacklog:
         except SpoolFull:
             self.full_dropped += 1
             return None
-        if len(self._cache) < _CACHE:
-            self._cache[seq] = payload
+        self._cache.keep(seq, payload, len(payload))
         return seq
 
     def next(self, n: int) -> list[tuple[int, bytes]]:

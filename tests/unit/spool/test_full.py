@@ -415,3 +415,16 @@ def test_full_disk_state_machine(small_disk: Path) -> None:
     seen = FullDiskSpool.SEEN
     print(dict(seen))
     assert seen["full disk met"] and seen["dropped for room"] and seen["appends refused"], seen
+
+
+def test_the_read_cache_is_bounded_in_items_and_bytes() -> None:
+    from agent.spool.reading import ReadCache
+    cache: ReadCache[bytes] = ReadCache(max_items=3, max_bytes=100)
+    cache.keep(1, b"a" * 60, 60)
+    cache.keep(2, b"b" * 60, 60)   # past the bytes: read back from the spool instead
+    cache.keep(3, b"c" * 40, 40)
+    assert len(cache) == 2 and cache.bytes == 100
+    assert cache.pop(2) is None and cache.pop(1) == b"a" * 60 and cache.bytes == 40
+    for seq in (4, 5, 6):
+        cache.keep(seq, b"d", 1)
+    assert len(cache) == 3  # the item bound
