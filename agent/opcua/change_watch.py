@@ -16,8 +16,10 @@ changed ─► crawl now (RECRAWL_GAP, or five crawls' time, after the last craw
 
 What a check compares with is what the crawl saw: the digest of each object's
 children from the crawl's own Browse answers, the attributes it read. A
-change of an attribute the checks do not read (a description, an EURange) is
-found by the next full re-crawl.
+difference is reported once and then taken as the new baseline, so one the
+crawl does not confirm (a server that browses one way and crawls another) asks
+for no more crawls. A change of an attribute the checks do not read (a
+description, an EURange) is found by the next full re-crawl.
 
 On a 20,000-variable plant in folders of 100 a pass over every folder takes
 two checks and one over every node's names a hundred: an added or removed
@@ -57,7 +59,8 @@ class ChangeWatch:
 
     def __init__(self, snapshot: ModelSnapshot, children: dict[str, bytes]) -> None:
         self.namespaces = list(snapshot.namespaces)
-        self._children = children
+        self._children = dict(children)
+        self._seen: dict[tuple[str, int], bytes | None] = {}  # attributes found changed
         self.containers = list(children)
         self._records = [r for r in snapshot.nodes if not r.node_id.startswith("i=")]
         self._next_container = 0
@@ -75,7 +78,9 @@ class ChangeWatch:
             results = await crawler.browse([ua.NodeId.from_string(c) for c in ids],
                                            HIERARCHICAL, 0)
             for c, refs in zip(ids, results, strict=True):
-                if children_digest(refs) != self._children[c]:
+                digest = children_digest(refs)
+                if digest != self._children[c]:
+                    self._children[c] = digest  # reported once: a crawl follows
                     return f"the children of {c} changed"
         recs = self._slice(self._records, "_next_node", CHECK_NODES)
         if recs:
@@ -85,6 +90,9 @@ class ChangeWatch:
                 rec = by_id[nid]
                 if dv.StatusCode is not None and dv.StatusCode.value == \
                         ua.StatusCodes.BadNodeIdUnknown:
+                    if self._seen.get((nid, A.NodeId), b"") is None:
+                        continue  # reported already
+                    self._seen[(nid, A.NodeId)] = None
                     return f"{rec.node_id} is gone"
                 if attr == A.NodeClass:
                     if dv.Value is not None and dv.Value.Value != rec.node_class:
@@ -94,7 +102,9 @@ class ChangeWatch:
                     continue  # the crawl did not read it for this class
                 now = variant_to_binary(dv.Value) if dv.Value is not None and (
                     dv.StatusCode is None or dv.StatusCode.is_good()) else None
-                if now != rec.attrs.get(int(attr)):
+                key = (nid, attr)
+                if now != self._seen.get(key, rec.attrs.get(attr)):
+                    self._seen[key] = now
                     return f"{rec.node_id} changed its {A(attr).name}"
         return None
 

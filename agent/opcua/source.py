@@ -512,11 +512,12 @@ class OpcuaSource:
                     self._install(result)
                     await watch.unmonitor(set(result.variables))
                     await watch.monitor(result.variables, result.min_sampling)
+                    changes = self._change_watch()
                 elif seen:
+                    # the watch learnt what it saw: the same difference asks no more crawls
                     self.counters["model_checks_unconfirmed"] += 1
                 seen = False
                 await self._take_fingerprint(session, limits)
-                changes = self._change_watch()
                 next_browse = time.monotonic() + cfg.rebrowse_period
             elif changes is not None and now >= next_check and not seen:
                 self.counters["model_checks"] += 1

@@ -50,3 +50,14 @@ def test_a_renamed_node_and_a_new_namespace_are_seen() -> None:
     assert seen and seen[0] == "ns=2;s=V7 changed its BrowseName", seen
     assert _checks(session, watch, limits, 1, [*NAMESPACES, "urn:new"]) == [
         "its namespace array changed"]
+
+
+def test_a_difference_is_reported_once() -> None:
+    session, watch, limits = _watched()
+    session.nodes["ns=2;s=V7"] = (2, "Renamed")
+    session.refs.append(("ns=2;s=Folder", 47, "ns=2;s=New", 2, "New"))
+    seen = [r for r in _checks(session, watch, limits, 40) if r is not None]
+    # each difference once, then taken as the baseline (a crawl that does not confirm it
+    # must not be asked for again and again)
+    assert sorted(seen) == ["ns=2;s=V7 changed its BrowseName",
+                            "the children of ns=2;s=Folder changed"], seen
