@@ -103,6 +103,11 @@ class OpcuaSourceConfig:
                                     example="16384", lo=512, hi=1 << 20)
     batch_bytes: int = setting(1200, doc="bytes of values per record", example="1200", lo=200,
                                hi=1 << 20)
+    events: bool = setting(True, doc="carry the events and alarms of the server's notifiers "
+                           "(the Server object and every object whose EventNotifier says so)",
+                           example="true")
+    event_queue_limit: int = setting(10_000, doc="events held while the link is slower "
+                                     "(overflow counted, logged)", example="10000", lo=10)
 
     @property
     def label(self) -> str:
