@@ -149,13 +149,15 @@ class Monitoring:
     async def monitor_events(self, notifiers: list[str], evfilter: ua.EventFilter,
                              names: tuple[str, ...]) -> None:
         """An event item (all the notifier emits, `evfilter`'s fields) on each of
-        `notifiers` not monitored yet. One a server refuses (not a notifier after all) is
-        counted in `event_errors` and left out of `event_notifiers`."""
+        `notifiers` not monitored yet, in the first subscription: a server has few
+        notifiers, so they are not counted against `items_per_subscription`. One a server
+        refuses (not a notifier after all) is counted in `event_errors` and left out of
+        `event_notifiers`."""
         todo = [n for n in notifiers if n not in self._event_placed]
         i = 0
         while i < len(todo):
-            sub = await self._room()
-            step = min(self.limits.monitored, max(1, self.per_subscription - sub.items))
+            sub = self.subs[0] if self.subs else await self._new_subscription()
+            step = self.limits.monitored
             chunk = todo[i:i + step]
             handles = [next(self._handles) for _ in chunk]
             mirs = [self._event_request(n, h, evfilter) for n, h in zip(chunk, handles,
@@ -179,7 +181,6 @@ class Monitoring:
                     log.info("%s: no events from %s: %s", self.cfg.label, n, res.StatusCode.name)
                     continue
                 self._event_placed[n] = (sub, res.MonitoredItemId, h)
-                sub.items += 1
             i += len(chunk)
         self.counters["event_notifiers"] = len(self._event_placed)
 
@@ -188,7 +189,6 @@ class Monitoring:
         for n in [n for n in self._event_placed if n not in keep]:
             sub, server_handle, handle = self._event_placed.pop(n)
             self.event_of.pop(handle, None)
-            sub.items -= 1
             await self.budget.request()
             with contextlib.suppress(ua.UaStatusCodeError):
                 await sub.unsubscribe([server_handle])
