@@ -2,12 +2,13 @@
 a read-only mirror server on RX. asyncua is imported only when a channel is
 configured (it costs an MQTT-only agent about 18 MB).
 
-config.py  [[opcua]] tables        codec.py   OpcuaModel and OpcuaValues records
+config.py  [[opcua]] tables        codec.py   OpcuaModel, OpcuaValues, OpcuaNotifiers, OpcuaEvents
 source.py  TX: client, crawl.py    mirror.py  RX: server, build.py, access.py
 model.py   the address-space snapshot on the link; ua.py, certs.py: helpers
 services.py  the mirror's Read, Write, Call, HistoryRead, monitored items as the spec
              says: index_range.py, history_read.py, history_processed.py
 history_store.py  the mirror's on-disk history     ticks.py  100 ns DateTimes in asyncua
+events.py  TX: which notifiers and event fields to carry; mirror_events.py: RX re-emits them
 TX's connection: commissioning.py (refusals, with the fix), backoff.py (when to try
 again), fingerprint.py (is the cached model still right), model_cache.py (it, across
 restarts); expiry.py (own certificates). What TX asks of the plant: budget.py,
@@ -22,7 +23,9 @@ from typing import Any
 from agent.adapter import Adapter, RxContext, Sink, Source, TxContext
 from agent.link.records import Record
 from agent.opcua import config
-from agent.opcua.codec import OpcuaModel, OpcuaValues
+from agent.opcua.codec import OpcuaEvents, OpcuaModel, OpcuaNotifiers, OpcuaValues
+
+_RECORDS = (OpcuaModel, OpcuaValues, OpcuaNotifiers, OpcuaEvents)
 
 
 def _source(cfg: Any, ctx: TxContext) -> Source:
@@ -38,17 +41,21 @@ def _sink(cfg: Any, ctx: RxContext) -> Sink:
 
 
 def _order_key(record: Record) -> tuple[str, str] | None:
-    """A model replaces the one before; values carry source timestamps the mirror
-    compares, so they need no key."""
-    return (record.source, "model") if record.__class__ is OpcuaModel else None
+    """A model replaces the one before, and so do the notifiers; values carry source
+    timestamps the mirror compares, and events are not state: they need no key."""
+    if record.__class__ is OpcuaModel:
+        return (record.source, "model")
+    if record.__class__ is OpcuaNotifiers:
+        return (record.source, "notifiers")
+    return None
 
 
 def _channel_of(record: Record) -> str | None:
-    if record.__class__ is OpcuaValues or record.__class__ is OpcuaModel:
+    if record.__class__ in _RECORDS:
         return record.source
     return None
 
 
 ADAPTER = Adapter(name="opcua", parse=config.parse, check=config.check, source=_source,
-                  sink=_sink, channel_of=_channel_of, record_types=(OpcuaModel, OpcuaValues),
+                  sink=_sink, channel_of=_channel_of, record_types=_RECORDS,
                   status_section="opcua", order_key=_order_key)

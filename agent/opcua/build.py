@@ -8,10 +8,11 @@ directions, deletions that only touch the neighbours of the deleted node
 
 Everything built here is read-only: variables keep only CurrentRead in
 AccessLevel/UserAccessLevel, WriteMask and UserWriteMask are 0, methods are not
-executable and get no callback. A variable the mirror keeps a history of
-(`historized`) also has HistoryRead in its access levels and Historizing true;
-every other has neither, so a client sees before asking which nodes answer a
-HistoryRead (agent/opcua/history_read.py).
+executable and get no callback. No object claims to notify (EventNotifier 0):
+agent/opcua/mirror_events.py sets SubscribeToEvents where TX carries events.
+A variable the mirror keeps a history of (`historized`) also has HistoryRead in
+its access levels and Historizing true; every other has neither, so a client
+sees before asking which nodes answer a HistoryRead (agent/opcua/history_read.py).
 
 Values are written with `set_value`, straight into the attribute and through
 its data-change callbacks (the subscriptions of IT clients). This skips
@@ -84,6 +85,8 @@ def read_only_attr(attr: int, value: Any, historized: bool = False) -> Any:
         return ua.Variant(False, ua.VariantType.Boolean)
     if attr in (A.WriteMask, A.UserWriteMask):
         return ua.Variant(0, ua.VariantType.UInt32)
+    if attr == A.EventNotifier:  # only where events are carried: agent/opcua/mirror_events.py
+        return ua.Variant(0, ua.VariantType.Byte)
     return None
 
 

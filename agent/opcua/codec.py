@@ -4,6 +4,8 @@
 |-----|-------------|---------------------------------------------------------------------------|
 | 3   | OpcuaModel  | source, version, index, count, data                                       |
 | 4   | OpcuaValues | source, keyframe, [[node_id, variant, status, source_ts, server_ts], ...] |
+| 5   | OpcuaNotifiers | source, [node_id, ...]                                                 |
+| 6   | OpcuaEvents | source, [[notifier, event_type, [[browse_path, variant], ...]], ...]        |
 
 OpcuaModel carries one chunk of an OPC UA address-space snapshot (layout in
 agent/opcua/model.py): `version` is 16 hex digits of the snapshot's hash,
@@ -12,6 +14,15 @@ agent/opcua/model.py): `version` is 16 hex digits of the snapshot's hash,
 `node_id` is an OPC UA node id string, `variant` the value's Variant in OPC UA
 binary encoding, `status` the StatusCode as an integer, and the timestamps are
 OPC UA DateTime ticks (100 ns since 1601-01-01 UTC) or null.
+
+OpcuaNotifiers names every node TX carries the events of (agent/opcua/events.py):
+the mirror lets IT clients subscribe to events there and nowhere else. It is
+state: sent when it changes and with every model carousel round. OpcuaEvents
+carries events, which are not state (never re-sent): per event the notifier it
+came from, its EventType node id and its non-null fields, each a browse path
+from the event type (names joined by "/", e.g. "ActiveState/Id"; "" for the
+ConditionId, the NodeId attribute of ConditionType) with its Variant in OPC UA
+binary encoding.
 """
 
 from __future__ import annotations
@@ -78,3 +89,55 @@ class OpcuaValues:
         return cls(source, bool(keyframe), tuple(out))
 
 
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OpcuaNotifiers:
+    TAG = 5
+    source: str
+    notifiers: tuple[str, ...]
+
+    def to_list(self) -> list[Any]:
+        return [self.TAG, self.source, list(self.notifiers)]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> OpcuaNotifiers:
+        _, source, notifiers = f
+        if not (isinstance(source, str) and isinstance(notifiers, list)
+                and all(isinstance(n, str) for n in notifiers)):
+            raise RecordError("opcua notifiers malformed")
+        return cls(source, tuple(notifiers))
+
+
+# browse path ("A/B"; "" for the ConditionId), variant (OPC UA binary)
+EventField = tuple[str, bytes]
+# notifier, event type, fields
+OpcuaEvent = tuple[str, str, tuple[EventField, ...]]
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OpcuaEvents:
+    TAG = 6
+    source: str
+    events: tuple[OpcuaEvent, ...]
+
+    def to_list(self) -> list[Any]:
+        return [self.TAG, self.source,
+                [[n, t, [list(f) for f in fields]] for n, t, fields in self.events]]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> OpcuaEvents:
+        _, source, events = f
+        if not (isinstance(source, str) and isinstance(events, list)):
+            raise RecordError("opcua events malformed")
+        out: list[OpcuaEvent] = []
+        for e in events:
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+                    and isinstance(e[1], str) and isinstance(e[2], list)
+                    and all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
+                            and isinstance(x[1], bytes) for x in e[2])):
+                raise RecordError("opcua event entry malformed")
+            out.append((e[0], e[1], tuple((x[0], x[1]) for x in e[2])))
+        return cls(source, tuple(out))

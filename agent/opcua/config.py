@@ -97,12 +97,17 @@ class OpcuaSourceConfig:
                                     hi=3650)
     queue_limit: int = setting(200_000, doc="value changes held while the link is slower "
                                "(overflow counted, logged)", example="200000", lo=100)
-    carousel_share: float = setting(0.1, doc="share of the link each of the two re-sends may "
-                                    "use", example="0.1", lo=0.001, hi=1.0)
+    carousel_share: float = setting(0.1, doc="share of the link each re-send (model, notifiers, "
+                                    "values) may use", example="0.1", lo=0.001, hi=1.0)
     model_chunk_size: int = setting(16384, doc="bytes of the address space per record",
                                     example="16384", lo=512, hi=1 << 20)
     batch_bytes: int = setting(1200, doc="bytes of values per record", example="1200", lo=200,
                                hi=1 << 20)
+    events: bool = setting(True, doc="carry the events and alarms of the server's notifiers "
+                           "(the Server object and every object whose EventNotifier says so)",
+                           example="true")
+    event_queue_limit: int = setting(10_000, doc="events held while the link is slower "
+                                     "(overflow counted, logged)", example="10000", lo=10)
 
     @property
     def label(self) -> str:

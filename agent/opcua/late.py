@@ -18,7 +18,7 @@ from asyncua import ua
 
 from agent.adapter import Arrival
 from agent.link.records import Record
-from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
+from agent.opcua.codec import OpcuaModel, OpcuaNotifiers, OpcuaValue, OpcuaValues
 from agent.opcua.ticks import to_ticks
 
 
@@ -32,7 +32,7 @@ def still_current(late: LateRecord, current: Callable[[str], ua.DataValue | None
                   counters: dict[str, int]) -> Record | None:
     """The part of `late` that may apply, given each node's `current` value."""
     record = late.record
-    if isinstance(record, OpcuaModel):
+    if isinstance(record, OpcuaModel | OpcuaNotifiers):
         if late.arrival is Arrival.SUPERSEDED:
             counters["late_superseded"] += 1
             return None

@@ -3,6 +3,7 @@
 ```
 OpcuaModel chunks ─► ModelAssembler ─► snapshot ─► diff with what is mirrored ─► delete / add / update nodes
                                                    (diff.py; namespace array copied: node ids are identical)
+OpcuaNotifiers, OpcuaEvents ─► re-emitted from the same notifiers (agent/opcua/mirror_events.py)
 OpcuaValues ─────► decode Variant ─► DataValue(value, status, source ts, server ts) ─► node + IT subscribers
                    (values for nodes the model has not brought yet wait, the last one per node)
                    ─► history (historized nodes: agent/opcua/history_store.py) ◄─ HistoryRead
@@ -72,7 +73,7 @@ from agent.link.records import Record
 from agent.opcua.access import ReadOnlyRuleset, ReadOnlyUserManager
 from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_utc, set_value
 from agent.opcua.certs import cert_der, key_der
-from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
+from agent.opcua.codec import OpcuaEvents, OpcuaModel, OpcuaNotifiers, OpcuaValue, OpcuaValues
 from agent.opcua.config import OpcuaMirrorConfig
 from agent.opcua.diff import diff
 from agent.opcua.expiry import ExpiryWatch
@@ -80,6 +81,8 @@ from agent.opcua.history_read import HistoryReader
 from agent.opcua.history_store import HistoryStore
 from agent.opcua.late import LateRecord, current_values, still_current
 from agent.opcua.limits import start_bounded
+from agent.opcua.mirror_events import MirrorEvents
+from agent.opcua.mirror_events import prepare as prepare_events
 from agent.opcua.model import ModelAssembler, ModelSnapshot, NodeRecord, historized
 from agent.opcua.quality import Action, Quality, QualityState
 from agent.opcua.services import install as install_services
@@ -149,6 +152,7 @@ class OpcuaMirror:
         self._vars: dict[str, _Var] = {}
         self._early: dict[str, OpcuaValue] = {}
         self._builder: Builder | None = None
+        self._events: MirrorEvents | None = None
         self._link_state = "UNKNOWN"
         self._source_state: str | None = None
         self._heartbeat_age: float | None = None
@@ -181,6 +185,7 @@ class OpcuaMirror:
         cfg = self.cfg
         users = dict(cfg.users)
         server = Server(user_manager=ReadOnlyUserManager(cfg.allow_anonymous, users))  # type: ignore[arg-type]
+        prepare_events(server)
         await server.init()
         server.allow_remote_admin(False)
         # RegisterServer skips the ruleset (it needs no session): refuse it here.
@@ -219,6 +224,8 @@ class OpcuaMirror:
             self.expiry.tick(time.monotonic())  # at start; daily from the quality loop
         self.server = server
         self._builder = Builder(server.iserver)
+        self._events = MirrorEvents(server)
+        await self._events.start()
         await self._serve_namespaces(tuple(await server.get_namespace_array()))
         await self._create_diagnostics()
         await start_bounded(server, cfg.name)  # bounded connections, sizes, time, logs
@@ -288,6 +295,8 @@ class OpcuaMirror:
                 self.counters["records_other_source"] += 1
                 return
             await self._apply_values(record.values)
+        elif isinstance(record, OpcuaEvents | OpcuaNotifiers):
+            await self._apply_events(record)
         elif isinstance(record, OpcuaModel):
             if record.source != self.name:
                 self.counters["records_other_source"] += 1
@@ -297,11 +306,23 @@ class OpcuaMirror:
                 async with self._lock:
                     try:
                         await self._install(*done)
+                        if self._events is not None:
+                            self._events.apply()  # the model built its objects with 0
                     except Exception:
                         # Take the next carousel copy of this version again.
                         self.assembler.forget()
                         self.counters["models_failed"] += 1
                         raise
+
+    async def _apply_events(self, record: OpcuaEvents | OpcuaNotifiers) -> None:
+        if record.source != self.name:
+            self.counters["records_other_source"] += 1
+        elif self._events is None:
+            return
+        elif isinstance(record, OpcuaNotifiers):
+            self._events.announce(record.notifiers)
+        else:
+            await self._events.emit(record.events)
 
     async def _apply_values(self, values: tuple[OpcuaValue, ...]) -> None:
         vars_ = self._vars
@@ -672,6 +693,8 @@ class OpcuaMirror:
         out.update(self.assembler.counters)
         if self._builder is not None:
             out.update(self._builder.counters)
+        if self._events is not None:
+            out.update(self._events.status())
         if self._history is not None:
             out.update(self._history.counters)
             out["history_nodes"] = len(self._historized)

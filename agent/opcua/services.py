@@ -11,6 +11,7 @@ own service objects, nothing global):
 |                 |                                       | range that does not parse refuses the item |
 | Write, Call     | one service-level BadUserAccessDenied | one result per item: BadNotWritable for a  |
 |                 | (from our ruleset)                    | write, BadUserAccessDenied for a call      |
+|                 |                                       | (but ConditionRefresh: mirror_events.py)   |
 | HistoryRead     | Good with 0 values                    | agent/opcua/history_read.py                |
 
 The refusals per item keep clients that read per-item results (most do) from
@@ -29,10 +30,12 @@ from asyncua.server.monitored_item_service import MonitoredItemService
 
 from agent.opcua import index_range
 from agent.opcua.history_read import HistoryReader
-from agent.opcua.ua import status
+from agent.opcua.ua import node_id, status
 
 A = ua.AttributeIds
 TS = ua.TimestampsToReturn
+REFRESH_METHODS = frozenset(node_id(i) for i in (ua.ObjectIds.ConditionType_ConditionRefresh,
+                                                   ua.ObjectIds.ConditionType_ConditionRefresh2))
 
 
 def _timestamps(dv: ua.DataValue, which: int) -> ua.DataValue:
@@ -73,8 +76,13 @@ def install(iserver: InternalServer, history: HistoryReader) -> None:
             return await original_write(params, user)
         return [_write_refusal(aspace, wv) for wv in params.NodesToWrite]
 
+    original_call = iserver.method_service.call
+
     async def call(params: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
-        return [_call_refusal(aspace, m) for m in params]
+        # ConditionRefresh re-sends the mirror's retained conditions to the caller's own
+        # subscription: it reaches nothing upstream, so it is the one call let through.
+        return [(await original_call([m]))[0] if m.MethodId in REFRESH_METHODS
+                else _call_refusal(aspace, m) for m in params]
 
     setattr(attrs, "read", read)  # noqa: B010
     setattr(attrs, "write", write)  # noqa: B010

@@ -8,13 +8,16 @@ OT server ─► discover (GetEndpoints, no security) ─► check (policy offer
    │             ─► read every value ─► subscribe ─► "connected" once the values are taken ├─► take()
    │                  (re-crawl every rebrowse_period, on a GeneralModelChangeEvent, or     │
    │                   when a check every change_check_period sees one: change_watch.py)    │
-   └── lost / stale ◄── subscriptions (subscriptions.py) ─► OpcuaValues ───────────────────┘
+   └── lost / stale ◄── subscriptions (subscriptions.py) ─► OpcuaValues ───────────────────┤
+                        event items on the notifiers (events.py) ─► OpcuaEvents ──────────┘
    backoff.py: every reconnect_min at first after a loss, then doubling to reconnect_max
        data changes handled per publish response, never dropped silently
        (bounded queue, overflow counted and logged)
 
-run_carousel(): model chunks every model_carousel_period, value keyframes every
-value_keyframe_period, paced to a share of the link.
+run_carousel(): model chunks and the notifiers carried (OpcuaNotifiers) every
+model_carousel_period, value keyframes every value_keyframe_period, paced to a share
+of the link. Events are not state: never re-sent; a bounded queue of their own
+(event_queue_limit, overflow counted in events_dropped).
 ```
 
 Every request of a session (crawl, fingerprint, reads, monitored items) waits
@@ -62,12 +65,19 @@ from asyncua.ua.ua_binary import variant_to_binary
 
 from agent.adapter import Carousel, SourceState
 from agent.link import records
-from agent.opcua import model_cache
+from agent.opcua import events, model_cache
 from agent.opcua.backoff import Backoff
 from agent.opcua.budget import PacedSession, PlantBudget
 from agent.opcua.certs import cert_der, key_der
 from agent.opcua.change_watch import RECRAWL_GAP, ChangeWatch
-from agent.opcua.codec import OpcuaModel, OpcuaValue, OpcuaValues
+from agent.opcua.codec import (
+    OpcuaEvent,
+    OpcuaEvents,
+    OpcuaModel,
+    OpcuaNotifiers,
+    OpcuaValue,
+    OpcuaValues,
+)
 from agent.opcua.commissioning import (
     Discovery,
     Refused,
@@ -149,7 +159,9 @@ class OpcuaSource:
             Carousel("model", cfg.model_carousel_period, cfg.carousel_share,
                      lambda: self._counted(self.model_carousel(), "model_records")),
             Carousel("values", cfg.value_keyframe_period, cfg.carousel_share,
-                     lambda: self._counted(self.value_keyframe(), "keyframe_records")))
+                     lambda: self._counted(self.value_keyframe(), "keyframe_records")),
+            Carousel("notifiers", cfg.model_carousel_period, cfg.carousel_share,
+                     lambda: self._counted(self.notifiers_carousel(), "notifier_records")))
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._logged: tuple[str, float] = ("", 0.0)
@@ -167,7 +179,8 @@ class OpcuaSource:
             "carousel_records", "crawl_ms", "check_ms", "browse_requests", "read_requests",
             "model_events", "initial_reads", "subscriptions", "sampling_revised",
             "sampling_max_ms", "sampling_limited", "model_checks", "model_changes_seen",
-            "model_checks_unconfirmed", "model_cache_loads"), 0)
+            "model_checks_unconfirmed", "model_cache_loads", "events", "events_dropped",
+            "event_records", "event_notifiers", "event_errors", "notifier_records"), 0)
         self.model: ModelSnapshot | None = None
         self._variables: list[str] = []
         self._print: tuple[Probe, str] | None = None  # the model's fingerprint: probe, digest
@@ -177,6 +190,9 @@ class OpcuaSource:
         self._model_chunks: list[OpcuaModel] = []
         self._live: deque[records.Record] = deque()
         self._pending: deque[OpcuaValue] = deque()
+        self._events: deque[OpcuaEvent] = deque()
+        self._notifiers: tuple[str, ...] | None = None  # announced; None: nothing yet
+        self._event_drop_logged = 0.0
         self._last: dict[str, OpcuaValue] = {}   # what the link was given, per node
         self._min_sampling: dict[str, float] = {}
         self._crawled_at = 0.0
@@ -220,10 +236,10 @@ class OpcuaSource:
         self.state = SourceState.STOPPED
 
     def waiting(self) -> int:
-        return len(self._pending) + len(self._live)
+        return len(self._pending) + len(self._live) + len(self._events)
 
     def dropped(self) -> int:
-        return self.counters["queue_dropped"]
+        return self.counters["queue_dropped"] + self.counters["events_dropped"]
 
     def stats(self) -> dict[str, Any]:
         """The queue, and what an operator commissioning the channel needs: the state, the
@@ -261,6 +277,15 @@ class OpcuaSource:
         live = self._live
         while live and len(out) < limit:
             out.append(live.popleft())
+        evs, budget_ = self._events, self.cfg.batch_bytes
+        while evs and len(out) < limit:
+            ebatch: list[OpcuaEvent] = []
+            size_ = 0
+            while evs and size_ < budget_:
+                ebatch.append(evs.popleft())
+                size_ += events.entry_size(ebatch[-1])
+            out.append(OpcuaEvents(self.cfg.name, tuple(ebatch)))
+            self.counters["event_records"] += 1
         pending, last, budget = self._pending, self._last, self.cfg.batch_bytes
         while pending and len(out) < limit:
             batch: list[OpcuaValue] = []
@@ -282,6 +307,11 @@ class OpcuaSource:
             if chunks is not self._model_chunks:
                 return  # a new version replaced it: that one went out live
             yield rec
+
+    def notifiers_carousel(self) -> Iterator[OpcuaNotifiers]:
+        """The notifiers TX carries the events of, once announced."""
+        if self._notifiers is not None:
+            yield OpcuaNotifiers(self.cfg.name, self._notifiers)
 
     def value_keyframe(self) -> Iterator[OpcuaValues]:
         """The last value of every node the link was given, re-sent in batches.
@@ -480,8 +510,9 @@ class OpcuaSource:
         read_up_to = self._queued
         watch = self._monitoring = Monitoring(
             client.uaclient.session, cfg, limits, self.budget, self._handle_ids, self.counters,
-            self._on_changes, self._on_model_event, self._on_status)
+            self._on_changes, self._on_model_event, self._on_status, self._on_event)
         await watch.monitor(variables, self._min_sampling)
+        await self._monitor_events(watch)
         await self._until_taken(read_up_to)
         self.state = SourceState.CONNECTED
         backoff.connected()
@@ -513,6 +544,7 @@ class OpcuaSource:
                     await watch.unmonitor(set(result.variables))
                     await watch.monitor(result.variables, result.min_sampling)
                     changes = self._change_watch()
+                    await self._monitor_events(watch)
                 elif seen:
                     # the watch learnt what it saw: the same difference asks no more crawls
                     self.counters["model_checks_unconfirmed"] += 1
@@ -726,6 +758,54 @@ class OpcuaSource:
         self._queued += n
         self.counters["changes"] += n
         if was_empty and n:
+            self._wake()
+
+    async def _monitor_events(self, watch: Monitoring) -> None:
+        """Event items on the model's notifiers (again after a new model: the server's
+        own event types may have new fields), then announce the notifiers carried."""
+        if not self.cfg.events:
+            self._announce(())
+            return
+        wanted = events.notifiers(self.model)
+        sel = events.selection(self.model)
+        if watch.event_of and next(iter(watch.event_of.values()))[1] != sel.names:
+            await watch.unmonitor_events(set())
+        else:
+            await watch.unmonitor_events(set(wanted))
+        await watch.monitor_events(wanted, sel.event_filter(), sel.names)
+        self._announce(tuple(watch.event_notifiers))
+
+    def _announce(self, notifiers: tuple[str, ...]) -> None:
+        if notifiers == self._notifiers:
+            return
+        self._notifiers = notifiers
+        self._live.append(OpcuaNotifiers(self.cfg.name, notifiers))
+        self.counters["notifier_records"] += 1
+        log.info("%s: carrying the events of %d notifiers", self.cfg.label, len(notifiers))
+        self._wake()
+
+    def _on_event(self, notifier: str, names: tuple[str, ...], fields: list[ua.Variant]
+                  ) -> None:
+        evs = self._events
+        if len(evs) >= self.cfg.event_queue_limit:
+            self.counters["events_dropped"] += 1
+            now = time.monotonic()
+            if now - self._event_drop_logged > 5:
+                self._event_drop_logged = now
+                log.error("%s: event queue full (%d); dropping events (%d so far). The link "
+                          "is slower than the server's events: raise [link] bitrate or "
+                          "event_queue_limit", self.cfg.label, self.cfg.event_queue_limit,
+                          self.counters["events_dropped"])
+            return
+        try:
+            entry = events.event_entry(notifier, names, fields)
+        except Exception:  # noqa: BLE001 - one odd event must not end the session
+            self.counters["event_errors"] += 1
+            return
+        was_empty = not evs
+        evs.append(entry)
+        self.counters["events"] += 1
+        if was_empty:
             self._wake()
 
     def _dropped(self) -> None:

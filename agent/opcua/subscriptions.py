@@ -6,7 +6,9 @@ variables ─► sampling asked: max(sampling_interval, the node's MinimumSampli
 create monitored items, MaxMonitoredItemsPerCall at a time, each request within the
    │  budget (budget.py), into subscriptions of at most items_per_subscription items
    ▼                                           (or the server's MaxMonitoredItemsPerSubscription)
-BatchSubscription ─► publish response whole ─► on_changes(items) / on_event() / on_status()
+BatchSubscription ─► publish response whole ─► on_changes(items) / on_status()
+   events: of an item of monitor_events() ─► on_plant_event(notifier, names, fields)
+           of the model-change item        ─► on_event() (a re-crawl)
 ```
 
 A subscription does not use asyncua's async iterator (it drops the oldest item
@@ -46,7 +48,12 @@ TRIGGERS = {"StatusValue": ua.DataChangeTrigger.StatusValue,
             "StatusValueTimestamp": ua.DataChangeTrigger.StatusValueTimestamp}
 ERRORS_LOGGED = 5  # items that cannot be monitored, named in the log per request run
 
+EVENT_QUEUE = 1000  # events each event item may hold on the server between publishes
+
 OnChanges = Callable[[list[ua.MonitoredItemNotification]], None]
+OnEvents = Callable[[list[ua.EventFieldList]], None]
+# notifier, the names of the filter's fields, one event's fields
+OnPlantEvent = Callable[[str, tuple[str, ...], list[ua.Variant]], None]
 
 
 class _NoHandler:
@@ -59,7 +66,7 @@ class BatchSubscription(Subscription):
     notification, no bounded iterator queue."""
 
     def __init__(self, session: Any, params: ua.CreateSubscriptionParameters,
-                 on_changes: OnChanges, on_event: Callable[[], None],
+                 on_changes: OnChanges, on_event: OnEvents,
                  on_status: Callable[[ua.StatusCode], None]) -> None:
         super().__init__(session, params, _NoHandler())
         self._on_changes, self._on_event, self._on_status = on_changes, on_event, on_status
@@ -90,7 +97,7 @@ class BatchSubscription(Subscription):
             if isinstance(notif, ua.DataChangeNotification):
                 self._on_changes(notif.MonitoredItems)
             elif isinstance(notif, ua.EventNotificationList):
-                self._on_event()
+                self._on_event(notif.Events)
             elif isinstance(notif, ua.StatusChangeNotification):
                 self._on_status(notif.Status)
 
@@ -102,10 +109,15 @@ class Monitoring:
     def __init__(self, session: Any, cfg: OpcuaSourceConfig, limits: Limits,
                  budget: PlantBudget, handles: Iterator[int], counters: dict[str, int],
                  on_changes: OnChanges, on_event: Callable[[], None],
-                 on_status: Callable[[ua.StatusCode], None]) -> None:
+                 on_status: Callable[[ua.StatusCode], None],
+                 on_plant_event: OnPlantEvent | None = None) -> None:
         self._session, self.cfg, self.limits, self.budget = session, cfg, limits, budget
         self._handles, self.counters = handles, counters
-        self._callbacks = (on_changes, on_event, on_status)
+        self._on_model_event, self._on_plant_event = on_event, on_plant_event
+        self._callbacks = (on_changes, self._events, on_status)
+        # event items: client handle -> (notifier, the names of its filter's fields)
+        self.event_of: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self._event_placed: dict[str, tuple[BatchSubscription, int, int]] = {}
         per_sub = cfg.items_per_subscription
         if limits.per_subscription:
             per_sub = min(per_sub, limits.per_subscription)
@@ -119,6 +131,87 @@ class Monitoring:
         if cfg.trigger != "StatusValue":
             self._filter = ua.DataChangeFilter()
             self._filter.Trigger = TRIGGERS[cfg.trigger]
+
+    def _events(self, events: list[ua.EventFieldList]) -> None:
+        """Plant events to carry, by client handle; any other is the model-change item's."""
+        model_change = False
+        for ev in events:
+            item = self.event_of.get(ev.ClientHandle)
+            if item is None:
+                model_change = True
+            elif self._on_plant_event is not None:
+                self._on_plant_event(item[0], item[1], ev.EventFields)
+        if model_change:
+            self._on_model_event()
+
+    @property
+    def event_notifiers(self) -> list[str]:
+        return list(self._event_placed)
+
+    async def monitor_events(self, notifiers: list[str], evfilter: ua.EventFilter,
+                             names: tuple[str, ...]) -> None:
+        """An event item (all the notifier emits, `evfilter`'s fields) on each of
+        `notifiers` not monitored yet, in the first subscription: a server has few
+        notifiers, so they are not counted against `items_per_subscription`. One a server
+        refuses (not a notifier after all) is counted in `event_errors` and left out of
+        `event_notifiers`."""
+        todo = [n for n in notifiers if n not in self._event_placed]
+        i = 0
+        while i < len(todo):
+            sub = self.subs[0] if self.subs else await self._new_subscription()
+            step = self.limits.monitored
+            chunk = todo[i:i + step]
+            handles = [next(self._handles) for _ in chunk]
+            mirs = [self._event_request(n, h, evfilter) for n, h in zip(chunk, handles,
+                                                                      strict=True)]
+            for n, h in zip(chunk, handles, strict=True):
+                self.event_of[h] = (n, names)
+            await self.budget.request()
+            try:
+                results = await sub.create_items(mirs)
+            except ua.UaStatusCodeError as exc:
+                for h in handles:
+                    self.event_of.pop(h, None)
+                if exc.code == ua.StatusCodes.BadTooManyOperations and step > 1:
+                    self.limits.monitored = max(1, step // 2)
+                    continue
+                raise
+            for n, h, res in zip(chunk, handles, results, strict=True):
+                if not res.StatusCode.is_good():
+                    self.event_of.pop(h, None)
+                    self.counters["event_errors"] += 1
+                    log.info("%s: no events from %s: %s", self.cfg.label, n, res.StatusCode.name)
+                    continue
+                self._event_placed[n] = (sub, res.MonitoredItemId, h)
+            i += len(chunk)
+        self.counters["event_notifiers"] = len(self._event_placed)
+
+    async def unmonitor_events(self, keep: set[str]) -> None:
+        """Stop the event items of every notifier not in `keep`."""
+        for n in [n for n in self._event_placed if n not in keep]:
+            sub, server_handle, handle = self._event_placed.pop(n)
+            self.event_of.pop(handle, None)
+            await self.budget.request()
+            with contextlib.suppress(ua.UaStatusCodeError):
+                await sub.unsubscribe([server_handle])
+        self.counters["event_notifiers"] = len(self._event_placed)
+
+    def _event_request(self, notifier: str, handle: int, evfilter: ua.EventFilter
+                       ) -> ua.MonitoredItemCreateRequest:
+        rv = ua.ReadValueId()
+        rv.NodeId = ua.NodeId.from_string(notifier)
+        rv.AttributeId = ua.AttributeIds.EventNotifier
+        mp = ua.MonitoringParameters()
+        mp.ClientHandle = handle
+        mp.SamplingInterval = 0
+        mp.QueueSize = EVENT_QUEUE
+        mp.DiscardOldest = True
+        mp.Filter = evfilter
+        mir = ua.MonitoredItemCreateRequest()
+        mir.ItemToMonitor = rv
+        mir.MonitoringMode = ua.MonitoringMode.Reporting
+        mir.RequestedParameters = mp
+        return mir
 
     def sampling_ms(self, nid: str, min_sampling: dict[str, float]) -> float:
         """What to ask for `nid`: never faster than the node or the server can sample."""

@@ -16,12 +16,18 @@
 //   {"op": "subscribe", "nodeId", "indexRange", "seconds": 2} -> {status, values: [...]}
 //   {"op": "subscribe", "nodeIds": [...], "seconds": 2} -> [{nodeId, status, values}, ...]
 //        (one subscription, a monitored item per node, held for the whole time)
+//   {"op": "events", "nodeId", "fields": ["EventType", "ActiveState.Id", "ConditionId", ...],
+//    "seconds": 2, "refresh": false}
+//        -> {status, events: [{field: value, ...}]} (an event item on nodeId, no where
+//           clause; "refresh": ConditionRefresh once the item is created, and its status
+//           in refreshStatus; node ids as strings)
 //
 // A DataValue is {status, value, sourceTicks, serverTicks} with values as JSON (typed
 // arrays as lists) and the timestamps as OPC UA ticks (100 ns since 1601, decimal strings;
 // null when absent), from the Date and its picoseconds, so no digit is lost.
 import {
   AttributeIds, ClientMonitoredItem, ClientSubscription, DataType, HistoryReadRequest,
+  constructEventFilter,
   MessageSecurityMode,
   OPCUAClient, ReadProcessedDetails, ReadRawModifiedDetails, SecurityPolicy, StatusCodes,
   TimestampsToReturn, resolveNodeId,
@@ -45,6 +51,9 @@ function plain(v) {
   if (v instanceof Date) return v.toISOString();
   if (Buffer.isBuffer(v)) return v.toString("base64");
   if (typeof v === "object" && "text" in v) return v.text;
+  if (typeof v === "object" && "identifierType" in v && typeof v.toString === "function") {
+    return v.toString();  // a NodeId
+  }
   if (typeof v === "object") return JSON.parse(JSON.stringify(v));
   return v;
 }
@@ -116,6 +125,39 @@ async function subscribe(session, op) {
   return { status: items[0].status, values: items[0].values };
 }
 
+async function events(session, op) {
+  const sub = ClientSubscription.create(session, {
+    requestedPublishingInterval: 100, requestedLifetimeCount: 1000,
+    requestedMaxKeepAliveCount: 10, maxNotificationsPerPublish: 0, publishingEnabled: true,
+    priority: 1,
+  });
+  await new Promise((resolve) => sub.on("started", resolve));
+  const got = [];
+  const item = ClientMonitoredItem.create(sub,
+    { nodeId: resolveNodeId(op.nodeId), attributeId: AttributeIds.EventNotifier },
+    { samplingInterval: 0, queueSize: 1000, discardOldest: true,
+      filter: constructEventFilter(op.fields) }, TimestampsToReturn.Neither);
+  let status = "Good";
+  item.on("changed", (fields) => {
+    const ev = {};
+    op.fields.forEach((name, i) => { ev[name] = fields[i] ? plain(fields[i].value) : null; });
+    got.push(ev);
+  });
+  item.on("err", (message) => { status = String(message); });
+  await new Promise((resolve) => { item.on("initialized", resolve); item.on("err", resolve); });
+  let refreshStatus = null;
+  if (op.refresh && status === "Good") {
+    const result = await session.call({
+      objectId: resolveNodeId("i=2782"), methodId: resolveNodeId("i=3875"),
+      inputArguments: [{ dataType: DataType.UInt32, value: sub.subscriptionId }],
+    });
+    refreshStatus = result.statusCode.name;
+  }
+  await new Promise((resolve) => setTimeout(resolve, (op.seconds || 2) * 1000));
+  await sub.terminate();
+  return { status, refreshStatus, events: got };
+}
+
 async function run(session, op) {
   switch (op.op) {
     case "read": {
@@ -143,6 +185,8 @@ async function run(session, op) {
     }
     case "subscribe":
       return subscribe(session, op);
+    case "events":
+      return events(session, op);
     default:
       throw new Error(`unknown op ${op.op}`);
   }

@@ -3,6 +3,7 @@ for tests that must not pass only because every peer runs asyncua.
 
     with NodeOpcuaPlant() as plant:          # scripts/node-opcua/plant.mjs
         ...  # plant.endpoint; its nodes: plant.mjs's header (namespace index 2)
+    NodeOpcuaPlant(script="events_plant.mjs", args=("500",))  # events and an alarm
     results = node_client(url, [{"op": "read", "nodeId": "ns=2;s=Plant.Counter"}])
     plant = BigPlant(20_000, 1000.0, workdir)  # scripts/node-opcua/big_plant.mjs; .close()
 
@@ -76,10 +77,13 @@ def node_client(endpoint: str, ops: list[dict[str, Any]], timeout: float = 60.0)
 
 
 class NodeOpcuaPlant:
-    """scripts/node-opcua/plant.mjs on a free loopback port."""
+    """scripts/node-opcua/plant.mjs (or `script`, with `args` after HOST PORT) on a free
+    loopback port."""
 
-    def __init__(self, host: str = "127.0.0.1", start_timeout: float = 60.0) -> None:
+    def __init__(self, host: str = "127.0.0.1", start_timeout: float = 60.0,
+                 script: str = "plant.mjs", args: tuple[str, ...] = ()) -> None:
         self.host = host
+        self.script, self.args = script, args
         self.port = free_port(host)
         self.endpoint = f"opc.tcp://{host}:{self.port}/plant"
         self.start_timeout = start_timeout
@@ -99,8 +103,8 @@ class NodeOpcuaPlant:
     def start(self) -> Self:
         node = find_node_opcua()
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen([node, str(NODE_OPCUA_DIR / "plant.mjs"), self.host,
-                                           str(self.port)], cwd=NODE_OPCUA_DIR,
+            self._proc = subprocess.Popen([node, str(NODE_OPCUA_DIR / self.script), self.host,
+                                           str(self.port), *self.args], cwd=NODE_OPCUA_DIR,
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + self.start_timeout
         while "READY" not in self.log_text():

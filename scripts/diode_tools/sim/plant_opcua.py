@@ -14,6 +14,15 @@ Address space (namespace ``urn:diode:plant``, string node ids)::
         Reset()                                 a method (the mirror must refuse calls)
       Added                                     nodes added at runtime (`add_variable`,
                                                 and `Extra.Value` of each namespace added)
+      Boiler                                    with ``--events SECONDS`` only: an event notifier
+        Boiler.HighTemperature                  an AlarmConditionType instance (its ConditionId)
+      Quiet                                     with ``--events``: an object that emits nothing
+
+With ``--events SECONDS`` the Boiler emits, every SECONDS, a BoilerEventType event
+(custom, ns 2, BaseEventType's subtype with the properties Temperature and Batch)
+and a transition of its HighTemperature alarm (AlarmConditionType: active with
+severity 700 and retained, then inactive with severity 100 and not retained, in
+turn); each prints ``EVENT <k>``.
 
 Values change at `rate` changes per second in total, written inside the server
 in bulk (one AttributeService.write per tick, as the server's own admin
@@ -160,9 +169,12 @@ def refuse_at_open(trust: TrustDir, how: str) -> None:
 class PlantOpcua:
     def __init__(self, port: int, variables: int = 1000, rate: float = 1000.0,
                  host: str = "127.0.0.1", tick: float = 0.05, seed: int = 7,
-                 security: PlantSecurity | None = None) -> None:
+                 security: PlantSecurity | None = None, events: float = 0.0) -> None:
         self.endpoint = f"opc.tcp://{host}:{port}/plant/"
         self.security = security
+        self.events = events
+        self.events_sent = 0
+        self._event_gens: tuple[Any, Any] | None = None
         self.variables = variables
         self.rate = rate
         self.tick = tick
@@ -175,6 +187,7 @@ class PlantOpcua:
         self.extra: dict[str, ua.NodeId] = {}  # namespace added at runtime -> its Extra.Value
         self._rng = random.Random(seed)
         self._task: asyncio.Task[None] | None = None
+        self._event_task: asyncio.Task[None] | None = None
         self._special: dict[str, ua.NodeId] = {}
 
     async def start(self) -> None:
@@ -219,8 +232,56 @@ class PlantOpcua:
             res.StatusCode.check()
         await self._add_special(plant, ns)
         await plant.add_folder(node_id("Added", ns), ua.QualifiedName("Added", ns))
+        if self.events:
+            await self._add_events(plant, ns)
         await server.start()
         self._task = asyncio.create_task(self._run())
+        if self.events:
+            self._event_task = asyncio.create_task(self._emit_events())
+
+    async def _add_events(self, plant: Any, ns: int) -> None:
+        server = self.server
+        boiler = await plant.add_object(node_id("Boiler", ns), ua.QualifiedName("Boiler", ns))
+        await plant.add_object(node_id("Quiet", ns), ua.QualifiedName("Quiet", ns))
+        etype = await server.create_custom_event_type(
+            ns, "BoilerEventType", ua.ObjectIds.BaseEventType,
+            [("Temperature", ua.VariantType.Double), ("Batch", ua.VariantType.String)])
+        await boiler.add_object(node_id("Boiler.HighTemperature", ns),
+                                ua.QualifiedName("HighTemperature", ns),
+                                objecttype=ua.ObjectIds.AlarmConditionType)
+        self._event_gens = (await server.get_event_generator(etype, boiler),
+                            await server.get_event_generator(ua.ObjectIds.AlarmConditionType,
+                                                             boiler))
+
+    async def emit_event(self) -> int:
+        """One BoilerEventType event and one transition of the alarm; returns k."""
+        assert self._event_gens is not None
+        k = self.events_sent = self.events_sent + 1
+        boiler, alarm = self._event_gens
+        ev = boiler.event
+        ev.Temperature, ev.Batch, ev.Severity = 80.0 + k, f"batch-{k}", 300
+        await boiler.trigger(message=f"boiler event {k}")
+        a = alarm.event
+        active = k % 2 == 1
+        a.ConditionName = "HighTemperature"
+        a.NodeId = node_id("Boiler.HighTemperature", self.ns)
+        a.Retain = active
+        a.Severity = 700 if active else 100
+        a.LastSeverity = 100 if active else 700
+        a.EnabledState = ua.LocalizedText("Enabled")
+        setattr(a, "EnabledState/Id", True)
+        a.ActiveState = ua.LocalizedText("Active" if active else "Inactive")
+        setattr(a, "ActiveState/Id", active)
+        a.AckedState = ua.LocalizedText("Unacknowledged")
+        setattr(a, "AckedState/Id", False)
+        await alarm.trigger(message=f"high temperature {k}" if active
+                            else f"temperature normal {k}")
+        return k
+
+    async def _emit_events(self) -> None:
+        while True:
+            await asyncio.sleep(self.events)
+            print(f"EVENT {await self.emit_event()}", flush=True)
 
     async def _add_special(self, plant: Any, ns: int) -> None:
         server = self.server
@@ -389,9 +450,10 @@ class PlantOpcua:
             await self.write_tick(max(count, 0))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._event_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.server.stop()
 
 
@@ -424,12 +486,15 @@ class PlantProcess:
     """The plant simulator as a child process (`python -m diode_tools.sim.plant_opcua`)."""
 
     def __init__(self, port: int, variables: int = 1000, rate: float = 1000.0,
-                 host: str = "127.0.0.1", security: PlantSecurity | None = None) -> None:
+                 host: str = "127.0.0.1", security: PlantSecurity | None = None,
+                 events: float = 0.0) -> None:
         self.endpoint = f"opc.tcp://{host}:{port}/plant/"
         self.port, self.variables, self.rate, self.host = port, variables, rate, host
-        self.security = security
+        self.security, self.events = security, events
         args = [sys.executable, "-m", "diode_tools.sim.plant_opcua", "--host", host, "--port",
                 str(port), "--variables", str(variables), "--rate", str(rate)]
+        if events:
+            args += ["--events", str(events)]
         if security is not None:
             args += ["--cert", str(security.cert), "--key", str(security.key)]
             for p in security.policies:
@@ -500,7 +565,8 @@ class PlantProcess:
 
     def restarted(self) -> PlantProcess:
         """A new plant process on the same port, with the same address space."""
-        return PlantProcess(self.port, self.variables, self.rate, self.host, self.security)
+        return PlantProcess(self.port, self.variables, self.rate, self.host, self.security,
+                            self.events)
 
     def stop(self) -> None:
         if self._proc.poll() is None:
@@ -525,6 +591,8 @@ async def _main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trusted-dir", type=Path, help="trust only client certificates here")
     ap.add_argument("--refuse-at-open", choices=("error", "close"),
                     help="refuse untrusted certificates at OpenSecureChannel")
+    ap.add_argument("--events", type=float, default=0.0,
+                    help="seconds between two events and alarm transitions (0: none)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     security = None
@@ -532,7 +600,8 @@ async def _main(argv: list[str] | None = None) -> None:
         security = PlantSecurity(args.cert, args.key, tuple(args.policy or
                                                              ("Basic256Sha256_SignAndEncrypt",)),
                                  not args.no_none, args.trusted_dir, args.refuse_at_open)
-    plant = PlantOpcua(args.port, args.variables, args.rate, host=args.host, security=security)
+    plant = PlantOpcua(args.port, args.variables, args.rate, host=args.host, security=security,
+                       events=args.events)
     await plant.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
