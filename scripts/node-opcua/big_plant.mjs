@@ -10,7 +10,9 @@
 // writes the next number of one plant-wide count. Every variable declares
 // MinimumSamplingInterval = MIN_SAMPLING_MS (default 0: it can be monitored on change).
 // SIGUSR1 adds a variable Plant.AddedNNN to Area000 and prints "ADDED <node id>"; SIGUSR2
-// deletes the last one added and prints "REMOVED <node id>".
+// deletes the last one added and prints "REMOVED <node id>"; SIGHUP appends a namespace
+// urn:diode:node-bigplant:extraN with one variable Extra.Value under Objects and prints
+// "NAMESPACE <node id>".
 import { DataType, OPCUAServer, StatusCodes, Variant } from "node-opcua";
 
 const [host, portText, nText, rateText, minText, tickText] = process.argv.slice(2);
@@ -74,6 +76,18 @@ process.on("SIGUSR2", () => {
     space.deleteNode(v);
     console.log(`REMOVED ${v.nodeId.toString()}`);
   }
+});
+
+let extras = 0;
+process.on("SIGHUP", () => {
+  extras += 1;
+  const extra = space.registerNamespace(`urn:diode:node-bigplant:extra${extras}`);
+  const v = extra.addVariable({
+    organizedBy: space.rootFolder.objects, browseName: `Extra${extras}`,
+    nodeId: "s=Extra.Value", dataType: "Double",
+    value: new Variant({ dataType: DataType.Double, value: extras }),
+  });
+  console.log(`NAMESPACE ${v.nodeId.toString()}`);
 });
 
 await server.start();

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from asyncua import Client, ua
 
 from agent.opcua.mirror import DIAG_NAMESPACE
 from diode_tools.sim.mosquitto import free_port
-from diode_tools.sim.node_opcua import node_client
+from diode_tools.sim.node_opcua import BigPlant, node_client
 from diode_tools.sim.plant_opcua import EXTRA, PlantProcess
 from tests.integration.conftest import Agent, Diode
 
@@ -266,3 +267,39 @@ def test_node_opcua_client_subscribed_across_an_appended_namespace(
         assert items[nid]["values"][0]["sourceTicks"] < started, nid  # held across the change
         later = [v for v in items[nid]["values"] if v["sourceTicks"] > at and v["status"] == "Good"]
         assert len(later) >= 3, (nid, len(items[nid]["values"]), len(later))
+
+
+def test_a_node_opcua_plant_appending_a_namespace_keeps_every_subscription(
+        diode: Diode, tmp_path: Path) -> None:
+    # an independent plant; no re-crawl scheduled: TX's change watch sees the new array
+    (tmp_path / "plant").mkdir()
+    plant = BigPlant(200, 200.0, tmp_path / "plant")
+    nodes = ("ns=2;s=Plant.V00000", "ns=2;s=Plant.V00001", "ns=2;s=Plant.V00199")
+    try:
+        port = free_port()
+        tx, rx = diode.tx_doc(), diode.rx_doc()
+        del tx["mqtt"], rx["mqtt"]
+        tx["opcua"] = [{"name": "plant", "endpoint": plant.endpoint}]
+        endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
+        rx["opcua"] = [{"name": "plant", "endpoint": endpoint}]
+        agent = diode.start("rx", rx)
+        diode.start("tx", tx)
+        diode.wait_status(agent, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
+                          == "serving", WAIT, "mirror serving")
+
+        async def main() -> None:
+            async with Client(endpoint, timeout=5) as c:
+                await _until(lambda: _good_value(c, nodes[-1]), WAIT, "values on the mirror")
+                seen = await _subscribe(c, nodes)
+                extra = await asyncio.to_thread(plant.append_namespace)
+                await _until(lambda: _good_value(c, extra), WAIT, f"{extra} on the mirror")
+                array = await c.get_namespace_array()
+                assert array[2:4] == ["urn:diode:node-bigplant",
+                                      "urn:diode:node-bigplant:extra1"], array
+                await _keep_flowing(seen, nodes, time.monotonic())
+        asyncio.run(main())
+        # node-opcua's client, subscribed afterwards, gets values from the same node ids
+        got = node_client(endpoint, [{"op": "subscribe", "nodeIds": list(nodes), "seconds": 3}])
+        assert all(item["status"] == "Good" and item["values"] for item in got[0]), got
+    finally:
+        plant.close()

@@ -28,8 +28,8 @@ import pytest
 from asyncua import Client
 
 from diode_tools.sim.mosquitto import free_port
-from diode_tools.sim.node_opcua import BigPlant
-from diode_tools.sim.plant_opcua import PlantProcess
+from diode_tools.sim.node_opcua import BigPlant, node_client
+from diode_tools.sim.plant_opcua import PlantProcess, variable_id
 from tests.integration.conftest import Diode, wait_until
 from tests.integration.test_opcua_mirror_spec import raw, ua_history_all
 
@@ -126,7 +126,7 @@ def test_requests_are_paced_and_items_spread_over_subscriptions(diode: Diode) ->
     plant = PlantProcess(free_port(), variables=300, rate=50)
     try:
         started = time.monotonic()
-        tx, rx, _mirror = _start(diode, plant.endpoint, tx_opcua={
+        tx, rx, mirror = _start(diode, plant.endpoint, tx_opcua={
             "requests_per_second": 5.0, "items_per_subscription": 100})
         st = _connected(diode, tx)
         took = time.monotonic() - started
@@ -137,9 +137,13 @@ def test_requests_are_paced_and_items_spread_over_subscriptions(diode: Diode) ->
         assert c["requests"] >= 20, c
         assert took >= (c["requests"] - 5) / 5.0 - 1, (took, c)
         assert c["budget_wait_ms"] > 0, c
-        # and the mirror got every value through the many subscriptions
+        # and the mirror got every value through the many subscriptions, as an independent
+        # client sees it
         wait_until(lambda: (rx.status() or {}).get("opcua", {}).get("plant", {}).get(
             "state") == "serving", 30, "the mirror serving")
+        last = f"ns=2;s={variable_id(299)}"
+        wait_until(lambda: node_client(mirror, [{"op": "read", "nodeId": last}])[0]["status"]
+                   == "Good", 30, f"{last} Good on the mirror (node-opcua client)")
         plant_changes = c["changes"]
         st2 = diode.wait_status(tx, lambda s: s["counters"]["opcua:plant.changes"]
                                 > plant_changes + 100, 30, "changes flowing")

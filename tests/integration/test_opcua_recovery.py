@@ -20,13 +20,15 @@ import asyncio
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from asyncua import Client, Node, ua
 
 from diode_tools.sim.mosquitto import free_port
+from diode_tools.sim.node_opcua import BigPlant, NodeOpcuaError, node_client
 from diode_tools.sim.plant_opcua import NAMESPACE, PlantProcess
-from tests.integration.conftest import Diode
+from tests.integration.conftest import Diode, wait_until
 
 
 @pytest.fixture
@@ -164,3 +166,45 @@ def test_recovery_figures_after_a_45_s_plant_outage(diode: Diode,
           f"max {worst:.1f} s (tries {st['counters']['opcua:plant.connect_failures']})")
     assert worst < 15, f"max {worst:.1f} s"
     assert st["counters"]["opcua:plant.crawls"] == 1
+
+
+def test_a_node_opcua_plant_restart_too(diode: Diode, tmp_path: Path) -> None:
+    """The same with an independent plant (node-opcua), each variable checked by
+    node-opcua's client as well."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plants = [BigPlant(300, 30.0, tmp_path / "a")]
+    try:
+        port = free_port()
+        mirror = f"opc.tcp://127.0.0.1:{port}/diode/"
+        tx_doc, rx_doc = diode.tx_doc(), diode.rx_doc()
+        del tx_doc["mqtt"], rx_doc["mqtt"]
+        tx_doc["status"]["interval"] = 0.5
+        tx_doc["opcua"] = [{"name": "plant", "endpoint": plants[0].endpoint, "timeout": 3.0}]
+        rx_doc["opcua"] = [{"name": "plant", "endpoint": mirror, "bad_after": 3.0}]
+        diode.start("rx", rx_doc)
+        tx = diode.start("tx", tx_doc)
+        ids = [f"ns=2;s=Plant.V{i:05d}" for i in range(300)]
+        reads = [{"op": "read", "nodeId": n} for n in ids]
+
+        def good() -> int:
+            try:
+                return sum(dv["status"] == "Good" for dv in node_client(mirror, reads))
+            except NodeOpcuaError:  # the mirror not listening yet
+                return -1
+        wait_until(lambda: good() == len(ids), 60, "every variable Good on the mirror")
+        plants[0].close()
+        wait_until(lambda: good() == 0, 20, "every variable not Good while the plant is down")
+        time.sleep(5)
+        plants.append(BigPlant(300, 30.0, tmp_path / "b", port=plants[0].port))
+        back = time.monotonic()
+        wait_until(lambda: good() == len(ids), 30, "every variable Good again", interval=0.2)
+        took = time.monotonic() - back
+        print(f"\nnode-opcua plant restart: every variable Good again {took:.1f} s after it "
+              "served again")
+        assert took < 10, took
+        st = diode.wait_status(tx, lambda s: s["sources"].get("opcua:plant") == "connected",
+                               10, "TX connected again")
+        assert st["counters"]["opcua:plant.crawls"] == 1, "the unchanged model was crawled again"
+    finally:
+        plants[-1].close()

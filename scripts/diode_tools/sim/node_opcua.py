@@ -137,8 +137,8 @@ class BigPlant:
     MinimumSamplingInterval of `min_sampling_ms`."""
 
     def __init__(self, nodes: int, rate: float, work: Path, min_sampling_ms: float = 0,
-                 tick_ms: float = 100) -> None:
-        self.port = free_port()
+                 tick_ms: float = 100, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/plant"
         self.log_path = work / "plant.log"
         node = find_node_opcua()
@@ -174,6 +174,10 @@ class BigPlant:
 
     def remove_last_added(self) -> str:
         return self._signal(signal.SIGUSR2, "REMOVED")
+
+    def append_namespace(self) -> str:
+        """A namespace appended to the server's array, with one variable: its node id."""
+        return self._signal(signal.SIGHUP, "NAMESPACE")
 
     def close(self) -> None:
         terminate(self.proc, 5.0)
