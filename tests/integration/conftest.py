@@ -465,7 +465,15 @@ class Diode:
         return self.start("tx", self.tx_doc(**kw), name)
 
     def start_rx(self, name: str = "rx", **kw: Any) -> Agent:
-        return self.start("rx", self.rx_doc(**kw), name)
+        """RX, returned once it listens (its first status file), or exited: a TX started
+        next must not send its first frames into a socket that is not bound yet (RX would
+        take them, late from TX's recovery window, for frames from before it ran)."""
+        agent = self.start("rx", self.rx_doc(**kw), name)
+        deadline = time.monotonic() + 20
+        while agent.status_file is not None and agent.status() is None and agent.running() \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return agent
 
     def stop(self, agent: Agent, timeout: float = 10.0) -> None:
         """SIGTERM; the agent must exit 0 within `timeout`."""

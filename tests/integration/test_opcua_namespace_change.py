@@ -47,12 +47,13 @@ def plant() -> Iterator[PlantProcess]:
         p.stop()
 
 
-def _start(diode: Diode, plant: PlantProcess) -> tuple[Agent, str]:
+def _start(diode: Diode, plant_endpoint: str, **source: Any) -> tuple[Agent, str]:
+    """RX and TX; TX re-crawls every second unless `source` says otherwise."""
     port = free_port()
     tx, rx = diode.tx_doc(), diode.rx_doc()
     del tx["mqtt"], rx["mqtt"]  # OPC UA only
-    tx["opcua"] = [{"name": "plant", "endpoint": plant.endpoint, "rebrowse_period": 1.0,
-                    "model_carousel_period": 3, "value_keyframe_period": 3}]
+    tx["opcua"] = [{"name": "plant", "endpoint": plant_endpoint, "rebrowse_period": 1.0,
+                    "model_carousel_period": 3, "value_keyframe_period": 3, **source}]
     endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
     rx["opcua"] = [{"name": "plant", "endpoint": endpoint}]
     agent = diode.start("rx", rx)
@@ -151,7 +152,7 @@ async def _keep_flowing(seen: Seen, nodes: tuple[str, ...], since: float) -> Non
 
 def test_an_appended_namespace_and_added_nodes_change_no_subscription(
         diode: Diode, plant: PlantProcess) -> None:
-    rx, endpoint = _start(diode, plant)
+    rx, endpoint = _start(diode, plant.endpoint)
 
     async def main() -> None:
         c = await _connect(endpoint)
@@ -187,7 +188,7 @@ def test_an_appended_namespace_and_added_nodes_change_no_subscription(
 
 def test_an_inserted_namespace_moves_only_the_nodes_after_it(diode: Diode,
                                                               plant: PlantProcess) -> None:
-    rx, endpoint = _start(diode, plant)
+    rx, endpoint = _start(diode, plant.endpoint)
 
     async def main() -> None:
         c = await _connect(endpoint)
@@ -233,7 +234,7 @@ def _ticks_now() -> int:
 def test_node_opcua_client_subscribed_across_an_appended_namespace(
         diode: Diode, plant: PlantProcess) -> None:
     """An IT client that is not asyncua: node-opcua's, one subscription held throughout."""
-    rx, endpoint = _start(diode, plant)
+    rx, endpoint = _start(diode, plant.endpoint)
     result: list[Any] = []
 
     def hold() -> None:
@@ -276,16 +277,7 @@ def test_a_node_opcua_plant_appending_a_namespace_keeps_every_subscription(
     plant = BigPlant(200, 200.0, tmp_path / "plant")
     nodes = ("ns=2;s=Plant.V00000", "ns=2;s=Plant.V00001", "ns=2;s=Plant.V00199")
     try:
-        port = free_port()
-        tx, rx = diode.tx_doc(), diode.rx_doc()
-        del tx["mqtt"], rx["mqtt"]
-        tx["opcua"] = [{"name": "plant", "endpoint": plant.endpoint}]
-        endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
-        rx["opcua"] = [{"name": "plant", "endpoint": endpoint}]
-        agent = diode.start("rx", rx)
-        diode.start("tx", tx)
-        diode.wait_status(agent, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
-                          == "serving", WAIT, "mirror serving")
+        _, endpoint = _start(diode, plant.endpoint, rebrowse_period=600.0)
 
         async def main() -> None:
             async with Client(endpoint, timeout=5) as c:
