@@ -357,7 +357,8 @@ class OpcuaSource:
             except Refused as exc:
                 await self._refused(str(exc), exc.cause, backoff.refused())
                 continue
-            except _NETWORK as exc:
+            except Exception as exc:  # a network error, or whatever asyncua raises: never a
+                # silent end of the source
                 if not self.counters["connects"] and not self.counters["connect_failures"]:
                     self.counters["outages"] += 1  # the first try after start failed
                 self.counters["connect_failures"] += 1
@@ -469,6 +470,16 @@ class OpcuaSource:
             if is_refusal(exc.code):
                 raise Refused(explain(cfg, exc.code, disc), status(exc.code).name) from None
             raise
+        except AssertionError:
+            # asyncua 2 cannot read an OpenSecureChannel answered with a ServiceFault (what
+            # node-opcua sends for a certificate it does not trust): NotEnoughData, then a
+            # failed assertion. The server refused the secure channel.
+            client.disconnect_socket()
+            if policy is not None:
+                raise Refused(explain_silent(cfg, "answered with an error asyncua cannot "
+                                             "read")) from None
+            raise ConnectionError("the server's answer to OpenSecureChannel could not be "
+                                  "read") from None
         except (ConnectionError, TimeoutError, OSError) as exc:
             client.disconnect_socket()
             # The server answered GetEndpoints a moment ago, then closed or went silent

@@ -1,5 +1,6 @@
 """Commissioning mistakes, loud and with the fix: the real agent processes against a real
-asyncua plant with security (it trusts only the client certificates in a folder).
+asyncua plant with security (it trusts only the client certificates in a folder), and
+the most common one against node-opcua's certificate manager too.
 
 For each mistake TX logs one line (no traceback) naming the server endpoint, what
 is wrong, TX's certificate thumbprint where it matters, and the fix; its source
@@ -22,6 +23,7 @@ import pytest
 from agent.opcua.certs import make_certificate, thumbprint
 from diode_tools.sim.certs import opcua_certificate
 from diode_tools.sim.mosquitto import free_port
+from diode_tools.sim.node_opcua import NodeOpcuaPlant, node_client
 from diode_tools.sim.plant_opcua import PlantProcess, PlantSecurity
 from tests.integration.conftest import Agent, Diode, wait_until
 
@@ -187,3 +189,40 @@ def test_certificate_expiry_warned_at_start_and_in_the_status(diode: Diode, site
     rx_st = diode.wait_status(rx, lambda s: "plant" in s.get("opcua", {}), 20, "mirror status")
     assert rx_st["opcua"]["plant"]["cert_days_left"] in (19, 20), rx_st["opcua"]["plant"]
     assert warned(rx.log(), "mirror's OPC UA server certificate")
+
+
+def test_an_independent_plant_refusing_then_trusting_tx(diode: Diode, tmp_path: Path) -> None:
+    """The same first-day mistake against node-opcua (scripts/node-opcua/secure_plant.mjs):
+    its certificate manager refuses TX's certificate until it is in its trusted folder."""
+    pki = tmp_path / "node-pki"
+    with NodeOpcuaPlant(script="secure_plant.mjs", args=(str(pki),)) as plant:
+        cert, key = tmp_path / "tx.der", tmp_path / "tx.key"
+        tp = make_certificate(cert, key, "urn:diode:tx:plant")
+        tx_doc, rx_doc = diode.tx_doc(), diode.rx_doc()
+        del tx_doc["mqtt"], rx_doc["mqtt"]
+        tx_doc["opcua"] = [{"name": "plant", "endpoint": plant.endpoint, "timeout": 3.0,
+                            "security_policy": "Basic256Sha256",
+                            "security_mode": "SignAndEncrypt", "cert_file": str(cert),
+                            "key_file": str(key), "reconnect_max": 5.0}]
+        mirror = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
+        rx_doc["opcua"] = [{"name": "plant", "endpoint": mirror}]
+        rx = diode.start("rx", rx_doc)
+        wait_until(lambda: rx.status() is not None, 20, "RX listening")
+        tx = diode.start("tx", tx_doc)
+        st = diode.wait_status(tx, lambda s: s["counters"].get("opcua:plant.refusals", 0) >= 2,
+                               60, "TX refused, then tried again")
+        assert st["sources"]["opcua:plant"] == "refused"
+        last = st["queues"]["opcua:plant"]["last_error"]
+        for word in (plant.endpoint, tp, "trust TX's certificate", "Fix:"):
+            assert word in last, (word, last)
+        assert "Traceback" not in tx.log()
+        # the fix, as the line says and node-opcua's admins do it: the certificate moved
+        # from the server's rejected folder to its trusted one; TX is not restarted
+        [rejected] = (pki / "rejected").iterdir()
+        shutil.move(rejected, pki / "trusted" / "certs" / rejected.name)
+        diode.wait_status(tx, lambda s: s["sources"]["opcua:plant"] == "connected", 60,
+                          "TX connected once the plant trusts its certificate")
+        st = diode.wait_status(rx, lambda s: s.get("opcua", {}).get("plant", {}).get("state")
+                               == "serving", 20, "the mirror serving")
+        [dv] = node_client(mirror, [{"op": "read", "nodeId": "ns=2;s=Plant.Value"}])
+        assert dv["status"] == "Good" and isinstance(dv["value"], int | float), dv
