@@ -78,16 +78,19 @@ def node_client(endpoint: str, ops: list[dict[str, Any]], timeout: float = 60.0)
 
 class NodeOpcuaPlant:
     """scripts/node-opcua/plant.mjs (or `script`, with `args` after HOST PORT) on a free
-    loopback port."""
+    loopback port (or `port`); its log in `workdir` (default: a folder of its own,
+    removed on close)."""
 
     def __init__(self, host: str = "127.0.0.1", start_timeout: float = 60.0,
-                 script: str = "plant.mjs", args: tuple[str, ...] = ()) -> None:
+                 script: str = "plant.mjs", args: tuple[str, ...] = (),
+                 port: int | None = None, workdir: Path | None = None) -> None:
         self.host = host
         self.script, self.args = script, args
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.endpoint = f"opc.tcp://{host}:{self.port}/plant"
         self.start_timeout = start_timeout
-        self._dir = Path(tempfile.mkdtemp(prefix="node-opcua-plant-"))
+        self._own_dir = workdir is None
+        self._dir = workdir or Path(tempfile.mkdtemp(prefix="node-opcua-plant-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -121,7 +124,8 @@ class NodeOpcuaPlant:
         proc, self._proc = self._proc, None
         if proc is not None:
             terminate(proc, 5.0)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -131,38 +135,25 @@ class NodeOpcuaPlant:
         self.close()
 
 
-class BigPlant:
+class BigPlant(NodeOpcuaPlant):
     """scripts/node-opcua/big_plant.mjs on a free loopback port, its log in `work`:
     `nodes` variables, `rate` changes a second in ticks of `tick_ms`, each declaring a
     MinimumSamplingInterval of `min_sampling_ms`."""
 
     def __init__(self, nodes: int, rate: float, work: Path, min_sampling_ms: float = 0,
                  tick_ms: float = 100, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/plant"
-        self.log_path = work / "plant.log"
-        node = find_node_opcua()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [node, str(NODE_OPCUA_DIR / "big_plant.mjs"), "127.0.0.1", str(self.port),
-                 str(nodes), str(rate), str(min_sampling_ms), str(tick_ms)], cwd=NODE_OPCUA_DIR,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + 120
-        while "READY" not in self.log_path.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise NodeOpcuaError("node-opcua big plant did not start:\n"
-                                     + self.log_path.read_text(errors="replace")[-2000:])
-            time.sleep(0.1)
+        super().__init__(start_timeout=120.0, script="big_plant.mjs", port=port, workdir=work,
+                         args=(str(nodes), str(rate), str(min_sampling_ms), str(tick_ms)))
+        self.start()
 
     def _signal(self, sig: int, word: str) -> str:
         """Send `sig`; the node id the plant printed after `word`."""
-        before = self.log_path.read_text(errors="replace").count(word)
-        self.proc.send_signal(sig)
+        assert self._proc is not None, "the plant is not running"
+        before = self.log_text().count(word)
+        self._proc.send_signal(sig)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines()
-                     if ln.startswith(word + " ")]
+            lines = [ln for ln in self.log_text().splitlines() if ln.startswith(word + " ")]
             if len(lines) > before:
                 return lines[-1].split()[1]
             time.sleep(0.05)
@@ -178,6 +169,3 @@ class BigPlant:
     def append_namespace(self) -> str:
         """A namespace appended to the server's array, with one variable: its node id."""
         return self._signal(signal.SIGHUP, "NAMESPACE")
-
-    def close(self) -> None:
-        terminate(self.proc, 5.0)
