@@ -146,10 +146,12 @@ class Sink(Protocol):
 
     async def stop(self) -> None: ...
 
-    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> object:
+    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE,
+               raw: bytes | None = None) -> object:
         """One record of this channel from the link; never raises on its content. `now`
         (monotonic) is when it came off the link, or for a late one when it would have
-        without the wait in TX's recovery window."""
+        without the wait in TX's recovery window. `raw`: the record's bytes as TX
+        encoded them, once the sink asked for them (RxContext.keep_raw)."""
 
     def tick(self) -> None:
         """Every timer pass (20 ms)."""
@@ -193,6 +195,9 @@ class RxContext:
     # (folder name) -> that folder under [spool] dir, or None without [spool]: for a
     # sink's own files (the OPC UA mirror's history)
     data_dir: Callable[[str], Any] = lambda name: None
+    # called by a sink that stores records as they came off the link (a spool): from
+    # then on `submit` gets each record's bytes as `raw`, so it need not encode again
+    keep_raw: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)

@@ -72,11 +72,15 @@ class RxAgent:
         self.spools = ChannelSpools(cfg, self.key)
 
     def _open_sinks(self, rt: Runtime) -> None:
-        ctx = RxContext(fail=rt.fail, open_spool=self.spools, data_dir=self.cfg.spool_dir)
+        ctx = RxContext(fail=rt.fail, open_spool=self.spools, data_dir=self.cfg.spool_dir,
+                        keep_raw=self._keep_raw)
         for adapter in ADAPTERS:
             for ch in self.cfg.channels.get(adapter.name, ()):
                 self.sinks[(adapter.name, ch.name)] = adapter.sink(ch, ctx)
         self.spools.warn_if_no_room()
+
+    def _keep_raw(self) -> None:
+        self.receiver.keep_raw = True
 
     async def _stop_sinks(self) -> None:
         for sink in self.sinks.values():

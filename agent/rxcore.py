@@ -81,11 +81,12 @@ class RxCore:
                     if sink is None:
                         self._unrouted(adapter.name, channel)
                     elif self._newest is None and not ev.recovered:
-                        sink.submit(rec, now)
+                        sink.submit(rec, now, Arrival.LIVE, ev.raw)
                     else:
                         # a late record entered the link `age` s before this copy: its
                         # sink ages it (an MQTT expiry) from then
-                        sink.submit(rec, now - ev.age, self._arrival(adapter.order_key, ev))
+                        sink.submit(rec, now - ev.age, self._arrival(adapter.order_key, ev),
+                                    ev.raw)
                 elif rec.__class__ is TxLog:
                     self._tx_log(rec, now)
                 elif isinstance(rec, records.Heartbeat):

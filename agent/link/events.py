@@ -19,6 +19,7 @@ class RecordReceived:
     # what an earlier RX delivered, so the IT side may hold newer
     unplaced: bool = False
     age: float = 0.0          # seconds TX held it before it sent this copy (a late one)
+    raw: bytes | None = None  # its bytes as TX encoded them, when RX keeps them (keep_raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,9 +48,10 @@ epochs is off it.
 
 from __future__ import annotations
 
+import io
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -66,6 +67,14 @@ from agent.link.missed import Missed
 _LOST_MEMORY = 4096
 # How many heartbeat frames' copy counts are kept (heartbeat_copies).
 _HEARTBEAT_MEMORY = 64
+
+
+
+class _Kept(NamedTuple):
+    """A body item with its bytes as TX encoded them (`keep_raw`)."""
+    item: Any
+    raw: bytes
+
 
 REJECT_REASONS = ("truncated", "bad_version", "bad_flags", "wrong_link", "unverified",
                   "auth_failed", "replayed", "stale_epoch", "malformed_body")
@@ -129,6 +138,10 @@ class LinkReceiver:
              "missed", "resent_used", "resent_skipped", *REJECT_REASONS), 0)
         self._frag = Reassembly(params.max_record, self.counters)
         self._recovered_frag = Reassembly(params.max_record, self.counters)
+        # Set when a sink stores records as they came (a spool): every RecordReceived
+        # then carries its bytes, so that sink need not encode again what was just
+        # decoded. Off, the body decodes in one call, which is cheaper for all others.
+        self.keep_raw = False
 
     # -- input ---------------------------------------------------------------
 
@@ -303,10 +316,10 @@ class LinkReceiver:
         epoch = self.epoch or 0
         events: list[Event] = []
         for item in self._decode_body(body):
-            record = self._record(item, self._recovered_frag)
-            if record is not None and not isinstance(record, records.Heartbeat):
-                events.append(RecordReceived(record, epoch, seq, True,
-                                             seq < missed.placed_from, age))
+            ev = self._received(item, epoch, seq, self._recovered_frag)
+            if ev is not None and not isinstance(ev.record, records.Heartbeat):
+                ev.recovered, ev.unplaced, ev.age = True, seq < missed.placed_from, age
+                events.append(ev)
         return events
 
     def _give_up_missed(self, below: int | None) -> list[Event]:
@@ -443,7 +456,7 @@ class LinkReceiver:
         """A heartbeat frame: TX's `repeat` bounds how many copies of a frame are genuine."""
         for item in items:
             try:
-                rec = records.decode_item(item)
+                rec = records.decode_item(item.item if item.__class__ is _Kept else item)
             except (records.RecordError, ValueError, TypeError, OverflowError):
                 continue
             if isinstance(rec, records.Heartbeat) and 1 <= rec.repeat <= 5:
@@ -451,12 +464,31 @@ class LinkReceiver:
 
     def _decode_body(self, body: bytes) -> list[Any]:
         try:
-            items = cbor2.loads(body)
+            items = self._split_body(body) if self.keep_raw else cbor2.loads(body)
         except Exception:  # cbor2 raises many types; any of them means a bad body
             items = None
         if not isinstance(items, list):
             self.counters["malformed_body"] += 1
             return []
+        return items
+
+    @staticmethod
+    def _split_body(body: bytes) -> Any:
+        """The body's items, each with its bytes: TX's frame is an array head and the
+        items' bytes one after the other (sender.py), so these are TX's own."""
+        try:
+            count, start = wire.read_array_head(body)
+        except ValueError:   # not TX's shape: decoded as any body is, with no bytes kept
+            return cbor2.loads(body)
+        fp = io.BytesIO(body)
+        fp.seek(start)
+        decode, tell = cbor2.CBORDecoder(fp).decode, fp.tell
+        items = []
+        for _ in range(count):
+            item = decode()
+            end = tell()
+            items.append(_Kept(item, body[start:end]))
+            start = end
         return items
 
     def _declare_lost_until(self, seq: int) -> list[Event]:
@@ -488,9 +520,9 @@ class LinkReceiver:
                 self._next += 1
                 self.counters["frames"] += 1
                 for item in items:
-                    record = self._record(item)
-                    if record is not None:
-                        events.append(RecordReceived(record, self.epoch or 0, seq))
+                    ev = self._received(item, self.epoch or 0, seq, self._frag)
+                    if ev is not None:
+                        events.append(ev)
             if not buffer:
                 return events
             target = max(buffer) - window + 1
@@ -498,7 +530,29 @@ class LinkReceiver:
                 return events
             events.extend(self._declare_lost_until(min(min(buffer), target)))
 
-    def _record(self, item: Any, frag: Reassembly | None = None) -> records.Record | None:
+    def _received(self, item: Any, epoch: int, seq: int,
+                  frag: Reassembly) -> RecordReceived | None:
+        raw = None
+        if item.__class__ is _Kept:
+            item, raw = item
+        record = self._record(item)
+        if record.__class__ is records.Fragment:
+            data = frag.take(record)
+            if data is None:
+                return None
+            try:
+                record = self._record(cbor2.loads(data))
+            except Exception:  # any decoder error means a bad record
+                record = None
+                self.counters["bad_record"] += 1
+            if record.__class__ is records.Fragment:  # TX never fragments a fragment
+                record = None
+                self.counters["bad_record"] += 1
+            raw = data if raw is not None else None
+        return None if record is None else RecordReceived(record, epoch, seq, raw=raw)
+
+    def _record(self, item: Any) -> records.Record | None:
+        """The record an item holds (a Fragment is not counted in `records`)."""
         try:
             # the common case without decode_item's checks: a tagged list of a known tag
             cls = (records.decoder(item[0])
@@ -511,18 +565,6 @@ class LinkReceiver:
         except (records.RecordError, ValueError, TypeError, OverflowError):
             self.counters["bad_record"] += 1
             return None
-        if isinstance(record, records.Fragment):
-            return self._reassemble(record, frag or self._frag)
-        self.counters["records"] += 1
+        if record.__class__ is not records.Fragment:
+            self.counters["records"] += 1
         return record
-
-    def _reassemble(self, fragment: records.Fragment, frag: Reassembly) -> records.Record | None:
-        data = frag.take(fragment)
-        if data is None:
-            return None
-        try:
-            item = cbor2.loads(data)
-        except Exception:  # any decoder error means a bad record
-            self.counters["bad_record"] += 1
-            return None
-        return self._record(item, frag)

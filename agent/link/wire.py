@@ -76,5 +76,16 @@ def array_head(count: int) -> bytes:
     return b"\x9a" + count.to_bytes(4, "big")
 
 
+def read_array_head(body: bytes) -> tuple[int, int]:
+    """`array_head`'s count and size at the start of `body`; ValueError if there is none."""
+    head = body[0] if body else 0
+    if 0x80 <= head < 0x98:
+        return head & 0x1F, 1
+    size = {0x98: 2, 0x99: 3, 0x9A: 5}.get(head)
+    if size is None or len(body) < size:
+        raise ValueError("not the head of a definite array")
+    return int.from_bytes(body[1:size], "big"), size
+
+
 def array_head_size(count: int) -> int:
     return 1 if count < 24 else 2 if count < 0x100 else 3 if count < 0x10000 else 5

@@ -53,7 +53,7 @@ class MemoryOutbox:
         self.sink = sink
         self._pending: deque[tuple[MqttMessage, float]] = deque()
 
-    def submit(self, msg: MqttMessage, now: float) -> None:
+    def submit(self, msg: MqttMessage, now: float, raw: bytes | None = None) -> None:
         conn = self.sink.conn
         if self._pending or not conn.connected or conn.client.backlogged():
             self._enqueue(msg, now)
@@ -128,10 +128,12 @@ class SpoolOutbox:
         self._scheduled = False
         spool.on_conflated = self._forget
 
-    def submit(self, msg: MqttMessage, now: float) -> None:
+    def submit(self, msg: MqttMessage, now: float, raw: bytes | None = None) -> None:
+        """`raw`: the message's bytes as TX encoded them, stored as they are."""
         # retained topics are state: when the spool is full, keep only their latest
         try:
-            seq = self.spool.append(encode_message(msg), msg.topic if msg.retain else None)
+            seq = self.spool.append(raw if raw is not None else encode_message(msg),
+                                    msg.topic if msg.retain else None)
         except SpoolFull:
             return  # its disk is full with nothing left to drop: counted by the spool
         self._cache.keep(seq, (msg, time.time()), len(msg.payload) + len(msg.topic))

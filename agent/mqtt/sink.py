@@ -85,6 +85,8 @@ class MqttSink:
         spool = ctx.open_spool(ch.name, largest_record=ch.largest_record)
         self.outbox: MemoryOutbox | SpoolOutbox = (
             MemoryOutbox(self) if spool is None else SpoolOutbox(self, spool))
+        if spool is not None:
+            ctx.keep_raw()
 
     @property
     def state(self) -> SinkState:
@@ -97,19 +99,22 @@ class MqttSink:
         await self.conn.stop()
         self.outbox.close()
 
-    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> None:
-        """Republish one message received from the link at `now` (monotonic)."""
+    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE,
+               raw: bytes | None = None) -> None:
+        """Republish one message received from the link at `now` (monotonic); `raw`, its
+        bytes as TX encoded them, is what a spool stores while the message is unchanged."""
         assert isinstance(record, MqttMessage)  # the registry routes only these here
         if arrival is not Arrival.LIVE and record.properties:
             # its expiry counts the time it waited in TX's recovery window too
             record = record._replace(properties=mqtt_props.age(
                 record.properties, max(0.0, time.monotonic() - now)))
+            raw = None
         if arrival is Arrival.SUPERSEDED or arrival is Arrival.UNPLACED:
             if record.carousel:
                 self.counters["carousel_skipped"] += 1
                 return
             self.counters["late"] += 1
-            record = superseded(record, arrival.value)
+            record, raw = superseded(record, arrival.value), None
         if len(record.payload) > self.ch.max_message_size:
             self.counters["too_large"] += 1
             self._log_topic("too_large", record.topic,
@@ -120,7 +125,7 @@ class MqttSink:
                             self.counters["too_large"])
             return
         try:
-            self.outbox.submit(record, now)
+            self.outbox.submit(record, now, raw)
         except ValueError:  # the spool cannot hold it: never lose the rest of a frame
             self.counters["too_large"] += 1
             self._log_topic("too_large", record.topic, "%s: message on '%s' (%d bytes with its "

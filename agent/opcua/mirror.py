@@ -254,7 +254,8 @@ class OpcuaMirror:
 
     # -- records -----------------------------------------------------------------------
 
-    def submit(self, record: Record, now: float = 0.0, arrival: Arrival = Arrival.LIVE) -> bool:
+    def submit(self, record: Record, now: float = 0.0, arrival: Arrival = Arrival.LIVE,
+               raw: bytes | None = None) -> bool:
         """Queue a record from synchronous code (the link receiver's callback); the
         mirror's own task applies it (a late one only where it is newer: late.py).
         False (counted, logged) when the queue is full."""

@@ -82,7 +82,8 @@ class SyslogSink:
             await c.stop()
         self._started = False
 
-    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE) -> None:
+    def submit(self, record: Record, now: float, arrival: Arrival = Arrival.LIVE,
+               raw: bytes | None = None) -> None:
         """One message from the link: wrapped once, handed to every collector (late ones
         too: each carries its own timestamp)."""
         msg = cast(SyslogMessage, record)  # the registry routes only these here

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from agent.adapter import Carousel, LinkView, SinkState, SourceState
+from agent.adapter import Arrival, Carousel, LinkView, SinkState, SourceState
 from agent.carousel import CarouselScheduler
 from agent.link import records
 from agent.link.health import HealthParams, LinkHealth
@@ -103,7 +103,8 @@ class ListSink:
 
     async def stop(self) -> None: ...
 
-    def submit(self, record: Any, now: float) -> None:
+    def submit(self, record: Any, now: float, arrival: Arrival = Arrival.LIVE,
+               raw: bytes | None = None) -> None:
         self.got.append(record)
 
     def tick(self) -> None: ...

@@ -31,7 +31,8 @@ class ArrivalSink(ListSink):
     def __init__(self) -> None:
         super().__init__("mqtt:ch")
 
-    def submit(self, record: Any, now: float, arrival: Arrival = Arrival.LIVE) -> None:
+    def submit(self, record: Any, now: float, arrival: Arrival = Arrival.LIVE,
+               raw: bytes | None = None) -> None:
         self.got.append((record.topic, int.from_bytes(record.payload[:4], "big"), arrival))
 
 
