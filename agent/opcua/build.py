@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,8 +37,9 @@ from asyncua.server.internal_server import InternalServer
 from asyncua.ua.ua_binary import variant_from_binary
 
 from agent.opcua.diff import Relink
+from agent.opcua.lean import LeanAttribute, Shapes
 from agent.opcua.model import NodeRecord
-from agent.opcua.ua import node_id, status
+from agent.opcua.ua import data_value, node_id, status
 
 log = logging.getLogger("diode.sink.opcua")
 
@@ -100,67 +101,76 @@ def decode_attrs(rec: NodeRecord) -> dict[int, ua.Variant]:
     return out
 
 
-def make_item(rec: NodeRecord, aspace: Any, historized: bool = False) -> ua.AddNodesItem | None:
-    """An AddNodesItem for `rec`, read-only; None if it cannot be placed."""
-    ncls = NC(rec.node_class)
-    attrs_cls = _ATTR_CLASS.get(ncls)
-    if attrs_cls is None:
+# The attribute ids each node class has (those of its AddNodes attributes structure).
+_ALLOWED: dict[int, frozenset[int]] = {
+    ncls: frozenset(getattr(A, f.name) for f in fields(cls) if hasattr(A, f.name))
+    for ncls, cls in _ATTR_CLASS.items()}
+# asyncua's types for the attributes it builds (NodeManagementService._add_nodeattributes)
+_VTYPE: dict[int, ua.VariantType] = {
+    A.AccessLevel: ua.VariantType.Byte, A.ArrayDimensions: ua.VariantType.UInt32,
+    A.ContainsNoLoops: ua.VariantType.Boolean, A.DataType: ua.VariantType.NodeId,
+    A.Description: ua.VariantType.LocalizedText, A.DisplayName: ua.VariantType.LocalizedText,
+    A.EventNotifier: ua.VariantType.Byte, A.Executable: ua.VariantType.Boolean,
+    A.Historizing: ua.VariantType.Boolean, A.InverseName: ua.VariantType.LocalizedText,
+    A.IsAbstract: ua.VariantType.Boolean, A.MinimumSamplingInterval: ua.VariantType.Double,
+    A.Symmetric: ua.VariantType.Boolean, A.UserAccessLevel: ua.VariantType.Byte,
+    A.UserExecutable: ua.VariantType.Boolean, A.ValueRank: ua.VariantType.Int32,
+    A.WriteMask: ua.VariantType.UInt32, A.UserWriteMask: ua.VariantType.UInt32,
+    A.DataTypeDefinition: ua.VariantType.ExtensionObject,
+}
+# Attributes the mirror always says, whatever the source gave (read_only_attr).
+_DEFAULTS: dict[int, tuple[int, ...]] = {
+    ncls: (A.WriteMask, A.UserWriteMask) for ncls in _ATTR_CLASS}
+_DEFAULTS[NC.Variable] = (A.WriteMask, A.UserWriteMask, A.AccessLevel, A.UserAccessLevel)
+# What a node owns rather than shares with its like (lean.py): its id, names and value.
+OWN = frozenset((A.NodeId, A.BrowseName, A.DisplayName, A.Value))
+_NULL_ID = ua.NodeId()
+
+
+def _typed(attr: int, value: Any) -> ua.Variant:
+    """An attribute's value in the type asyncua gives that attribute."""
+    if attr == A.DataTypeDefinition and not isinstance(value, ua.DataTypeDefinition):
+        return ua.Variant(None, ua.VariantType.Null)
+    vtype = _VTYPE.get(attr)
+    if vtype is None:
+        return ua.Variant(value)
+    return ua.Variant(value, vtype, is_array=attr == A.ArrayDimensions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What a reference to a node says of it (asyncua's ReferenceDescription fields)."""
+    node_id: ua.NodeId
+    node_class: int
+    browse_name: ua.QualifiedName
+    display_name: ua.LocalizedText
+    type_def: ua.NodeId
+
+    def ref(self, rtype: ua.NodeId, forward: bool) -> ua.ReferenceDescription:
+        return ua.ReferenceDescription(ReferenceTypeId=rtype, IsForward=forward,
+                                       NodeId=self.node_id, BrowseName=self.browse_name,
+                                       DisplayName=self.display_name,
+                                       NodeClass=self.node_class, TypeDefinition=self.type_def)
+
+
+def _target(aspace: Any, n: ua.NodeId) -> _Target | None:
+    nd = aspace.get(n)
+    if nd is None:
         return None
-    variants = decode_attrs(rec)
-    attrs = attrs_cls()
-    mask = 0
-    for attr, variant in variants.items():
-        if attr in (A.BrowseName, A.NodeClass, A.NodeId):
-            continue
-        name = A(attr).name
-        if not hasattr(attrs, name):
-            continue
-        fixed = read_only_attr(attr, variant.Value, historized)
-        value = fixed.Value if fixed is not None else variant.Value
-        if attr == A.Value:
-            value = variant
-        setattr(attrs, name, value)
-        mask |= getattr(ua.NodeAttributesMask, name)
-    for name in ("WriteMask", "UserWriteMask"):
-        setattr(attrs, name, 0)
-        mask |= getattr(ua.NodeAttributesMask, name)
-    if ncls == NC.Variable:
-        for name in ("AccessLevel", "UserAccessLevel"):
-            if not mask & getattr(ua.NodeAttributesMask, name):
-                setattr(attrs, name, HISTORY_ACCESS if historized else READ_ONLY_ACCESS)
-                mask |= getattr(ua.NodeAttributesMask, name)
-        attrs.Historizing = historized
-        mask |= ua.NodeAttributesMask.Historizing
-        if not mask & ua.NodeAttributesMask.Value:
-            attrs.Value = ua.Variant()
-            mask |= ua.NodeAttributesMask.Value
-    if ncls == NC.Method:
-        attrs.Executable = attrs.UserExecutable = False
-        mask |= ua.NodeAttributesMask.Executable | ua.NodeAttributesMask.UserExecutable
-    attrs.SpecifiedAttributes = mask
-    item = ua.AddNodesItem()
-    item.RequestedNewNodeId = nid(rec.node_id)
-    bn = variants.get(A.BrowseName)
-    item.BrowseName = bn.Value if bn is not None and isinstance(bn.Value, ua.QualifiedName) \
-        else ua.QualifiedName(rec.node_id)
-    if not mask & ua.NodeAttributesMask.DisplayName:
-        attrs.DisplayName = ua.LocalizedText(item.BrowseName.Name)
-        attrs.SpecifiedAttributes |= ua.NodeAttributesMask.DisplayName
-    item.NodeClass = ncls
-    item.NodeAttributes = attrs
-    parent = nid(rec.parent) if rec.parent else None
-    if parent is not None and parent in aspace:
-        item.ParentNodeId = parent
-        item.ReferenceTypeId = nid(rec.parent_ref) if rec.parent_ref else ORGANIZES
-    elif ncls in (NC.Object, NC.Variable, NC.View):
-        item.ParentNodeId = OBJECTS  # its parent is not mirrored: hang it from Objects
-        item.ReferenceTypeId = ORGANIZES
-    else:
-        return None
-    if ncls in DEFAULT_TYPE:
-        tdef = nid(rec.type_def) if rec.type_def else None
-        item.TypeDefinition = tdef if tdef is not None and tdef in aspace else DEFAULT_TYPE[ncls]
-    return item
+    attrs = nd.attributes
+
+    def value(attr: int, default: Any) -> Any:
+        av = attrs.get(attr)
+        dv = av.value if av is not None else None
+        return dv.Value.Value if dv is not None and dv.Value is not None else default
+
+    ncls = NC(value(A.NodeClass, NC.Unspecified))
+    tdef = _NULL_ID
+    if ncls in (NC.Object, NC.Variable):
+        tdef = next((r.NodeId for r in nd.references
+                     if r.IsForward and r.ReferenceTypeId == HAS_TYPE_DEFINITION), _NULL_ID)
+    return _Target(n, ncls, value(A.BrowseName, ua.QualifiedName()),
+                   value(A.DisplayName, ua.LocalizedText()), tdef)
 
 
 @dataclass
@@ -170,32 +180,140 @@ class Builder:
     iserver: InternalServer
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("nodes_added", "nodes_deleted", "nodes_updated", "nodes_skipped", "refs_skipped"), 0))
+    shapes: Shapes = field(default_factory=Shapes)
+    # (attribute, its bytes on the link, historized) -> the shared DataValue
+    _statics: dict[tuple[int, Any, bool], ua.DataValue] = field(default_factory=dict)
 
     @property
     def aspace(self) -> Any:
         return self.iserver.aspace
 
+    def compact_standard(self) -> None:
+        """The standard address space asyncua built, in lean attributes too: a third of
+        the memory, freed for the mirrored nodes to take (lean.py)."""
+        aspace = self.aspace
+        for n in list(aspace.keys()):
+            self.shapes.compact(aspace[n], OWN)
+
     async def add(self, recs: list[NodeRecord], historized: frozenset[str] = frozenset()
                   ) -> list[NodeRecord]:
         """Add nodes in order (parents first); returns those added. Yields to the
-        loop every few hundred nodes, so the link receiver keeps reading meanwhile."""
+        loop every few hundred nodes, so the link receiver keeps reading meanwhile, and
+        a client can browse what is in already."""
         added = []
-        service = self.iserver.node_mgt_service
+        targets: dict[ua.NodeId, _Target | None] = {}  # parents and types, met again and again
         for i, rec in enumerate(recs):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            item = make_item(rec, self.aspace, rec.node_id in historized)
-            if item is None:
+            if self._add(rec, rec.node_id in historized, targets):
+                added.append(rec)
+                self.counters["nodes_added"] += 1
+            else:
                 self.counters["nodes_skipped"] += 1
-                continue
-            res = service.add_nodes([item])[0]
-            if not res.StatusCode.is_good():
-                self.counters["nodes_skipped"] += 1
-                log.debug("cannot add %s: %s", rec.node_id, res.StatusCode.name)
-                continue
-            added.append(rec)
-            self.counters["nodes_added"] += 1
         return added
+
+    def _add(self, rec: NodeRecord, historized: bool,
+             targets: dict[ua.NodeId, _Target | None]) -> bool:
+        """One node, read-only, with its references to and from its parent and its type:
+        what asyncua's AddNodes makes, built straight into the address space."""
+        aspace = self.aspace
+        ncls = NC(rec.node_class)
+        allowed = _ALLOWED.get(ncls)
+        n = nid(rec.node_id)
+        if allowed is None or n in aspace:
+            return False
+        parent = nid(rec.parent) if rec.parent else None
+        if parent is not None and parent in aspace:
+            rtype = nid(rec.parent_ref) if rec.parent_ref else ORGANIZES
+        elif ncls in (NC.Object, NC.Variable, NC.View):
+            parent, rtype = OBJECTS, ORGANIZES  # its parent is not mirrored: hang it from Objects
+        else:
+            return False
+        tdef = None
+        if ncls in DEFAULT_TYPE:
+            tdef = nid(rec.type_def) if rec.type_def else None
+            if tdef is None or tdef not in aspace:
+                tdef = DEFAULT_TYPE[ncls]
+        own: dict[int, Any] = {}
+        shared: dict[int, ua.DataValue] = {}
+        for attr, data in rec.attrs.items():
+            if attr not in allowed and attr != A.BrowseName:
+                continue
+            if attr in OWN:
+                try:
+                    variant = decode_variant(data)
+                except Exception:  # a variant we cannot decode: leave the attribute out
+                    continue
+                own[attr] = LeanAttribute(
+                    data_value(variant, source=now_utc()) if attr == A.Value
+                    else ua.DataValue(_typed(attr, variant.Value)))
+            else:
+                dv = self._static(attr, data, historized)
+                if dv is not None:
+                    shared[attr] = dv
+        for attr in _DEFAULTS.get(ncls, ()):
+            if attr not in shared:
+                shared[attr] = self._default(attr, historized)
+        if ncls == NC.Variable:
+            shared[A.Historizing] = self._default(A.Historizing, historized)
+            if A.Value not in own:
+                own[A.Value] = LeanAttribute(data_value(ua.Variant(), source=now_utc()))
+        if ncls == NC.Method:
+            shared[A.Executable] = shared[A.UserExecutable] = self._default(A.Executable, False)
+        shared[A.NodeClass] = self._static(A.NodeClass, ncls, False)  # type: ignore[assignment]
+        bn = own.get(A.BrowseName)
+        name = bn.value.Value.Value if bn is not None else None
+        if not isinstance(name, ua.QualifiedName):
+            name = ua.QualifiedName(rec.node_id)
+            own[A.BrowseName] = LeanAttribute(ua.DataValue(
+                ua.Variant(name, ua.VariantType.QualifiedName)))
+        if A.DisplayName not in own:
+            own[A.DisplayName] = LeanAttribute(ua.DataValue(
+                ua.Variant(ua.LocalizedText(name.Name), ua.VariantType.LocalizedText)))
+        own[A.NodeId] = LeanAttribute(ua.DataValue(ua.Variant(n, ua.VariantType.NodeId)))
+        nd = NodeData(n)
+        nd.attributes = self.shapes.attributes(shared, own)  # type: ignore[assignment]
+        aspace[n] = nd
+        me = _Target(n, ncls, name, own[A.DisplayName].value.Value.Value, tdef or _NULL_ID)
+        up = targets[parent] if parent in targets else targets.setdefault(
+            parent, _target(aspace, parent))
+        if up is not None:
+            aspace[parent].references.append(me.ref(rtype, True))  # a new node: never there
+            nd.references.append(up.ref(rtype, False))
+        if tdef is not None:
+            kind = targets[tdef] if tdef in targets else targets.setdefault(
+                tdef, _target(aspace, tdef))
+            if kind is not None:
+                nd.references.append(kind.ref(HAS_TYPE_DEFINITION, True))
+        return True
+
+    def _static(self, attr: int, data: Any, historized: bool) -> ua.DataValue | None:
+        """The shared DataValue of a static attribute, from its bytes on the link (or
+        the node class), decoded once for all the nodes that have the same."""
+        key = (attr, data, historized)
+        dv = self._statics.get(key)
+        if dv is None:
+            if attr == A.NodeClass:
+                variant = ua.Variant(data, ua.VariantType.Int32)
+            else:
+                try:
+                    value = decode_variant(data).Value
+                except Exception:  # a variant we cannot decode: leave the attribute out
+                    log.debug("attribute %d does not decode", attr)
+                    return None
+                variant = read_only_attr(attr, value, historized) or _typed(attr, value)
+            dv = self._statics[key] = self.shapes.intern(ua.DataValue(variant))
+        return dv
+
+    def _default(self, attr: int, historized: bool) -> ua.DataValue:
+        """WriteMask 0, read-only access levels, Historizing: what the mirror says."""
+        key = (attr, None, historized)
+        dv = self._statics.get(key)
+        if dv is None:
+            value = HISTORY_ACCESS if historized else READ_ONLY_ACCESS
+            dv = self._statics[key] = self.shapes.intern(ua.DataValue(
+                read_only_attr(attr, value, historized)))
+        return dv
 
     def add_refs(self, source: str, refs: Iterable[tuple[str, str]], mirrored: set[str]) -> None:
         """Forward references from `source`; the inverse too when the target is mirrored

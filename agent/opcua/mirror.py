@@ -224,6 +224,7 @@ class OpcuaMirror:
             self.expiry.tick(time.monotonic())  # at start; daily from the quality loop
         self.server = server
         self._builder = Builder(server.iserver)
+        self._builder.compact_standard()
         self._events = MirrorEvents(server)
         await self._events.start()
         await self._serve_namespaces(tuple(await server.get_namespace_array()))

@@ -72,7 +72,9 @@ class NodeRecord:
                 self.attrs, [list(r) for r in self.refs]]
 
     @classmethod
-    def from_list(cls, f: Any) -> NodeRecord:
+    def from_list(cls, f: Any, share: dict[Any, Any] | None = None) -> NodeRecord:
+        """`share`: strings and bytes seen in earlier nodes, so that equal ones (a parent,
+        a type, WriteMask 0) are one object for all the nodes of a snapshot."""
         if not isinstance(f, list) or len(f) != 7:
             raise ModelError("node is not a 7-item array")
         nid, nclass, parent, pref, tdef, attrs, refs = f
@@ -83,7 +85,13 @@ class NodeRecord:
                 and all(isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
                         and isinstance(r[1], str) for r in refs)):
             raise ModelError(f"node {nid!r} malformed")
-        return cls(nid, nclass, parent, pref, tdef, attrs, tuple((r[0], r[1]) for r in refs))
+        if share is None:
+            return cls(nid, nclass, parent, pref, tdef, attrs, tuple((r[0], r[1]) for r in refs))
+        def one(x: Any) -> Any:
+            return share.setdefault(x, x)
+
+        return cls(nid, nclass, parent and one(parent), pref and one(pref), tdef and one(tdef),
+                   {k: one(v) for k, v in attrs.items()}, tuple((one(a), one(b)) for a, b in refs))
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,9 @@ class ModelSnapshot:
         if not (isinstance(namespaces, list) and all(isinstance(u, str) for u in namespaces)
                 and isinstance(nodes, list)):
             raise ModelError("model malformed")
-        return version_of(raw), cls(tuple(namespaces), tuple(NodeRecord.from_list(n) for n in nodes))
+        share: dict[Any, Any] = {}
+        return version_of(raw), cls(tuple(namespaces),
+                                    tuple(NodeRecord.from_list(n, share) for n in nodes))
 
 
 def version_of(raw: bytes) -> str:
