@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 
 from diode_tools.sim.certs import TlsFiles, make_pki
-from diode_tools.sim.mosquitto import free_port
+from diode_tools.sim.mosquitto import Broker, free_port
 from diode_tools.sim.rsyslog import Rsyslog, free_udp_port
-from tests.integration.conftest import Agent, Diode, diode_cmd, wait_until
+from tests.integration.conftest import Agent, Collector, Diode, diode_cmd, wait_until
+from tests.integration.test_udp_raw import root, root_only  # noqa: F401 (root: a fixture)
 
 HEADER = re.compile(rb'^<(\d+)>1 (\S+) (\S+) diode - - \[diode@32473 peer="([^"]+)" '
                     rb'port="(\d+)" transport="(\w+)"( truncated="1")?\] ', re.S)
@@ -300,3 +301,35 @@ def test_ipv6_listener_and_tx_spool(diode: Diode, make_rsyslog: Callable[..., Rs
     assert (m.group(4), m.group(6), original) == (b"::1", b"udp", proc.stderr.rstrip(b"\n"))
     assert (tmp_path / "spool" / "ot.syslog").is_dir()
     assert "belongs to no channel" not in tx_agent.log()
+
+
+def _receiving_sockets(pid: int) -> tuple[list[str], list[str]]:
+    """The process's listening TCP and bound UDP sockets (local addresses), from `ss`."""
+    def local(flags: str) -> list[str]:
+        out = subprocess.run(["ss", "-H", flags], capture_output=True, text=True,
+                             check=True).stdout
+        return sorted(line.split()[3] for line in out.splitlines() if f"pid={pid}," in line)
+    return local("-ltnp"), local("-uanp")
+
+
+@root_only
+def test_tx_opens_no_receiving_socket_without_syslog_and_exactly_its_listeners_with(
+        diode: Diode, it_broker: Broker, collector: Callable[..., Collector]) -> None:
+    """Without a [[syslog]] table TX (MQTT channel, link sender, heartbeats all busy) holds
+    no listening TCP and no UDP socket at all (root: its link sender is a send-only raw
+    socket); with one, exactly the configured listeners and nothing else."""
+    rx_agent = diode.start_rx()
+    tx_agent = diode.start_tx()
+    diode.wait_up(rx_agent)
+    diode.wait_ready(collector(it_broker))  # TX subscribed and sending
+    assert _receiving_sockets(tx_agent.pid) == ([], [])
+    diode.stop(tx_agent)
+
+    udp, tcp = listen("udp", "tcp")
+    tx = diode.tx_doc()
+    tx["syslog"] = [{"name": "ot", "listen": [udp, tcp]}]
+    tx_agent = diode.start("tx", tx, "tx-syslog")
+    diode.wait_status(tx_agent, lambda st: st["sources"].get("syslog:ot") == "connected", 10,
+                      "TX listening")
+    diode.wait_ready(collector(it_broker))
+    assert _receiving_sockets(tx_agent.pid) == ([tcp.split("://")[1]], [udp.split("://")[1]])
