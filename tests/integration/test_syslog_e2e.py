@@ -143,6 +143,51 @@ def test_a_burst_of_10000_arrives_byte_identical_in_order_with_sender_and_time(
                <= t1 for ln in got[::500])
 
 
+def test_rx_fans_out_to_a_udp_and_a_tcp_collector_each_getting_every_message(
+        diode: Diode, make_rsyslog: Callable[..., Rsyslog]) -> None:
+    """Every message goes to each collector, with its original bytes after the header."""
+    udp_collector = make_rsyslog("udp-collector", udp=True, tcp=False)
+    tcp_collector = make_rsyslog("tcp-collector")
+    udp, tcp = listen("udp", "tcp")
+    _, rx_agent = start_pair(diode, tx_doc(diode, [udp, tcp]),
+                             rx_doc(diode, [udp_collector.endpoint("udp"),
+                                            tcp_collector.endpoint("tcp")]))
+    sent = logger(tcp, "--rfc5424", "--octet-count",
+                  lines=b"".join(b"fan-out %03d \xc3\xa9 tab\tend\n" % i for i in range(400)))
+    sent += logger(udp, "--rfc3164", lines=b"over udp \xc3\xa9\n")
+    for c in (udp_collector, tcp_collector):
+        got = c.wait_lines(401, 15, settle=0.5)
+        assert sorted(split(line)[1] for line in got) == sorted(sent), c.name
+    st = diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["forwarded"] == 2 * 401, 5,
+                           "both collectors counted")
+    each = st["syslog"]["ot"]["collectors"]
+    assert {ep: s["forwarded"] for ep, s in each.items()} == {
+        udp_collector.endpoint("udp"): 401, tcp_collector.endpoint("tcp"): 401}
+
+
+def test_many_messages_pack_into_one_frame(diode: Diode,
+                                           make_rsyslog: Callable[..., Rsyslog]) -> None:
+    """3,000 short messages (about 80 bytes each) in a burst: the link carries them in
+    far fewer frames (a 1400-byte frame holds about ten), every one delivered in order."""
+    collector = make_rsyslog("collector")
+    (tcp,) = listen("tcp")
+    tx_agent, _ = start_pair(diode, tx_doc(diode, [tcp]),
+                             rx_doc(diode, [collector.endpoint("tcp")]))
+    before = diode.wait_status(tx_agent, lambda st: True, 5, "status")["counters"]
+    sent = logger(tcp, "--rfc5424", "--octet-count",
+                  lines=b"".join(b"short %04d\n" % i for i in range(3000)))
+    assert len(sent) == 3000
+    got = collector.wait_lines(3000, 20, settle=0.3)
+    assert [split(line)[1] for line in got] == sent
+    after = diode.wait_status(tx_agent, lambda st: st["queues"]["syslog:ot"]["queued"] == 0
+                              and st["counters"]["syslog:ot.received"] == 3000, 5,
+                              "TX took every message")["counters"]
+    frames = after["frames"] - before["frames"]  # heartbeats (4 a second) included
+    records = after["records"] - before["records"]
+    assert records >= 3000
+    assert frames * 5 < 3000, (frames, records)  # here about 300: ten messages a frame
+
+
 def test_relay_header_none_sends_the_original_bytes_alone(diode: Diode,
                                                           make_rsyslog: Callable[..., Rsyslog]
                                                           ) -> None:
