@@ -240,6 +240,40 @@ def test_a_collector_outage_loses_nothing(diode: Diode, make_rsyslog: Callable[.
     assert len(originals) - len(set(originals)) <= col["resent"]  # duplicates, if any, counted
 
 
+def test_a_full_rx_spool_drops_its_oldest_and_counts_each(
+        diode: Diode, make_rsyslog: Callable[..., Rsyslog], tmp_path: Path) -> None:
+    """Collector away, 3.6 MB of messages into a 1 MiB spool: the oldest are dropped and
+    counted one by one; once the collector is back it gets exactly the newest, so
+    delivered + dropped == sent."""
+    collector = make_rsyslog("collector")
+    (tcp,) = listen("tcp")
+    subprocess.run(diode_cmd("keygen", "-o", str(tmp_path / "spool.key")), check=True,
+                   capture_output=True)
+    rx = rx_doc(diode, [collector.endpoint("tcp")], reconnect_min=0.2, reconnect_max=0.5)
+    rx["spool"] = {"dir": "spool", "key_file": str(tmp_path / "spool.key"), "fsync": "never",
+                   "max_bytes": 1 << 20}
+    _, rx_agent = start_pair(diode, tx_doc(diode, [tcp]), rx)
+    collector.stop()
+    diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["state"] != "connected", 10,
+                      "RX saw its collector go")
+    n = 3000
+    sent = logger(tcp, "--rfc5424", "--octet-count", "-S", "8192",
+                  lines=b"".join(b"bound %04d %s\n" % (i, b"y" * 1000) for i in range(n)))
+    st = diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["received"] == n, 20,
+                           "RX received every message")["syslog"]["ot"]
+    dropped = st["dropped"]
+    assert 0 < dropped < n - 500, st  # well past the bound, yet the newest ~800 kept
+    assert st["held"] + dropped == n, st
+    collector.start()
+    got = collector.wait_lines(n - dropped, 20, settle=0.5)
+    delivered = list(dict.fromkeys(split(line)[1] for line in got))  # a resend, if any, once
+    assert delivered == sent[dropped:]  # the newest survive, in order; the oldest dropped
+    assert len(delivered) + dropped == n
+    st = diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["held"] == 0, 10,
+                           "the spool drained")["syslog"]["ot"]
+    assert st["dropped"] == dropped
+
+
 def test_tls_from_an_rsyslog_relay_to_a_tls_collector(diode: Diode, tmp_path: Path,
                                                       make_rsyslog: Callable[..., Rsyslog]) -> None:
     pki = make_pki(tmp_path / "pki")
