@@ -273,3 +273,56 @@ def test_rtu_over_a_serial_line_and_an_rx_restart_converges(
         diode.stop(rx2)
     finally:
         plc.stop()
+
+
+def _in(times: list[float], start: float, end: float) -> list[float]:
+    return [t for t in times if start <= t < end]
+
+
+def test_the_per_device_budget_paces_requests_and_a_silent_device_backs_off_alone(
+        diode: Diode, plcs: list[SimulatedPlc]) -> None:
+    """`paced` wants 12 reads every 0.05 s but gets `requests_per_second` = 10; `silent`
+    stops answering (its TCP connection stays up) and is probed ever less often; `steady`
+    keeps its 0.2 s cycle through it all. Requests are counted where they arrive."""
+    for p in plcs:
+        p.start()
+    paced = _device("paced", plcs[0], poll_period=0.05, requests_per_second=10.0, max_gap=0)
+    silent = _device("silent", plcs[1], poll_period=0.1, timeout=0.3, retries=0,
+                     backoff_min=0.3, backoff_max=2.4)
+    steady = _device("steady", plcs[2], poll_period=0.2)
+    word = [({"name": "w", "address": 0}, 0)]
+    devices = [(paced, [({"name": f"w{i:02d}", "address": 10 * i}, 0) for i in range(12)]),
+               (silent, word), (steady, word)]
+    tx_conf, _ = _configs(diode, devices, free_port())
+    tx = diode.start("tx", tx_conf)
+    diode.wait_status(tx, lambda s: s["sources"].get("modbus:plc") == "connected", 15,
+                      "every device answering")
+    muted = time.monotonic()
+    plcs[1].mute()
+    time.sleep(9.5)
+    end = time.monotonic()
+    st = diode.wait_status(tx, lambda s: True, 5, "status")["queues"]["modbus:plc"]["devices"]
+
+    # paced: at most 10 requests in any second, and it does use its budget
+    times = _in(plcs[0].times(), muted - 2.0, end)
+    assert max(len(_in(times, t, t + 1.0)) for t in times) <= 11, times
+    assert len(times) >= 8 * 11, len(times)
+    assert st["paced"]["requests_per_cycle"] == 12 and st["paced"]["overruns"] > 0
+
+    # silent: each probe one request (retries 0), the waits between them doubling from
+    # backoff_min to backoff_max (+ the 0.3 s timeout and up to a poll period): about
+    # 0.6, 0.9, 1.5, 2.7, 2.7 s. pymodbus closes the connection at the fifth silence; the
+    # backoff goes on across the reconnect.
+    probes = _in(plcs[1].times(), muted, end)
+    gaps = [round(b - a, 2) for a, b in zip(probes, probes[1:], strict=False)]
+    assert len(gaps) >= 5, gaps
+    assert all(b > a + 0.15 for a, b in zip(gaps[:3], gaps[1:4], strict=True)), gaps
+    assert all(g >= 2.4 for g in gaps[3:]), gaps
+    assert st["silent"]["state"] == "down" and st["silent"]["outages"] == 1
+
+    # steady: its cycle goes on, 5 reads a second, none late by more than a period
+    reads = _in(plcs[2].times(), muted, end)
+    assert len(reads) >= 5 * 9.5 - 3, len(reads)
+    assert max(b - a for a, b in zip(reads, reads[1:], strict=False)) < 0.4
+    assert st["steady"]["state"] == "up"
+    diode.stop(tx)
