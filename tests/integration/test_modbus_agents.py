@@ -13,6 +13,7 @@ pseudo-terminal pair; TX polls them with `diode tx -c FILE` as a user runs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -43,13 +44,18 @@ def plcs() -> Iterator[list[SimulatedPlc]]:
             p.stop()
 
 
+def _rx_doc(diode: Diode, mirror_port: int, broker: Broker | None = None) -> dict[str, Any]:
+    rx = diode.rx_doc(broker=broker)
+    rx["opcua"] = [{"name": "plc", "endpoint": f"opc.tcp://127.0.0.1:{mirror_port}/diode/",
+                    "bad_after": 3.0}]
+    return rx
+
+
 def _configs(diode: Diode, devices: list[tuple[dict[str, Any], Values]], mirror_port: int,
              **channel: Any) -> tuple[Path, Path]:
     tx = diode.tx_doc()
-    rx = diode.rx_doc()
+    rx = _rx_doc(diode, mirror_port)
     del tx["mqtt"]  # Modbus only on TX; RX's [[mqtt]] "plant" publishes the values
-    rx["opcua"] = [{"name": "plc", "endpoint": f"opc.tcp://127.0.0.1:{mirror_port}/diode/",
-                    "bad_after": 3.0}]
     body = channel_toml({"name": "plc", "opcua_mirror": "plc", "mqtt_channel": "plant",
                          "carousel_period": 3.0, **channel},
                         [(d, [t for t, _ in values]) for d, values in devices])
@@ -130,6 +136,26 @@ def _mqtt_matches(sub: Collector, expected: dict[str, Any], timeout: float,
         return got
     got: dict[str, dict[str, Any]] = wait_until(ok, timeout, "every Modbus topic on the IT broker")
     return got
+
+
+def _retained(broker: Broker, n: int) -> dict[str, dict[str, Any]]:
+    """The broker's retained store under modbus/: what a new subscriber gets at once."""
+    c = Collector(broker.host, broker.port, ["modbus/#"]).start()
+    try:
+        with contextlib.suppress(AssertionError):
+            c.wait_for(lambda msgs: len(msgs) >= n, 1.0, "the retained store")
+        return {m.topic: json.loads(m.payload) for m in c.data("modbus/") if m.retain}
+    finally:
+        c.stop()
+
+
+def _retained_matches(broker: Broker, expected: dict[str, Any], timeout: float) -> None:
+    """Waits until the broker retains every topic with its expected value (Good)."""
+    def ok() -> bool:
+        got = _retained(broker, len(expected))
+        return all(t in got and got[t]["quality"] == "good" and _close(got[t]["value"], want)
+                   for t, want in expected.items())
+    wait_until(ok, timeout, "every Modbus topic retained on the IT broker", interval=0.5)
 
 
 def _expected(devices: list[tuple[dict[str, Any], Values]]) -> tuple[dict[str, Any],
@@ -231,9 +257,10 @@ async def _check_nodes(endpoint: str) -> None:
 
 def test_rtu_over_a_serial_line_and_an_rx_restart_converges(
         diode: Diode, it_broker: Broker, collector: Callable[..., Collector],
-        pty_link: tuple[str, str]) -> None:  # noqa: F811
+        make_broker: Callable[..., Broker], pty_link: tuple[str, str]) -> None:  # noqa: F811
     """Modbus RTU: the PLC on one end of a pseudo-terminal pair, TX on the other, two
-    units on the line; then RX restarts and the mirror and broker refill from the carousel."""
+    units on the line; then RX restarts on an empty IT broker, and the mirror and the
+    broker refill from the carousel alone."""
     plc_end, tx_end = pty_link
     # parity none: a pseudo-terminal refuses even parity (EINVAL), a real line takes it
     plc = SimulatedPlc(serial_port=plc_end, baudrate=19200, parity="N", units=(1, 2))
@@ -263,11 +290,15 @@ def test_rtu_over_a_serial_line_and_an_rx_restart_converges(
         print(f"RTU, 2 units, {line['registers']} registers: {line['requests_per_cycle']} "
               f"requests per cycle, cycle {line['cycle_ms']} ms")
 
-        diode.stop(rx)  # RX restart: the carousel (3 s) alone brings everything back
-        it_broker_fresh = sub  # the IT broker kept its retained store; the mirror is empty
-        rx2 = diode.start("rx", rx_conf, "rx-back")
+        # RX restart: the carousel (3 s) alone brings everything back, to a new mirror
+        # and to a new IT broker (the old one would still hold the retained values)
+        diode.stop(rx)
+        fresh = make_broker(name="IT fresh")
+        assert _retained(fresh, 1) == {}
+        rx2 = diode.start("rx", diode.write("rx-back.toml",
+                                            to_toml(_rx_doc(diode, port, fresh))), "rx-back")
         _mirror_matches(endpoint, ua_expected, 30)
-        _mqtt_matches(it_broker_fresh, mqtt_expected, 10)
+        _retained_matches(fresh, mqtt_expected, 15)
         assert set(plc.counts()) <= {1, 3, 4} and plc.writes() == 0
         diode.stop(tx)
         diode.stop(rx2)
