@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Collection, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +359,72 @@ def test_the_per_device_budget_paces_requests_and_a_silent_device_backs_off_alon
     assert max(b - a for a, b in zip(reads, reads[1:], strict=False)) < 0.4
     assert st["steady"]["state"] == "up"
     diode.stop(tx)
+
+
+def _stamp(doc: dict[str, Any]) -> float:
+    """The MQTT JSON `timestamp` (agent/modbus/outputs.py: ISO 8601, UTC, milliseconds,
+    a `Z`), as Unix time."""
+    text = doc["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text), text
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+# discrete inputs (function 2), uint16, int32, offsets with and without a scale
+OTHER_TYPES: Values = [
+    ({"name": "door", "table": "discrete", "address": 5, "type": "bits"}, True),
+    ({"name": "alarms", "table": "discrete", "address": 20, "type": "bits", "count": 3},
+     [True, False, True]),
+    ({"name": "speed", "address": 500, "type": "uint16", "unit": "rpm"}, 65000),
+    ({"name": "position", "address": 510, "type": "int32"}, -123456),
+    ({"name": "tank", "table": "input", "address": 520, "type": "int32", "scale": 0.01,
+      "offset": -40.0, "word_order": "little", "unit": "°C"}, -90.0),  # raw -5000
+    ({"name": "kelvin", "table": "input", "address": 530, "type": "uint16", "offset": 273.15,
+      "unit": "K"}, 293.15),  # raw 20
+    ({"name": "pressure", "address": 540, "type": "int16", "scale": 0.5, "offset": -10.0},
+     -13.5),  # raw -7
+]
+
+
+def test_discrete_inputs_uint16_int32_and_offsets_reach_the_mirror_and_mqtt_with_the_poll_time(
+        diode: Diode, plcs: list[SimulatedPlc], it_broker: Broker,
+        collector: Callable[..., Collector]) -> None:
+    plc = plcs[0].start()
+    load_map(plc, OTHER_TYPES)
+    dev = _device("io", plc)
+    port = free_port()
+    tx_conf, rx_conf = _configs(diode, [(dev, OTHER_TYPES)], port)
+    sub = collector(it_broker, ["modbus/#"])
+    diode.start("rx", rx_conf)
+    started = time.time()
+    diode.start("tx", tx_conf)
+    endpoint = f"opc.tcp://127.0.0.1:{port}/diode/"
+    ua_expected, mqtt_expected = _expected([(dev, OTHER_TYPES)])
+    _mirror_matches(endpoint, ua_expected, 30)
+    got = _mqtt_matches(sub, mqtt_expected, 15)
+    now = time.time()
+    for doc in got.values():  # first read after TX started, before it reached IT
+        assert started <= _stamp(doc) <= now, (doc, started, now)
+    assert got["modbus/plc/io/tank"]["unit"] == "°C" and "unit" not in got[
+        "modbus/plc/io/pressure"]
+    types = asyncio.run(_data_types(endpoint, ["door", "alarms", "speed", "position", "tank",
+                                               "kelvin", "pressure"]))
+    assert types == ["Boolean", "Boolean", "UInt16", "Int32", "Double", "Double", "Double"]
+
+    # a change: its timestamp is when the poll saw it, within a poll period (0.5 s)
+    changed = time.time()
+    plc.set(1, "holding", 500, [12345])
+    ua_expected["ns=1;s=io/speed"] = mqtt_expected["modbus/plc/io/speed"] = 12345
+    doc = _mqtt_matches(sub, mqtt_expected, 10)["modbus/plc/io/speed"]
+    assert changed - 0.01 <= _stamp(doc) <= changed + 0.5 + 0.2, (doc, changed)
+    (dv,) = _mirror_matches(endpoint, {"ns=1;s=io/speed": 12345}, 10)
+    assert abs(dv.SourceTimestamp.timestamp() - _stamp(doc)) < 0.002  # the same poll
+    assert plc.counts().get(2, 0) > 0 and set(plc.counts()) <= {2, 3, 4} and plc.writes() == 0
+
+
+async def _data_types(endpoint: str, names: list[str]) -> list[str]:
+    async with Client(endpoint, timeout=5) as c:
+        out = []
+        for name in names:
+            dt = await c.get_node(f"ns=1;s=io/{name}").read_data_type()
+            out.append(ua.ObjectIdNames[dt.Identifier])
+        return out
