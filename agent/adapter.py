@@ -209,7 +209,9 @@ class Adapter:
     """
     name: str                                      # the TOML array of tables: [[name]]
     parse: Callable[[Any, str, bool], Any]         # (Table, role, spooled) -> channel config
-    check: Callable[[list[Any], list[Any]], None]  # (tables, configs): cross-channel rules
+    # (tables, configs, the [link] LinkConfig): rules across channels, and against the link
+    # (a TX listener must not be on the link's side)
+    check: Callable[[list[Any], list[Any], Any], None]
     source: Callable[[Any, TxContext], Source]
     sink: Callable[[Any, RxContext], Sink]
     channel_of: Callable[[Record], str | None]     # None: not one of this protocol's records

@@ -95,6 +95,16 @@ class LinkConfig:
     loss_seed: int = setting(1, doc="TX: seed of the simulated loss", example="1",
                              toml="simulated_loss_seed")
 
+    @property
+    def own_addresses(self) -> tuple[str, ...]:
+        """TX's own addresses on the one-way link, as far as the config names them: the
+        `source` it binds and the address of `interface_address` (UDP; serial has none)."""
+        if self.transport != "udp":
+            return ()
+        found = [self.source] if self.source else []
+        if self.interface_address:
+            found.append(self.interface_address.split("/", 1)[0])
+        return tuple(found)
 
     @property
     def line_bits_per_second(self) -> float:
@@ -238,7 +248,8 @@ def _metrics(t: Table) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _channels(root: Table, role: str, spooled: bool) -> dict[str, tuple[Any, ...]]:
+def _channels(root: Table, role: str, spooled: bool,
+              link: LinkConfig) -> dict[str, tuple[Any, ...]]:
     """Every protocol's [[name]] tables, each read by its adapter."""
     from agent.protocols import ADAPTERS
     out: dict[str, tuple[Any, ...]] = {}
@@ -253,7 +264,7 @@ def _channels(root: Table, role: str, spooled: bool) -> dict[str, tuple[Any, ...
         for t in tables:
             configs.append(adapter.parse(t, role, spooled))
             t.done()
-        adapter.check(tables, configs)
+        adapter.check(tables, configs, link)
         out[adapter.name] = tuple(configs)
     return out
 
@@ -297,7 +308,7 @@ def load(path: str | Path, role: str) -> AgentConfig:
         mt = root.table("metrics")
         metrics = _metrics(mt)
         mt.done()
-    channels = _channels(root, role, spool is not None)
+    channels = _channels(root, role, spool is not None, link)
     root.done()
     return AgentConfig(path, role, link, channels, status_file=status.file,
                        status_interval=status.interval, board=board, spool=spool,

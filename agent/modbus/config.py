@@ -29,6 +29,7 @@ generated from them.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from agent.config_reader import Table, read, setting
 
@@ -248,7 +249,7 @@ def parse(t: Table, role: str, spooled: bool) -> ModbusChannel:
     return replace(ch, devices=tuple(devices))
 
 
-def check(tables: list[Table], configs: list[ModbusChannel]) -> None:
+def check(tables: list[Table], configs: list[ModbusChannel], link: Any) -> None:
     """Two channels cannot feed one mirror (each would replace the other's address space)."""
     mirrors = [c.opcua_mirror for c in configs if c.opcua_mirror]
     for t, c in zip(tables, configs, strict=True):

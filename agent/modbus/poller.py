@@ -6,7 +6,9 @@ connect ─► every poll period: its planned reads, one at a time, at most requ
    │           │ exception ──────► report(index, None, BadConfigurationError | BadDeviceFailure)
    │           │                   (illegal address on a merged read: split it, once, and go on)
    │           │ no answer ──────► that unit's values Bad; the unit waits out its backoff
-   │           │                   (backoff_min doubling to backoff_max), then one read probes it
+   │           │                   (backoff_min doubling to backoff_max), then one read probes it;
+   │           │                   its backoff outlives a reconnect (pymodbus closes a silent
+   │           │                   device's connection after retries + 3 unanswered requests)
    └ backoff ◄─┘ connection lost ─► every value of the device Bad
 ```
 
@@ -172,6 +174,11 @@ class DevicePoller:
             self.counters["requests"] += 1
             try:
                 raw = await self._read(r)
+            except Disconnected as exc:
+                if unit.down:  # pymodbus closes the connection after retries + 3 unanswered
+                    # requests: for a silent unit one more silence, its backoff growing on
+                    self._unit_lost(r.unit_id, unit, str(exc))
+                raise
             except NoAnswer as exc:
                 self.counters["no_answers"] += 1
                 self._unit_lost(r.unit_id, unit, str(exc))
@@ -239,8 +246,8 @@ class DevicePoller:
                         "the device, its address and the network or serial line to it",
                         self.device.label, why, retry_in, self.device.backoff_max)
         self.state = "down"
-        for unit in self._units.values():
-            unit.down = False  # the connection as a whole is retried
+        # a silent unit keeps its backoff across the reconnect (pymodbus drops the
+        # connection of a device that stops answering): the others are read at once
         self._bad(self._all_reads(), outputs.BAD_NO_COMMUNICATION)
 
     def _unit_lost(self, unit_id: int, unit: _Unit, why: str) -> None:

@@ -30,7 +30,7 @@ def _channel_of(record: Record) -> str | None:
     return record.channel if record.__class__ is MqttMessage else None
 
 
-def _check(tables: list[Table], configs: list[Any]) -> None:
+def _check(tables: list[Table], configs: list[Any], link: Any) -> None:
     pass
 
 

@@ -262,7 +262,7 @@ def parse(t: Table, role: str, spooled: bool) -> OpcuaSourceConfig | OpcuaMirror
     return parse_source(t) if role == "tx" else parse_mirror(t, spooled)
 
 
-def check(tables: list[Table], configs: list[Any]) -> None:
+def check(tables: list[Table], configs: list[Any], link: Any) -> None:
     """Two mirrors cannot share an endpoint."""
     endpoints = [getattr(c, "endpoint", None) for c in configs if isinstance(c, OpcuaMirrorConfig)]
     for t, c in zip(tables, configs, strict=True):

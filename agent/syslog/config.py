@@ -15,8 +15,12 @@ import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config_reader import Table, read, setting
+
+if TYPE_CHECKING:
+    from agent.config import LinkConfig
 
 TRANSPORTS = ("udp", "tcp", "tls")
 _ENDPOINT = re.compile(r"^(udp|tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
@@ -46,9 +50,10 @@ class TxSyslogChannel:
     name: str = setting(doc="channel name: a TX channel goes to the RX channel of the same name",
                         example='"plant"')
     listen: tuple[Endpoint, ...] = setting(
-        doc="the listeners to open, each bound to an OT-side address of TX (no wildcard); "
-        "nothing is opened that is not named here", example='["udp://10.0.0.5:514", '
-        '"tcp://10.0.0.5:601", "tls://10.0.0.5:6514"]', manual=True)
+        doc="the listeners to open, each bound to an OT-side address of TX (no wildcard, not "
+        "its `[link] source` or `interface_address`); nothing is opened that is not named here",
+        example='["udp://10.0.0.5:514", "tcp://10.0.0.5:601", "tls://10.0.0.5:6514"]',
+        manual=True)
     max_message_size: int = setting(8192, doc="bytes; a longer message is truncated to this "
                                      "and counted (`truncated`)", example="8192", lo=480,
                                      hi=65535)
@@ -207,16 +212,35 @@ def parse(t: Table, role: str, spooled: bool) -> TxSyslogChannel | RxSyslogChann
     return _tx_channel(t) if role == "tx" else _rx_channel(t)
 
 
-def check(tables: list[Table], configs: list[TxSyslogChannel | RxSyslogChannel]) -> None:
-    """No two TX channels may listen on the same port of the same address."""
+def check(tables: list[Table], configs: list[TxSyslogChannel | RxSyslogChannel],
+          link: LinkConfig) -> None:
+    """No two TX channels may listen on the same port of the same address, and no
+    listener may be on TX's side of the one-way link (its `[link] source` or
+    `interface_address`): TX listens on the OT side only."""
     seen: dict[tuple[str, str, int], str] = {}
+    own = {_normal(a): a for a in link.own_addresses}
     for t, ch in zip(tables, configs, strict=True):
         if not isinstance(ch, TxSyslogChannel):
             continue
         for ep in ch.listen:
+            if _normal(ep.host) in own:
+                which = "source" if link.source and _normal(link.source) == _normal(ep.host) \
+                    else "interface_address"
+                t.fail("listen", f"{ep.label} is on the one-way link: {own[_normal(ep.host)]} "
+                       f"is TX's [link] {which}, and TX listens on the OT side only",
+                       "bind the listener to TX's OT-side address (on its plant network "
+                       "interface, not the link's)")
             # UDP and TCP ports are separate; TCP and TLS share the TCP port space
             key = ("udp" if ep.transport == "udp" else "tcp", ep.host, ep.port)
             if key in seen:
                 t.fail("listen", f"{ep.label} is also a listener of channel '{seen[key]}'",
                        "give each listener its own port")
             seen[key] = ch.name
+
+
+def _normal(address: str) -> str:
+    """One spelling per address (`fd00:0::5` is `fd00::5`); a name stays as it is."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address

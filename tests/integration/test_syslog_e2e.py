@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 
 from diode_tools.sim.certs import TlsFiles, make_pki
-from diode_tools.sim.mosquitto import free_port
+from diode_tools.sim.mosquitto import Broker, free_port
 from diode_tools.sim.rsyslog import Rsyslog, free_udp_port
-from tests.integration.conftest import Agent, Diode, diode_cmd, wait_until
+from tests.integration.conftest import Agent, Collector, Diode, diode_cmd, wait_until
+from tests.integration.test_udp_raw import root, root_only  # noqa: F401 (root: a fixture)
 
 HEADER = re.compile(rb'^<(\d+)>1 (\S+) (\S+) diode - - \[diode@32473 peer="([^"]+)" '
                     rb'port="(\d+)" transport="(\w+)"( truncated="1")?\] ', re.S)
@@ -142,6 +143,51 @@ def test_a_burst_of_10000_arrives_byte_identical_in_order_with_sender_and_time(
                <= t1 for ln in got[::500])
 
 
+def test_rx_fans_out_to_a_udp_and_a_tcp_collector_each_getting_every_message(
+        diode: Diode, make_rsyslog: Callable[..., Rsyslog]) -> None:
+    """Every message goes to each collector, with its original bytes after the header."""
+    udp_collector = make_rsyslog("udp-collector", udp=True, tcp=False)
+    tcp_collector = make_rsyslog("tcp-collector")
+    udp, tcp = listen("udp", "tcp")
+    _, rx_agent = start_pair(diode, tx_doc(diode, [udp, tcp]),
+                             rx_doc(diode, [udp_collector.endpoint("udp"),
+                                            tcp_collector.endpoint("tcp")]))
+    sent = logger(tcp, "--rfc5424", "--octet-count",
+                  lines=b"".join(b"fan-out %03d \xc3\xa9 tab\tend\n" % i for i in range(400)))
+    sent += logger(udp, "--rfc3164", lines=b"over udp \xc3\xa9\n")
+    for c in (udp_collector, tcp_collector):
+        got = c.wait_lines(401, 15, settle=0.5)
+        assert sorted(split(line)[1] for line in got) == sorted(sent), c.name
+    st = diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["forwarded"] == 2 * 401, 5,
+                           "both collectors counted")
+    each = st["syslog"]["ot"]["collectors"]
+    assert {ep: s["forwarded"] for ep, s in each.items()} == {
+        udp_collector.endpoint("udp"): 401, tcp_collector.endpoint("tcp"): 401}
+
+
+def test_many_messages_pack_into_one_frame(diode: Diode,
+                                           make_rsyslog: Callable[..., Rsyslog]) -> None:
+    """3,000 short messages (about 80 bytes each) in a burst: the link carries them in
+    far fewer frames (a 1400-byte frame holds about ten), every one delivered in order."""
+    collector = make_rsyslog("collector")
+    (tcp,) = listen("tcp")
+    tx_agent, _ = start_pair(diode, tx_doc(diode, [tcp]),
+                             rx_doc(diode, [collector.endpoint("tcp")]))
+    before = diode.wait_status(tx_agent, lambda st: True, 5, "status")["counters"]
+    sent = logger(tcp, "--rfc5424", "--octet-count",
+                  lines=b"".join(b"short %04d\n" % i for i in range(3000)))
+    assert len(sent) == 3000
+    got = collector.wait_lines(3000, 20, settle=0.3)
+    assert [split(line)[1] for line in got] == sent
+    after = diode.wait_status(tx_agent, lambda st: st["queues"]["syslog:ot"]["queued"] == 0
+                              and st["counters"]["syslog:ot.received"] == 3000, 5,
+                              "TX took every message")["counters"]
+    frames = after["frames"] - before["frames"]  # heartbeats (4 a second) included
+    records = after["records"] - before["records"]
+    assert records >= 3000
+    assert frames * 5 < 3000, (frames, records)  # here about 300: ten messages a frame
+
+
 def test_relay_header_none_sends_the_original_bytes_alone(diode: Diode,
                                                           make_rsyslog: Callable[..., Rsyslog]
                                                           ) -> None:
@@ -192,6 +238,40 @@ def test_a_collector_outage_loses_nothing(diode: Diode, make_rsyslog: Callable[.
     col = ot["collectors"][collector.endpoint("tcp")]
     assert col["connects"] == 2 and ("spool" in col) == spooled
     assert len(originals) - len(set(originals)) <= col["resent"]  # duplicates, if any, counted
+
+
+def test_a_full_rx_spool_drops_its_oldest_and_counts_each(
+        diode: Diode, make_rsyslog: Callable[..., Rsyslog], tmp_path: Path) -> None:
+    """Collector away, 3.6 MB of messages into a 1 MiB spool: the oldest are dropped and
+    counted one by one; once the collector is back it gets exactly the newest, so
+    delivered + dropped == sent."""
+    collector = make_rsyslog("collector")
+    (tcp,) = listen("tcp")
+    subprocess.run(diode_cmd("keygen", "-o", str(tmp_path / "spool.key")), check=True,
+                   capture_output=True)
+    rx = rx_doc(diode, [collector.endpoint("tcp")], reconnect_min=0.2, reconnect_max=0.5)
+    rx["spool"] = {"dir": "spool", "key_file": str(tmp_path / "spool.key"), "fsync": "never",
+                   "max_bytes": 1 << 20}
+    _, rx_agent = start_pair(diode, tx_doc(diode, [tcp]), rx)
+    collector.stop()
+    diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["state"] != "connected", 10,
+                      "RX saw its collector go")
+    n = 3000
+    sent = logger(tcp, "--rfc5424", "--octet-count", "-S", "8192",
+                  lines=b"".join(b"bound %04d %s\n" % (i, b"y" * 1000) for i in range(n)))
+    st = diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["received"] == n, 20,
+                           "RX received every message")["syslog"]["ot"]
+    dropped = st["dropped"]
+    assert 0 < dropped < n - 500, st  # well past the bound, yet the newest ~800 kept
+    assert st["held"] + dropped == n, st
+    collector.start()
+    got = collector.wait_lines(n - dropped, 20, settle=0.5)
+    delivered = list(dict.fromkeys(split(line)[1] for line in got))  # a resend, if any, once
+    assert delivered == sent[dropped:]  # the newest survive, in order; the oldest dropped
+    assert len(delivered) + dropped == n
+    st = diode.wait_status(rx_agent, lambda st: st["syslog"]["ot"]["held"] == 0, 10,
+                           "the spool drained")["syslog"]["ot"]
+    assert st["dropped"] == dropped
 
 
 def test_tls_from_an_rsyslog_relay_to_a_tls_collector(diode: Diode, tmp_path: Path,
@@ -300,3 +380,35 @@ def test_ipv6_listener_and_tx_spool(diode: Diode, make_rsyslog: Callable[..., Rs
     assert (m.group(4), m.group(6), original) == (b"::1", b"udp", proc.stderr.rstrip(b"\n"))
     assert (tmp_path / "spool" / "ot.syslog").is_dir()
     assert "belongs to no channel" not in tx_agent.log()
+
+
+def _receiving_sockets(pid: int) -> tuple[list[str], list[str]]:
+    """The process's listening TCP and bound UDP sockets (local addresses), from `ss`."""
+    def local(flags: str) -> list[str]:
+        out = subprocess.run(["ss", "-H", flags], capture_output=True, text=True,
+                             check=True).stdout
+        return sorted(line.split()[3] for line in out.splitlines() if f"pid={pid}," in line)
+    return local("-ltnp"), local("-uanp")
+
+
+@root_only
+def test_tx_opens_no_receiving_socket_without_syslog_and_exactly_its_listeners_with(
+        diode: Diode, it_broker: Broker, collector: Callable[..., Collector]) -> None:
+    """Without a [[syslog]] table TX (MQTT channel, link sender, heartbeats all busy) holds
+    no listening TCP and no UDP socket at all (root: its link sender is a send-only raw
+    socket); with one, exactly the configured listeners and nothing else."""
+    rx_agent = diode.start_rx()
+    tx_agent = diode.start_tx()
+    diode.wait_up(rx_agent)
+    diode.wait_ready(collector(it_broker))  # TX subscribed and sending
+    assert _receiving_sockets(tx_agent.pid) == ([], [])
+    diode.stop(tx_agent)
+
+    udp, tcp = listen("udp", "tcp")
+    tx = diode.tx_doc()
+    tx["syslog"] = [{"name": "ot", "listen": [udp, tcp]}]
+    tx_agent = diode.start("tx", tx, "tx-syslog")
+    diode.wait_status(tx_agent, lambda st: st["sources"].get("syslog:ot") == "connected", 10,
+                      "TX listening")
+    diode.wait_ready(collector(it_broker))
+    assert _receiving_sockets(tx_agent.pid) == ([tcp.split("://")[1]], [udp.split("://")[1]])

@@ -1,9 +1,11 @@
-"""A syslog flood beside an MQTT channel on a slow link: MQTT delivers everything, and
-every syslog message is accounted for (forwarded, or counted where it was lost).
+"""A syslog flood beside an MQTT channel, or an OPC UA source, on a slow link: MQTT
+delivers everything, OPC UA value changes keep reaching the mirror, and every syslog
+message is accounted for (forwarded, or counted where it was lost).
 
 ```
 UDP flood (20k msg/s, 30x the link) ─► diode tx syslog (queue_limit 1000) ─┐
-mosquitto OT ─► diode tx mqtt (QoS 1) ─────────────────────────────────────┴► 2 Mbit/s link ─► diode rx ─► IT
+mosquitto OT ─► diode tx mqtt (QoS 1) ─────────────────────────────────────┤
+asyncua plant (values changing) ─► diode tx opcua ─────────────────────────┴► 2 Mbit/s link ─► diode rx ─► IT
 ```
 
 Each source owns its queue and the TX core takes from each in turn, so the flood
@@ -12,14 +14,20 @@ fills only its own queue; nothing in this test is specific to syslog.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from diode_tools.sim.mosquitto import Broker
+from asyncua import Client
+
+from diode_tools.sim.mosquitto import Broker, free_port
+from diode_tools.sim.plant_opcua import PlantProcess
 from diode_tools.sim.rsyslog import Rsyslog, free_udp_port
 from tests.integration.conftest import Collector, Diode, publish_all
+from tests.integration.test_opcua_agents import _docs, _wait_status, plant  # noqa: F401
 
 
 def flood(port: int, rate: float, seconds: float) -> int:
@@ -79,3 +87,48 @@ def test_a_syslog_flood_does_not_starve_mqtt(diode: Diode, ot_broker: Broker, it
                               "RX forwarded what TX took")
     assert rx_st["counters"]["lost"] == 0
     assert rx_st["tx"]["counters"]["syslog:ot.queue_dropped"] == c["queue_dropped"]
+
+
+async def _watch(endpoint: str, node_id: str, seconds: float) -> list[tuple[float, Any]]:
+    """(monotonic time, value) of one mirrored variable, read every 0.1 s."""
+    out = []
+    async with Client(endpoint, timeout=5) as c:
+        node = c.get_node(node_id)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            out.append((time.monotonic(), await node.read_value()))
+            await asyncio.sleep(0.1)
+    return out
+
+
+def test_a_syslog_flood_does_not_starve_opcua(diode: Diode, plant: PlantProcess,  # noqa: F811
+                                              make_rsyslog: Callable[..., Rsyslog]) -> None:
+    """The plant changes Special.Int32 20 times a second (a counter); during a flood far
+    above the link the mirror's value keeps moving, never still for more than a second."""
+    syslog_collector = make_rsyslog("collector")
+    port, mirror_port = free_udp_port(), free_port()
+    tx, rx = _docs(diode, plant, mirror_port)
+    tx["link"]["bitrate"] = 2_000_000
+    tx["syslog"] = [{"name": "ot", "listen": [f"udp://127.0.0.1:{port}"], "queue_limit": 1000,
+                     "udp_receive_buffer": 65536}]
+    rx["syslog"] = [{"name": "ot", "collectors": [syslog_collector.endpoint("tcp")]}]
+    rx_agent = diode.start("rx", rx)
+    tx_agent = diode.start("tx", tx)
+    diode.wait_up(rx_agent)
+    endpoint, node = f"opc.tcp://127.0.0.1:{mirror_port}/diode/", "ns=2;s=Special.Int32"
+    _wait_status(endpoint, node, "Good", 30)
+
+    sent: list[int] = []
+    flooder = threading.Thread(target=lambda: sent.append(flood(port, 20_000, 4.0)))
+    flooder.start()
+    time.sleep(0.5)  # the syslog queue is full from here on
+    seen = asyncio.run(_watch(endpoint, node, 3.0))
+    flooder.join()
+    changes = [t for (t, v), (_, prev) in zip(seen[1:], seen, strict=False) if v != prev]
+    assert len(changes) >= 10, seen  # about 30 reads, nearly each a new value
+    gaps = [b - a for a, b in zip([seen[0][0], *changes], [*changes, seen[-1][0]],
+                                  strict=True)]
+    assert max(gaps) < 1.0, gaps
+    st = diode.wait_status(tx_agent, lambda st: True, 5, "status")
+    assert st["counters"]["syslog:ot.queue_dropped"] > 0  # the flood was far above the link
+    assert diode.wait_status(rx_agent, lambda st: True, 5, "status")["counters"]["lost"] == 0

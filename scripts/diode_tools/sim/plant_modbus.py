@@ -12,7 +12,9 @@ receives, by function code, whoever sends it: the honest count of what TX
 asked (writes are function codes 5, 6, 15, 16, 22 and 23). The server runs in
 a thread of its own with its own event loop, so a synchronous test can drive
 it; `stop()` is the device being unplugged (its server stops, its connections
-close), `start()` plugs it back in.
+close), `start()` plugs it back in. `mute()` is a device that hangs: it keeps
+its connections and counts what it gets, but answers nothing until `unmute()`.
+`times()` is when each request arrived (monotonic), for pacing and backoff.
 
 `changing=True` (the demo) makes holding register 1000 of every unit count the
 seconds, input registers 1000..1009 follow slow sines and coil 1000 blink, so
@@ -58,6 +60,8 @@ class SimulatedPlc:
         self.units = tuple(units)
         self.changing = changing
         self.requests: Counter[int] = Counter()
+        self._arrivals: list[float] = []
+        self.muted = False
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -136,13 +140,27 @@ class SimulatedPlc:
         if not sending:
             with self._lock:
                 self.requests[pdu.function_code] += 1
+                self._arrivals.append(time.monotonic())
+            if self.muted:
+                return None  # pymodbus handles (and answers) no request it is not given
         return pdu
+
+    def mute(self) -> None:
+        self.muted = True
+
+    def unmute(self) -> None:
+        self.muted = False
 
     # -- data --------------------------------------------------------------------------
 
     def counts(self) -> dict[int, int]:
         with self._lock:
             return dict(self.requests)
+
+    def times(self) -> list[float]:
+        """When each request arrived (time.monotonic()), in order."""
+        with self._lock:
+            return list(self._arrivals)
 
     def writes(self) -> int:
         with self._lock:

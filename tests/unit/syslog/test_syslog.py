@@ -240,6 +240,36 @@ def test_two_channels_on_one_port_and_a_missing_listen_are_refused(tmp_path: Pat
         load(tmp_path, "tx", '[[syslog]]\nname = "a"\n')
 
 
+@pytest.mark.parametrize("link, listen, key", [
+    ('source = "192.0.2.1"', "udp://192.0.2.1:514", "source"),
+    ('interface = "eth1"\nrx_mac = "dc:a6:32:00:00:02"\ninterface_address = "192.0.2.1/24"',
+     "tcp://192.0.2.1:601", "interface_address"),
+    ('source = "fd00:0:0::1"', "tcp://[fd00::1]:601", "source"),
+])
+def test_a_listener_on_the_link_address_is_refused_naming_file_key_and_fix(
+        tmp_path: Path, link: str, listen: str, key: str) -> None:
+    """TX listens on the OT side only: a listener on its own address on the one-way link
+    (the [link] source it sends from, or the address it puts on the link interface)."""
+    # the [link] keys follow load()'s [link] key_file, in the same table
+    body = f'{link}\n\n[[syslog]]\nname = "ot"\nlisten = ["udp://10.0.0.5:514", "{listen}"]\n'
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, "tx", body)
+    text = str(err.value)
+    assert text.startswith(f"{tmp_path / 'tx.toml'}: [syslog.0] listen: {listen} is on the "
+                           f"one-way link"), text
+    assert f"TX's [link] {key}" in text and "Fix: bind the listener to TX's OT-side address" \
+        in text
+
+
+def test_listeners_beside_the_link_address_are_accepted(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "tx", 'source = "192.0.2.1"\ninterface_address = "192.0.2.1/24"\n\n'
+               '[[syslog]]\nname = "ot"\nlisten = ["udp://10.0.0.5:514", "udp://192.0.2.2:514"]\n')
+    assert cfg.link.own_addresses == ("192.0.2.1", "192.0.2.1")
+    serial = load(tmp_path, "tx", 'transport = "serial"\nsource = "10.0.0.5"\n\n[[syslog]]\n'
+                  'name = "ot"\nlisten = ["udp://10.0.0.5:514"]\n')
+    assert serial.link.own_addresses == ()  # a serial link has no address
+
+
 def test_rx_collectors_and_relay(tmp_path: Path) -> None:
     cfg = load(tmp_path, "rx", '[[syslog]]\nname = "ot"\ncollectors = ["tcp://siem.example:601",'
                ' "udp://10.1.0.9:514"]\n')
