@@ -37,7 +37,7 @@ from asyncua.server.internal_server import InternalServer
 from asyncua.ua.ua_binary import variant_from_binary
 
 from agent.opcua.diff import Relink
-from agent.opcua.lean import LeanAttribute, Shapes
+from agent.opcua.lean import GOOD, LeanAttribute, Shapes
 from agent.opcua.model import NodeRecord
 from agent.opcua.ua import data_value, node_id, status
 
@@ -202,20 +202,23 @@ class Builder:
         a client can browse what is in already."""
         added = []
         targets: dict[ua.NodeId, _Target | None] = {}  # parents and types, met again and again
+        shared: dict[tuple[ua.NodeId, ua.NodeId], ua.ReferenceDescription] = {}
         for i, rec in enumerate(recs):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            if self._add(rec, rec.node_id in historized, targets):
+            if self._add(rec, rec.node_id in historized, targets, shared):
                 added.append(rec)
                 self.counters["nodes_added"] += 1
             else:
                 self.counters["nodes_skipped"] += 1
         return added
 
-    def _add(self, rec: NodeRecord, historized: bool,
-             targets: dict[ua.NodeId, _Target | None]) -> bool:
+    def _add(self, rec: NodeRecord, historized: bool, targets: dict[ua.NodeId, _Target | None],
+             refs: dict[tuple[ua.NodeId, ua.NodeId], ua.ReferenceDescription]) -> bool:
         """One node, read-only, with its references to and from its parent and its type:
-        what asyncua's AddNodes makes, built straight into the address space."""
+        what asyncua's AddNodes makes, built straight into the address space. A reference
+        to the parent or the type is one object for all the nodes it is the same for
+        (`refs`): asyncua only ever replaces references, or renames all of them at once."""
         aspace = self.aspace
         ncls = NC(rec.node_class)
         allowed = _ALLOWED.get(ncls)
@@ -245,8 +248,8 @@ class Builder:
                 except Exception:  # a variant we cannot decode: leave the attribute out
                     continue
                 own[attr] = LeanAttribute(
-                    data_value(variant, source=now_utc()) if attr == A.Value
-                    else ua.DataValue(_typed(attr, variant.Value)))
+                    data_value(variant, GOOD, now_utc()) if attr == A.Value
+                    else _typed(attr, variant.Value))
             else:
                 dv = self._static(attr, data, historized)
                 if dv is not None:
@@ -257,7 +260,7 @@ class Builder:
         if ncls == NC.Variable:
             shared[A.Historizing] = self._default(A.Historizing, historized)
             if A.Value not in own:
-                own[A.Value] = LeanAttribute(data_value(ua.Variant(), source=now_utc()))
+                own[A.Value] = LeanAttribute(data_value(ua.Variant(), GOOD, now_utc()))
         if ncls == NC.Method:
             shared[A.Executable] = shared[A.UserExecutable] = self._default(A.Executable, False)
         shared[A.NodeClass] = self._static(A.NodeClass, ncls, False)  # type: ignore[assignment]
@@ -265,12 +268,11 @@ class Builder:
         name = bn.value.Value.Value if bn is not None else None
         if not isinstance(name, ua.QualifiedName):
             name = ua.QualifiedName(rec.node_id)
-            own[A.BrowseName] = LeanAttribute(ua.DataValue(
-                ua.Variant(name, ua.VariantType.QualifiedName)))
+            own[A.BrowseName] = LeanAttribute(ua.Variant(name, ua.VariantType.QualifiedName))
         if A.DisplayName not in own:
-            own[A.DisplayName] = LeanAttribute(ua.DataValue(
-                ua.Variant(ua.LocalizedText(name.Name), ua.VariantType.LocalizedText)))
-        own[A.NodeId] = LeanAttribute(ua.DataValue(ua.Variant(n, ua.VariantType.NodeId)))
+            own[A.DisplayName] = LeanAttribute(
+                ua.Variant(ua.LocalizedText(name.Name), ua.VariantType.LocalizedText))
+        own[A.NodeId] = LeanAttribute(ua.Variant(n, ua.VariantType.NodeId))
         nd = NodeData(n)
         nd.attributes = self.shapes.attributes(shared, own)  # type: ignore[assignment]
         aspace[n] = nd
@@ -279,12 +281,18 @@ class Builder:
             parent, _target(aspace, parent))
         if up is not None:
             aspace[parent].references.append(me.ref(rtype, True))  # a new node: never there
-            nd.references.append(up.ref(rtype, False))
+            back = refs.get((parent, rtype))
+            if back is None:
+                back = refs[(parent, rtype)] = up.ref(rtype, False)
+            nd.references.append(back)
         if tdef is not None:
             kind = targets[tdef] if tdef in targets else targets.setdefault(
                 tdef, _target(aspace, tdef))
             if kind is not None:
-                nd.references.append(kind.ref(HAS_TYPE_DEFINITION, True))
+                typed = refs.get((tdef, HAS_TYPE_DEFINITION))
+                if typed is None:
+                    typed = refs[(tdef, HAS_TYPE_DEFINITION)] = kind.ref(HAS_TYPE_DEFINITION, True)
+                nd.references.append(typed)
         return True
 
     def _static(self, attr: int, data: Any, historized: bool) -> ua.DataValue | None:
@@ -302,7 +310,7 @@ class Builder:
                     log.debug("attribute %d does not decode", attr)
                     return None
                 variant = read_only_attr(attr, value, historized) or _typed(attr, value)
-            dv = self._statics[key] = self.shapes.intern(ua.DataValue(variant))
+            dv = self._statics[key] = self.shapes.intern(ua.DataValue(variant, StatusCode=GOOD))
         return dv
 
     def _default(self, attr: int, historized: bool) -> ua.DataValue:
@@ -312,7 +320,7 @@ class Builder:
         if dv is None:
             value = HISTORY_ACCESS if historized else READ_ONLY_ACCESS
             dv = self._statics[key] = self.shapes.intern(ua.DataValue(
-                read_only_attr(attr, value, historized)))
+                read_only_attr(attr, value, historized), StatusCode=GOOD))
         return dv
 
     def add_refs(self, source: str, refs: Iterable[tuple[str, str]], mirrored: set[str]) -> None:

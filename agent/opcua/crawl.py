@@ -84,7 +84,7 @@ class Session(Protocol):
 @dataclass
 class Limits:
     """Nodes per request the server takes (halved when it says BadTooManyOperations),
-    and monitored items per subscription (0: no limit).
+    monitored items per subscription and subscriptions per session (0: no limit).
 
     Its MinSupportedSampleRate is not taken: asking 0 ("the fastest practical")
     lets a server monitor on change, where asking its minimum would make it poll."""
@@ -92,21 +92,23 @@ class Limits:
     read: int = DEFAULT_MAX_READ
     monitored: int = DEFAULT_MAX_MONITORED
     per_subscription: int = 0
+    subscriptions: int = 0
 
     @classmethod
     def from_server(cls, values: Sequence[Any]) -> Limits:
         def pick(v: Any, default: int, cap: int = HARD_CAP) -> int:
             return min(int(v), cap) if isinstance(v, int) and v > 0 else default
-        b, r, m, per_sub = (list(values) + [None] * 4)[:4]
+        b, r, m, per_sub, subs = (list(values) + [None] * 5)[:5]
         return cls(pick(b, DEFAULT_MAX_BROWSE), pick(r, DEFAULT_MAX_READ),
                    min(pick(m, DEFAULT_MAX_MONITORED), MONITORED_CAP),
-                   pick(per_sub, 0, 1 << 31))
+                   pick(per_sub, 0, 1 << 31), pick(subs, 0, 1 << 31))
 
 
 LIMIT_NODES = (node_id(_O.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse),
                node_id(_O.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead),
                node_id(_O.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall),
-               node_id(_O.Server_ServerCapabilities_MaxMonitoredItemsPerSubscription))
+               node_id(_O.Server_ServerCapabilities_MaxMonitoredItemsPerSubscription),
+               node_id(_O.Server_ServerCapabilities_MaxSubscriptionsPerSession))
 
 
 async def read_limits(session: Session) -> Limits:

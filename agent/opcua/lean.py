@@ -30,16 +30,32 @@ from asyncua import ua
 _SIMPLE = (int, bool, float, str, bytes, type(None))
 
 
+GOOD = ua.StatusCode()  # one for all the DataValues made here: none is changed in place
+
+
 class LeanAttribute:
-    """One attribute a node owns: the fields of asyncua's AttributeValue, slotted."""
+    """One attribute a node owns: the fields of asyncua's AttributeValue, slotted. Made
+    from a bare Variant (a name, the node id: read seldom, never stamped), it keeps only
+    that and gives a DataValue of it at each read."""
 
-    __slots__ = ("value", "value_callback", "value_setter", "_callbacks")
+    __slots__ = ("_value", "value_callback", "value_setter", "_callbacks")
 
-    def __init__(self, value: ua.DataValue | None) -> None:
-        self.value = value
+    def __init__(self, value: ua.DataValue | ua.Variant | None) -> None:
+        self._value = value
         self.value_callback: Callable[..., ua.DataValue] | None = None
         self.value_setter: Callable[..., None] | None = None
         self._callbacks: dict[int, Callable[..., Any]] | None = None
+
+    @property
+    def value(self) -> ua.DataValue | None:
+        v = self._value
+        if v.__class__ is ua.Variant:
+            return ua.DataValue(v, StatusCode=GOOD)
+        return v  # type: ignore[return-value]
+
+    @value.setter
+    def value(self, dv: ua.DataValue | None) -> None:
+        self._value = dv
 
     @property
     def datachange_callbacks(self) -> dict[int, Callable[..., Any]]:

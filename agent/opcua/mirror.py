@@ -303,7 +303,10 @@ class OpcuaMirror:
             if record.source != self.name:
                 self.counters["records_other_source"] += 1
                 return
-            done = self.assembler.add(record)
+            collected = self.assembler.collect(record)
+            # in a thread: decoding 100,000 nodes takes seconds the link must not wait
+            done = None if collected is None else await asyncio.to_thread(
+                self.assembler.decode, *collected)
             if done is not None:
                 async with self._lock:
                     try:

@@ -155,12 +155,19 @@ class ModelAssembler:
     def __init__(self, max_versions: int = 2) -> None:
         self.max_versions = max_versions
         self.current: str | None = None
+        self._previous: str | None = None
         self._pending: OrderedDict[str, tuple[int, dict[int, bytes]]] = OrderedDict()
         self.counters = {"model_chunks": 0, "model_chunks_ignored": 0, "models_complete": 0,
                          "models_bad": 0, "model_versions_dropped": 0}
 
     def add(self, rec: OpcuaModel) -> tuple[str, ModelSnapshot] | None:
         """Take one chunk; returns (version, snapshot) when its version is complete."""
+        done = self.collect(rec)
+        return None if done is None else self.decode(*done)
+
+    def collect(self, rec: OpcuaModel) -> tuple[str, bytes] | None:
+        """Take one chunk; returns (version, its compressed bytes) when it is complete,
+        for `decode` (which can run in a thread: a big model takes seconds)."""
         c = self.counters
         c["model_chunks"] += 1
         if rec.version == self.current:
@@ -179,17 +186,22 @@ class ModelAssembler:
         if len(chunks) < count:
             return None
         del self._pending[rec.version]
-        data = b"".join(chunks[i] for i in range(count))
+        # its carousel copies are not collected again while it decodes
+        self._previous, self.current = self.current, rec.version
+        return rec.version, b"".join(chunks[i] for i in range(count))
+
+    def decode(self, expected: str, data: bytes) -> tuple[str, ModelSnapshot] | None:
+        """The snapshot of a collected version; None (counted) if it is not that."""
+        c = self.counters
         try:
             version, snap = ModelSnapshot.decode(data)
         except ModelError:
+            version = ""
+        if version != expected:
             c["models_bad"] += 1
-            return None
-        if version != rec.version:
-            c["models_bad"] += 1
+            self.current = self._previous
             return None
         c["models_complete"] += 1
-        self.current = version
         return version, snap
 
     def forget(self) -> None:

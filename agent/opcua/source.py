@@ -180,7 +180,8 @@ class OpcuaSource:
             "model_events", "initial_reads", "subscriptions", "sampling_revised",
             "sampling_max_ms", "sampling_limited", "model_checks", "model_changes_seen",
             "model_checks_unconfirmed", "model_cache_loads", "events", "events_dropped",
-            "event_records", "event_notifiers", "event_errors", "notifier_records"), 0)
+            "event_records", "event_notifiers", "event_errors", "notifier_records",
+            "model_bytes"), 0)
         self.model: ModelSnapshot | None = None
         self._variables: list[str] = []
         self._print: tuple[Probe, str] | None = None  # the model's fingerprint: probe, digest
@@ -698,6 +699,7 @@ class OpcuaSource:
         from agent.opcua.model import split
         self._model_chunks = split(self.cfg.name, version, data, self.cfg.model_chunk_size)
         self.counters["model_versions"] += 1
+        self.counters["model_bytes"] = len(data)  # the current model, compressed: one carousel round
         # A new version goes out now, ahead of values for its new nodes.
         self._live.extend(self._model_chunks)
         self.counters["model_records"] += len(self._model_chunks)

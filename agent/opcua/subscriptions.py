@@ -122,6 +122,7 @@ class Monitoring:
         if limits.per_subscription:
             per_sub = min(per_sub, limits.per_subscription)
         self.per_subscription = per_sub
+        self._wanted = 0  # variables to monitor in all (monitor)
         self.subs: list[BatchSubscription] = []
         self.handle_of: dict[str, int] = {}
         self.node_of: dict[int, str] = {}
@@ -235,7 +236,15 @@ class Monitoring:
         params.Priority = 0
         sub = BatchSubscription(self._session, params, *self._callbacks)
         await self.budget.request()
-        await sub.init()
+        try:
+            await sub.init()
+        except ua.UaStatusCodeError as exc:
+            if exc.code != ua.StatusCodes.BadTooManySubscriptions or not self.subs:
+                raise
+            # the server allows fewer than it said (or said nothing): fill those it took
+            self.limits.subscriptions = len(self.subs)
+            self._fit()
+            return min(self.subs, key=lambda s: s.items)
         if not self.subs:  # one subscription is enough for the server's model changes
             try:
                 await self.budget.request()
@@ -246,6 +255,16 @@ class Monitoring:
         self.subs.append(sub)
         self.counters["subscriptions"] = len(self.subs)
         return sub
+
+    def _fit(self) -> None:
+        """Within the server's MaxSubscriptionsPerSession (node-opcua's is 10): more
+        items in each subscription when `items_per_subscription` would need more
+        subscriptions than the server allows a session."""
+        most = self.limits.subscriptions
+        if most:
+            need = -(-self._wanted // most)
+            cap = self.limits.per_subscription or need
+            self.per_subscription = max(self.per_subscription, min(need, cap))
 
     async def _room(self) -> BatchSubscription:
         for sub in self.subs:
@@ -273,6 +292,8 @@ class Monitoring:
     async def monitor(self, variables: list[str], min_sampling: dict[str, float]) -> None:
         """Monitor each of `variables` not monitored yet."""
         todo = [v for v in variables if v not in self.handle_of]
+        self._wanted = len(self.handle_of) + len(todo)
+        self._fit()
         errors_logged = 0
         revised, slowest = 0, 0.0
         fastest = self.cfg.sampling_interval * 1000
@@ -280,6 +301,13 @@ class Monitoring:
         while i < len(todo):
             sub = await self._room()
             step = min(self.limits.monitored, self.per_subscription - sub.items)
+            if step <= 0:   # the server's subscriptions of its most items are all full
+                self.counters["monitor_errors"] += len(todo) - i
+                log.warning("%s: %d variables are not monitored: the server takes no more "
+                            "than %d subscriptions of %d items in a session",
+                            self.cfg.label, len(todo) - i, len(self.subs),
+                            self.per_subscription)
+                break
             chunk = todo[i:i + step]
             asked = [self.sampling_ms(nid, min_sampling) for nid in chunk]
             self.counters["sampling_limited"] += sum(a > fastest for a in asked)

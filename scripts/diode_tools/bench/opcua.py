@@ -9,7 +9,8 @@ peer: plant (same process)         ─► opcua-sender ═ UDP ═► opcua-rece
 
 The two are run one after the other against the same plant, so they never
 compete for the CPU. The plant changes `rate` values per second in total
-(default: every variable once a second).
+(every variable once a second, at most 10,000 a second). `--no-peer` skips the
+peer, which above 20,000 variables takes many minutes, and says so in `peer`.
 
 - `sync_s` / `peer_sync_s`: from starting TX (the peer's sender), with RX (the
   peer's receiver) already serving its empty server, until a probe client
@@ -19,6 +20,11 @@ compete for the CPU. The plant changes `rate` values per second in total
   restart, is this case. The probe polls about every 0.2 s (plus its own browse
   and read), which bounds the figure's resolution. `rx_ready_s` /
   `peer_rx_ready_s`: from starting RX until its server answered.
+- `first_value_s`: from starting TX until the mirror first answers a read of
+  a plant variable (V00000) with a Good value: what an IT client can have
+  before the whole model is in.
+- `model_bytes`: the model TX put on the link, compressed, one copy (TX sends
+  each frame `repeat` times, 3 by default).
 - `updates_per_s`: RX's `opcua.plant.values_applied` delta over `window`
   seconds after sync, next to `plant_rate`, the plant's own change rate: if
   the two are close the diode kept up and the plant was the limit. The plant
@@ -91,6 +97,31 @@ async def _read(client: Client, nodes: list[Node]) -> list[ua.DataValue]:
             params.NodesToRead.append(rv)
         out.extend(await client.uaclient.read(params))
     return out
+
+
+async def _first_value(endpoint: str, timeout: float, t0: float) -> float | None:
+    """Seconds since `t0` until the mirror reads plant variable 0 as Good."""
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with Client(endpoint, timeout=10) as c:
+                while time.monotonic() < deadline:
+                    uris = await c.get_namespace_array()
+                    if NAMESPACE in uris:
+                        node = c.get_node(f"ns={uris.index(NAMESPACE)};s={variable_id(0)}")
+                        try:
+                            dv = await node.read_data_value(raise_on_bad_status=False)
+                        except ua.UaError:  # not in the mirror yet
+                            dv = None
+                        if dv is not None and dv.StatusCode is not None \
+                                and dv.StatusCode.is_good() and dv.Value is not None \
+                                and dv.Value.Value is not None:
+                            return round(time.monotonic() - t0, 2)
+                    await asyncio.sleep(0.05)
+        except (OSError, TimeoutError, ua.UaError):
+            pass
+        await asyncio.sleep(0.05)
+    return None
 
 
 async def _wait_synced(endpoint: str, nodes: int, timeout: float, t0: float,
@@ -174,8 +205,15 @@ def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
             result["rx_ready_s"] = round(time.monotonic() - started, 2)
             t0 = time.monotonic()
             pair.start("tx")
-            sync, seen = asyncio.run(_wait_synced(mirror, nodes, timeout, t0, alive))
+
+            async def sync_and_first() -> tuple[tuple[float | None, int], float | None]:
+                return await asyncio.gather(_wait_synced(mirror, nodes, timeout, t0, alive),
+                                            _first_value(mirror, timeout, t0))
+
+            (sync, seen), result["first_value_s"] = asyncio.run(sync_and_first())
             result["sync_s"] = sync
+            tx_counters = (pair.status("tx") or {}).get("counters", {})
+            result["model_bytes"] = tx_counters.get("opcua:plant.model_bytes")
             if sync is None:
                 raise RuntimeError(f"mirror had {seen}/{nodes} variables after {timeout} s")
 
@@ -250,10 +288,13 @@ def _peer(plant: PlantProcess, nodes: int, timeout: float, work: Path) -> dict[s
     return result
 
 
-def run_opcua_bench(nodes: int = 10_000, window: float = 10.0, timeout: float = 300.0,
+def run_opcua_bench(nodes: int = 10_000, window: float = 10.0, timeout: float | None = None,
                     peer: bool = True, peer_timeout: float = 300.0) -> dict[str, Any]:
-    rate = float(nodes)  # every variable changes about once a second
+    rate = float(min(nodes, 10_000))  # every variable about once a second, at most 10,000/s
+    timeout = timeout if timeout is not None else max(300.0, nodes / 100)
     result: dict[str, Any] = {"nodes": nodes, "plant_rate": round(rate), "window_s": window}
+    if not peer:
+        result["peer"] = "skipped (--no-peer)"
     with tempfile.TemporaryDirectory(prefix="diode-bench-opcua-") as tmp:
         work = Path(tmp)
         plant = PlantProcess(free_port(), variables=nodes, rate=rate)
