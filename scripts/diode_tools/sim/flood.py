@@ -11,7 +11,10 @@ python -m diode_tools.sim.flood HOST PORT KIND SECONDS [--pool FILE] [--seed N]
 The forged header is the in-memory bench's (diode_tools/bench/flood_core.py); a new
 epoch value per datagram, as there. A process of its own so the sender has a core
 (and a GIL) to itself: the figure it is used for is how many datagrams a second RX
-disposes of while the sender saturates it.
+disposes of while the sender saturates it. It runs at nice 19 (`--nice`): on a real
+link the attacker's sender is another machine, and here it would otherwise take RX's
+own CPU, so RX would lose datagrams in its kernel for want of CPU, not for what it
+spends on each.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import socket
 import struct
@@ -101,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("seconds", type=float)
     ap.add_argument("--pool", type=Path, help="replays: the datagrams to send again")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--nice", type=int, default=19,
+                    help="scheduling niceness of the sender (default %(default)s)")
     args = ap.parse_args(argv)
+    os.nice(args.nice)
     pool = read_pool(args.pool) if args.pool else []
     print(json.dumps(flood(args.host, args.port, args.kind, args.seconds, pool=pool,
                            seed=args.seed)), flush=True)
