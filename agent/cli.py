@@ -98,6 +98,12 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.what == "recovery":
         from diode_tools.bench.recovery import run_recovery_bench
         result = run_recovery_bench()
+    elif args.what == "flood" and args.core:
+        from diode_tools.bench.flood_core import run_core_bench
+        result = run_core_bench(datagrams=args.datagrams, rounds=args.rounds)
+    elif args.what == "flood":
+        from diode_tools.bench.flood import run_flood_bench
+        result = run_flood_bench(seconds=args.seconds, rounds=args.rounds, rate=args.rate)
     else:
         from diode_tools.bench.mqtt import run_mqtt_bench
         result = run_mqtt_bench(messages=args.messages, bitrate=args.bitrate or 400_000_000,
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(func=_demo)
     sp = sub.add_parser("bench", help="measure throughput and loss")
     sp.add_argument("what", choices=("mqtt", "link", "spool", "opcua", "plant", "syslog",
-                                     "modbus", "recovery"))
+                                     "modbus", "recovery", "flood"))
     sp.add_argument("--cycles", type=int, default=20, help="modbus: poll cycles measured")
     sp.add_argument("--nodes", type=int, default=None,
                     help="opcua, plant: plant variables (default 10000, plant 20000)")
@@ -215,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
                     "mqtt, 100000000 for syslog)")
     sp.add_argument("--rounds", type=int, default=3,
                     help="mqtt, syslog: rounds of both paths; plant: probes per phase; "
-                    "figures are their medians")
+                    "flood: rounds of every kind of flood; figures are their medians")
+    sp.add_argument("--core", action="store_true",
+                    help="flood: the link core alone, in memory, instead of a real RX process")
+    sp.add_argument("--seconds", type=float, default=5.0, help="flood: seconds per flood")
+    sp.add_argument("--rate", type=float, default=500.0,
+                    help="flood: genuine QoS 1 messages per second alongside")
+    sp.add_argument("--datagrams", type=int, default=100_000,
+                    help="flood --core: flood datagrams per workload")
     sp.add_argument("--json", action="store_true", help="print only the JSON line")
     sp.set_defaults(func=_bench)
     sp = sub.add_parser("wipe", help="decommission: destroy the spool key and overwrite "

@@ -215,7 +215,9 @@ class RxAgent:
                          "rejected": sum(c[r] for r in REJECT_REASONS),
                          "unrouted": self.core.counters["unrouted"],
                          "tx_log": self.core.counters["tx_log"]},
-            "link": dict(c),
+            # the receiver's counters, and the epoch keys it derived (bounded by its budget
+            # under any flood of new epoch values: docs/link-replays.md)
+            "link": {**c, "keys_derived": self.receiver.keys_derived},
             # frames RX missed before it joined and still hopes to get (recovery window)
             "missing_frames": self.receiver.missing,
             "transport": self._transport_counters(),

@@ -18,6 +18,8 @@ command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || need+=(rsysl
 command -v logger >/dev/null 2>&1 || need+=(bsdutils)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # unit files are verified in tests
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
+# tests/integration/test_link_clock.py: a TX board whose wall clock is behind (libfaketime)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 # tests/images: the SD-card image's partition assembly, checked without a full build
 command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || need+=(dosfstools)
 command -v mcopy >/dev/null 2>&1 || need+=(mtools)

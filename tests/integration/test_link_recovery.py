@@ -165,3 +165,92 @@ def test_an_outage_beyond_the_window_is_counted_as_missed_and_logged(
     assert link["lost"] >= link["missed"] > 0 and link["recovered"] > 0
     assert len(got & set(range(n))) < n
     assert "TX's recovery window no longer had them" in rx.log()
+
+
+class LinkMeter:
+    """Where RX would be: a UDP socket that reads every datagram TX sends and keeps
+    (arrival time, bytes on the wire, resent or not)."""
+
+    def __init__(self) -> None:
+        import socket
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port: int = self.sock.getsockname()[1]
+        self.seen: list[tuple[float, int, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from agent.link import wire
+        from agent.transport.udp import UDP_OVERHEAD
+        while not self._stop.is_set():
+            try:
+                d = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            self.seen.append((time.monotonic(), len(d) + UDP_OVERHEAD,
+                              bool(d[1] & wire.FLAG_RESENT)))
+
+    def rate(self, start: float, end: float, resent: bool | None = None) -> float:
+        """Bits per second on the wire between `start` and `end` (resent only, live only,
+        or all)."""
+        n = sum(size for t, size, r in list(self.seen)
+                if start <= t < end and (resent is None or r == resent))
+        return n * 8 / (end - start)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def test_the_windows_resends_stay_within_recovery_share_of_the_bit_rate(
+        diode: Diode, ot_broker: Broker) -> None:
+    # Issue 12, item 9: TX re-sends its recovery window within `recovery_share` of the
+    # link, and only in its spare room. TX paces to 2 Mbit/s with a share of 5 %: the
+    # re-sends may take 100 kbit/s, live and re-sent together 2 Mbit/s.
+    bitrate, share = 2_000_000, 0.05
+    meter = LinkMeter()
+    try:
+        tx = diode.start_tx(link={"port": meter.port, "raw_socket": False, "bitrate": bitrate,
+                                  "recovery_share": share},
+                            mqtt={"qos": 1, "topics": ["m/#"]})
+        diode.wait_status(tx, lambda s: s["sources"]["mqtt:plant"] == "connected", 20,
+                          "TX connected")
+        # about 400 kB of messages: 1.2 MB with repeat 3, some 5 s of the link at full rate,
+        # and a window whose one cycle takes far longer than what is measured here
+        c = paho.Client(CallbackAPIVersion.VERSION2)
+        c.max_inflight_messages_set(1000)
+        c.connect(ot_broker.host, ot_broker.port)
+        c.loop_start()
+        started = time.monotonic()
+        infos = [c.publish(f"m/{i % 50}", b"p" * 200, qos=1) for i in range(2000)]
+        for info in infos:
+            info.wait_for_publish(30)
+        c.loop_stop()
+        c.disconnect()
+        time.sleep(3.0)
+        busy = (started + 0.5, time.monotonic())      # the backlog going out
+        time.sleep(6.0)
+        quiet = (busy[1] + 1.0, time.monotonic())     # heartbeats only, and re-sends
+        st = diode.wait_status(tx, lambda s: True, 5, "status")
+    finally:
+        meter.close()
+    full = meter.rate(*busy)
+    resent_busy = meter.rate(*busy, resent=True)
+    resent_quiet = meter.rate(*quiet, resent=True)
+    print(f"\nlink {bitrate / 1e6:g} Mbit/s, share {share}: while busy {full / 1e3:.0f} kbit/s "
+          f"in all, re-sends {resent_busy / 1e3:.1f} kbit/s; then re-sends "
+          f"{resent_quiet / 1e3:.1f} kbit/s (cap {bitrate * share / 1e3:.0f}); window "
+          f"{st['counters']['recovery_bytes']} bytes")
+    assert full > 0.6 * bitrate, "the backlog did not load the link"   # the test's premise
+    burst = 8 * 1400 * 8 / (busy[1] - busy[0])    # the pacer's burst (8 MTUs), in bit/s
+    assert full <= 1.02 * bitrate + burst, full
+    cap = bitrate * share
+    assert resent_busy <= 1.1 * cap and resent_quiet <= 1.1 * cap, (resent_busy, resent_quiet)
+    # ... and the window is re-sent, near its share, while the link has room
+    assert resent_quiet >= 0.5 * cap, resent_quiet
+    assert st["counters"]["recovery_bytes"] > 200_000, st["counters"]

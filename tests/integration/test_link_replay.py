@@ -14,8 +14,12 @@ forges bodies behind recorded headers. RX keeps its epoch memory in
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -30,63 +34,13 @@ from agent.link import records, wire
 from agent.link.sender import LinkSender, SenderParams
 from agent.mqtt.codec import MqttMessage
 from diode_tools.sim.mosquitto import Broker
+from diode_tools.sim.tap import Tap
 
-from .conftest import Collector, Diode, free_udp_port, publish_all
+from .conftest import Collector, Diode, publish_all
 
 pytestmark = pytest.mark.timeout(180)
 
 MakeCollector = Callable[..., Collector]
-
-
-class Tap:
-    """Between TX and RX: forwards every datagram and keeps a copy."""
-
-    def __init__(self, rx_port: int) -> None:
-        self.port = free_udp_port()
-        self.rx = ("127.0.0.1", rx_port)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        # Deep, as RX's own: this thread shares the GIL with the injector, and a tap
-        # that drops TX's datagrams would make the test's counts lie.
-        for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-            if opt is not None:
-                try:
-                    self.sock.setsockopt(socket.SOL_SOCKET, opt, 16 << 20)
-                    break
-                except OSError:
-                    continue
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.settimeout(0.1)
-        self.out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.recorded: list[bytes] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                d = self.sock.recv(65535)
-            except TimeoutError:
-                continue
-            with self._lock:
-                self.recorded.append(d)
-            try:
-                self.out.sendto(d, self.rx)
-            except OSError:
-                pass  # RX restarting: the datagram is lost, as on a wire
-
-    def snapshot(self) -> list[bytes]:
-        """What TX sent live (its recovery window's resent copies left out: RX skips
-        those from their header, forged or not, so they could not show in its counts)."""
-        with self._lock:
-            return [d for d in self.recorded if not d[1] & wire.FLAG_RESENT]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-        self.out.close()
 
 
 class Injector:
@@ -351,3 +305,117 @@ def test_forged_and_replayed_datagrams_do_not_hide_datagram_loss(
     assert (link1["duplicates"] - link0["duplicates"]
             <= 2 * (link1["valid"] - link0["valid"]) + max(unaccounted, 0))
     assert rx.running()
+
+
+def _publish_paced(ot: Broker, prefix: str, n: int, seconds: float) -> threading.Thread:
+    """`n` QoS 1 messages under `prefix` over about `seconds`, in chunks, from a thread."""
+    def run() -> None:
+        chunk = max(1, n // int(seconds * 5))
+        for start in range(0, n, chunk):
+            publish_all(ot.host, ot.port, [(f"{prefix}{i}", b"genuine", 1, False)
+                                           for i in range(start, min(n, start + chunk))])
+            time.sleep(0.2)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_flood_of_new_epochs_loses_nothing_genuine_and_derives_keys_within_the_budget(
+        diode: Diode, ot_broker: Broker, it_broker: Broker, collector: MakeCollector,
+        udp_port: int) -> None:
+    # Issue 12, item 3: every datagram naming a new epoch value used to cost RX a key
+    # derivation; a 10 s flood lost 660-1,549 genuine messages.
+    rx = diode.start_rx()
+    diode.start_tx(mqtt={"qos": 1})
+    sub = collector(it_broker, ["plant/#", "probe/#"])
+    diode.wait_up(rx)
+    diode.wait_ready(sub)
+    before = diode.wait_status(rx, lambda s: True, 5, "status")
+    seconds, n = 5.0, 2000
+    started = time.monotonic()
+    flooder = subprocess.Popen([sys.executable, "-m", "diode_tools.sim.flood", "127.0.0.1",
+                                str(udp_port), "new_epochs", str(seconds)],
+                               stdout=subprocess.PIPE, text=True)
+    pub = _publish_paced(ot_broker, "plant/flood/", n, seconds)
+    out, _ = flooder.communicate(timeout=seconds + 60)
+    assert flooder.returncode == 0
+    sent = json.loads(out.strip().splitlines()[-1])["sent"]
+    assert sent > 50_000 * seconds * 0.2, sent     # a flood, not a trickle
+    pub.join(60)
+    got = sub.wait_count(n, "plant/flood/", 30)
+    link0 = before["link"]
+
+    def counted(st: dict[str, Any]) -> bool:
+        link = st["link"]
+        return link["datagrams"] - link0["datagrams"] >= sent
+    st = wait_counts(diode, rx, counted, 30, f"RX counting the {sent} forged datagrams")
+    took = time.monotonic() - started
+    link = st["link"]
+    forged = (link["unverified"] + link["auth_failed"]
+              - link0["unverified"] - link0["auth_failed"])
+    dropped = st["transport"].get("kernel_dropped", 0) - before["transport"].get("kernel_dropped", 0)
+    assert forged + dropped == sent and dropped == 0, (forged, dropped, sent, link)
+    assert link["unverified"] - link0["unverified"] > 0.9 * sent, link   # most never opened
+    # derivations only from the budget (ciphers.py: bursts of 20, then 20/s and 50/s)
+    keys = link["keys_derived"] - link0["keys_derived"]
+    assert 0 < keys <= 2 * 20 + 70 * took, (keys, took)
+    # nothing genuine lost, delayed for good, or followed away from
+    assert sorted(m.topic for m in got) == sorted(f"plant/flood/{i}" for i in range(n))
+    assert link["lost"] == 0 and link["epochs"] == 1 and st["epoch"] == before["epoch"], link
+    assert rx.running()
+
+
+def test_a_replay_in_a_quiet_spell_after_an_rx_restart_does_not_retire_the_live_epoch(
+        diode: Diode, ot_broker: Broker, it_broker: Broker, collector: MakeCollector,
+        tap: Tap, injector: Injector, link_key: Path) -> None:
+    # Issue 12, item 1: once the link had been quiet for 3 s, one replayed datagram of an
+    # epoch the (restarted) RX process had not seen made RX retire the live epoch and drop
+    # all genuine traffic as `replayed` ("TX restarted (E2 -> E1)").
+    rx_cfg = diode.write("rx.toml", diode.rx_doc(link={"state_file": "rx-link.json"}))
+    tx_doc = diode.tx_doc(link={"port": tap.port, "raw_socket": False})
+    rx = diode.start("rx", rx_cfg)
+    sub = collector(it_broker, ["plant/#", "probe/#"])
+    tx1 = diode.start("tx", tx_doc, "tx1")
+    diode.wait_up(rx)
+    diode.wait_ready(sub)
+    publish(ot_broker, "plant/a/", 20)
+    sub.wait_count(20, "plant/a/", 30)
+    epoch1 = diode.wait_status(tx1, lambda s: "epoch" in s, 20, "TX 1's epoch")["epoch"]
+    diode.stop(tx1)
+    old = [d for d in tap.snapshot() if d[4:12] == bytes.fromhex(epoch1)]
+    assert old
+
+    tx2 = diode.start("tx", tx_doc, "tx2")
+    epoch2 = diode.wait_status(tx2, lambda s: "epoch" in s, 20, "TX 2's epoch")["epoch"]
+    diode.wait_status(rx, lambda s: s["epoch"] == epoch2, 20, "RX following TX 2")
+    diode.stop(rx)
+    rx2 = diode.start("rx", rx_cfg, "rx2")     # a process that never saw epoch 1
+    diode.wait_status(rx2, lambda s: s["epoch"] == epoch2, 20, "RX 2 following TX 2")
+    publish(ot_broker, "plant/b/", 20)
+    sub.wait_count(20, "plant/b/", 30)
+
+    # TX 2 pauses (SIGSTOP) for longer than epoch_takeover; one datagram of epoch 1
+    # (recorded), one of an epoch nobody followed (sealed an hour ago), then TX 2 speaks again
+    tx2.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4.0)
+        injector.send([old[len(old) // 2]], "replayed")
+        injector.send(unseen_session(read_key(link_key), 1), "ghost")
+        quiet = wait_counts(diode, rx2, lambda s: s["link"]["replayed"] >= 1
+                            and s["link"]["stale_epoch"] >= 1, 10, "the two injected datagrams")
+    finally:
+        tx2.proc.send_signal(signal.SIGCONT)
+    assert quiet["epoch"] == epoch2, quiet["link"]
+    publish(ot_broker, "plant/c/", 50)
+    got = sub.wait_count(50, "plant/c/", 30)
+    st = diode.wait_status(rx2, lambda s: s["link"]["valid"] > quiet["link"]["valid"] + 5, 20,
+                           "TX 2's frames after the pause")
+    link, link0 = st["link"], quiet["link"]
+    assert st["epoch"] == epoch2 and link["epochs"] == link0["epochs"], link
+    # nothing genuine was taken for a replay, an old epoch or lost
+    assert link["replayed"] == link0["replayed"] and link["stale_epoch"] == link0["stale_epoch"]
+    assert link["lost"] == 0, link
+    assert sorted(m.topic for m in got) == sorted(f"plant/c/{i}" for i in range(50))
+    assert f"-> {epoch1}" not in rx2.log() and "TX restarted" not in rx2.log()
+    diode.stop(tx2)
+    diode.stop(rx2)

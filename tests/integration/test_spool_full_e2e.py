@@ -7,7 +7,9 @@ grows, the FAULT LED (simulated) blinks, the spool reports `disk_full` while the
 writer holds the disk; every OT message reaches TX (dropped QoS 1 messages are
 acknowledged too, or the OT broker's in-flight window would fill); and in the end what
 IT got plus what the spool counted as dropped is exactly what was published. Once the
-backlog drains (TX) or the broker returns (RX), later messages all arrive.
+backlog drains (TX) or the broker returns (RX), later messages all arrive. The log
+warns once at start that max_bytes exceeds the free space, and once per full-disk
+episode (not per batch), each with its fix.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from tests.integration.conftest import Agent, Diode, wait_until
 from tests.integration.test_spool_e2e import SeqCollector, _first_occurrences, _publisher
 from tests.tmpfs import Filler, small_tmpfs
 
+# root: the test's own tmpfs (mount); slow: about 20 s each
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
@@ -34,11 +39,31 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield where
 
 
+MAX_BYTES = 64 << 20
+FULL = "its file system is full"
+
+
+def check_full_disk_log(agent: Agent, episodes: int) -> None:
+    """The start-up warning (max_bytes over the free space) once, with its fix; the full
+    disk's warning, with its fix, once per episode the spool counted, not per batch."""
+    text = agent.log()
+    start = [ln for ln in text.splitlines() if "may grow by" in ln]
+    assert len(start) == 1, start
+    assert f"[spool] max_bytes {MAX_BYTES / 1e6:.1f} MB each" in start[0], start[0]
+    assert "only" in start[0] and "Fix: lower [spool] max_bytes to" in start[0], start[0]
+    full = [ln for ln in text.splitlines() if FULL in ln]
+    assert 1 <= episodes <= 10 and len(full) == episodes, (episodes, full[:3], len(full))
+    assert all("Fix: free space on that file system, or lower [spool] max_bytes" in ln
+               for ln in full), full[0]
+
+
 def _on_disk(diode: Diode, doc: dict[str, Any], disk: Path) -> dict[str, Any]:
     key = diode.tmp / "spool.key"
     if not key.exists():
         write_spool_key(key)
-    doc["spool"] = {"dir": str(disk / "spool"), "key_file": str(key), "fsync_interval_ms": 10}
+    # far more than the 1 MB disk: the agent warns at start, with the fix
+    doc["spool"] = {"dir": str(disk / "spool"), "key_file": str(key), "fsync_interval_ms": 10,
+                    "max_bytes": MAX_BYTES}
     doc["board"] = {"leds": "sim"}
     return doc
 
@@ -135,6 +160,7 @@ def test_tx_spool_on_a_full_disk_keeps_flowing(small_disk: Path, diode: Diode,
               f"{sp['dropped_oldest']}, dropped_full {sp['dropped_full']}, full episodes "
               f"{sp['disk_full_episodes']}, bound {sp['limit_bytes'] / 1e6:.2f} MB")
         assert sp["dropped_oldest"] > 0 and sp["limit_bytes"] < 1 << 20
+        check_full_disk_log(tx, sp["disk_full_episodes"])
         # the backlog drained: what comes now all arrives
         _publisher(ot, n + 500, rate=400, start=n).join(30)
         out.wait_unique_in(range(n, n + 500), 20)
@@ -187,6 +213,8 @@ def test_rx_spool_on_a_full_disk_while_the_it_broker_is_down(
         _publisher(ot_broker, n + 500, rate=500, start=n).join(30)
         out.wait_unique_in(range(n, n + 500), 20)
         assert rx.running()
+        check_full_disk_log(rx, diode.wait_status(rx, lambda st: True, 5, "status")
+                            ["sinks"]["plant"]["spool"]["disk_full_episodes"])
         diode.stop(rx)
         assert "Traceback" not in rx.log(), rx.log()[-3000:]
     finally:

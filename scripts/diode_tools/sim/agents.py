@@ -41,7 +41,7 @@ class AgentPair:
         if not self.key.exists():
             subprocess.run([sys.executable, "-m", "agent.cli", "keygen", "-o", str(self.key)],
                            check=True, capture_output=True)
-        port = free_udp_port()
+        port = self.port = free_udp_port()   # RX's link port
         self.mqtt = ot is not None and it is not None
         tx_mqtt = rx_mqtt = ""
         if ot is not None and it is not None:

@@ -3,7 +3,7 @@
 Every datagram naming an epoch RX has no key for used to cost a key derivation
 (HKDF, about three AES opens). Now derivations are paid from a budget: the
 followed epoch never needs one, and a genuine new epoch is learnt at its second
-datagram even while random epochs pour in. scripts/bench_epoch_flood.py measures
+datagram even while random epochs pour in. `diode bench flood --core` measures
 the rates; these tests count derivations, which is what the budget bounds.
 """
 

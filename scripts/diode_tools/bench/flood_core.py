@@ -1,5 +1,5 @@
-#!/usr/bin/env python3
-"""Bench: what a flood of forged new epochs costs the RX link core, against garbage.
+"""`diode bench flood --core`: what a flood of forged new epochs costs the RX link core,
+against garbage.
 
 ```
 flood datagrams (1400 B) ──┐
@@ -16,10 +16,10 @@ genuine datagrams ─────────┴─► LinkReceiver.receive ─�
 Sans-IO and in memory: no sockets, simulated time (the flood arrives at
 100,000 datagrams per simulated second), wall-clock time measured around
 `receive` only. The workloads take turns chunk by chunk (5,000 datagrams), so
-load from a neighbour falls on all of them alike, and the medians of `--rounds`
+load from a neighbour falls on all of them alike, and the medians of `rounds`
 rounds are reported.
 
-Figures (JSON on stdout): `rates_per_s` and `us_per_datagram` (datagrams RX
+Figures: `rates_per_s` and `us_per_datagram` (datagrams RX
 rejects or accepts per second of its own CPU, and the inverse), the ratios
 `new_epochs_vs_garbage` (the issue measured 52k/s against 132k/s, i.e. 0.39,
 through the whole agent, whose socket and loop add a few microseconds to every
@@ -31,18 +31,18 @@ delivered. `tx_restart_during_flood`: a TX restarts (a new
 epoch) while random epochs pour in: how many of its datagrams RX needed to
 follow it, and whether all its frames were delivered.
 
-    .venv/bin/python scripts/bench_epoch_flood.py [--datagrams 100000] [--rounds 3]
+    .venv/bin/diode bench flood --core [--datagrams 100000] [--rounds 3]
+
+(`diode bench flood` without `--core` floods a real RX process over UDP:
+diode_tools/bench/flood.py.)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import statistics
 import struct
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,7 +56,7 @@ SIZE = 1400
 FLOOD_RATE = 100_000.0   # simulated datagrams per second
 GENUINE_EVERY = 50
 CHUNK = 5000             # flood datagrams built at a time (memory stays small)
-_HEADER = struct.Struct(">BBHQQ")
+HEADER = struct.Struct(">BBHQQ")
 LIVE_EPOCH = (1_700_000_000_000 << 22) | 0x2A
 KINDS = ("garbage", "forged_live", "new_epochs", "paired_epochs", "new_epochs_unbudgeted")
 
@@ -72,21 +72,21 @@ def _genuine(key: bytes, epoch: int, frames: int) -> list[bytes]:
     return out + tx.drain(0.0)
 
 
-def _maker(kind: str, rng: random.Random) -> Callable[[], bytes]:
+def forged_maker(kind: str, rng: random.Random) -> Callable[[], bytes]:
     body = SIZE - wire.HEADER_SIZE
     if kind == "garbage":
         return lambda: rng.randbytes(SIZE)
     if kind == "forged_live":
-        return lambda: _HEADER.pack(1, 0, 1, LIVE_EPOCH, rng.getrandbits(40)) + rng.randbytes(body)
+        return lambda: HEADER.pack(1, 0, 1, LIVE_EPOCH, rng.getrandbits(40)) + rng.randbytes(body)
     if kind in ("new_epochs", "new_epochs_unbudgeted"):
-        return lambda: _HEADER.pack(1, 0, 1, rng.getrandbits(64), 0) + rng.randbytes(body)
+        return lambda: HEADER.pack(1, 0, 1, rng.getrandbits(64), 0) + rng.randbytes(body)
     if kind == "paired_epochs":
         last: list[bytes] = []
 
         def paired() -> bytes:
             if last:
                 return last.pop()
-            d = _HEADER.pack(1, 0, 1, rng.getrandbits(64), 0) + rng.randbytes(body)
+            d = HEADER.pack(1, 0, 1, rng.getrandbits(64), 0) + rng.randbytes(body)
             last.append(d)
             return d
         return paired
@@ -104,7 +104,7 @@ class Workload:
         self.kind, self.n = kind, n
         self.rx = LinkReceiver(params, key)
         self.genuine = _genuine(key, LIVE_EPOCH, n // GENUINE_EVERY // 3 + 1)
-        self.make = _maker(kind, random.Random(seed))
+        self.make = forged_maker(kind, random.Random(seed))
         self.seconds = 0.0
         self.delivered = 0
         self.sent = 0    # flood datagrams
@@ -159,7 +159,7 @@ def run_round(n: int, key: bytes, seed: int) -> dict[str, dict[str, Any]]:
 def tx_restart_during_flood(key: bytes, seed: int) -> dict[str, Any]:
     """Random epochs pour in; the TX restarts with a new epoch in the middle."""
     rng = random.Random(seed)
-    flood = _maker("new_epochs", rng)
+    flood = forged_maker("new_epochs", rng)
     rx = LinkReceiver(ReceiverParams(), key)
     now = 0.0
     for d in _genuine(key, LIVE_EPOCH, 10):
@@ -185,17 +185,13 @@ def tx_restart_during_flood(key: bytes, seed: int) -> dict[str, Any]:
             "frames_delivered": delivered, "lost": rx.counters["lost"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datagrams", type=int, default=100_000, help="flood datagrams per workload")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=1)
-    args = ap.parse_args(argv)
+def run_core_bench(datagrams: int = 100_000, rounds: int = 3, seed: int = 1) -> dict[str, Any]:
+    """Every workload, `rounds` times, taking turns; the medians and ratios."""
     key = os.urandom(32)
     started = time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
-    for r in range(args.rounds):
-        for kind, result in run_round(args.datagrams, key, args.seed + r).items():
+    for r in range(rounds):
+        for kind, result in run_round(datagrams, key, seed + r).items():
             runs[kind].append(result)
     rates = {k: statistics.median(x["rate"] for x in v) for k, v in runs.items()}
     last = {k: v[-1] for k, v in runs.items()}
@@ -204,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         """Median over rounds of a/b within each round (the workloads took turns)."""
         return round(statistics.median(x["rate"] / y["rate"]
                                        for x, y in zip(runs[a], runs[b], strict=True)), 3)
-    out = {
-        "datagrams_per_workload": args.datagrams, "datagram_bytes": SIZE,
-        "rounds": args.rounds,
+    return {
+        "datagrams_per_workload": datagrams, "datagram_bytes": SIZE,
+        "rounds": rounds,
         "rates_per_s": {k: round(v) for k, v in rates.items()},
         "us_per_datagram": {k: round(1e6 / v, 2) for k, v in rates.items()},
         "new_epochs_vs_garbage": ratio("new_epochs", "garbage"),
@@ -218,16 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                                          and x["lost"] == 0 for x in v)
                                   for k, v in runs.items()},
         "genuine_frames_per_workload": last["garbage"]["genuine_frames_sent"],
-        "tx_restart_during_flood": tx_restart_during_flood(key, args.seed),
+        "tx_restart_during_flood": tx_restart_during_flood(key, seed),
         "per_round_rates": {k: [round(x["rate"]) for x in v] for k, v in runs.items()},
         "seconds": round(time.monotonic() - started, 1),
     }
-    json.dump(out, sys.stdout, indent=2)
-    print()
-    ok = all(out["genuine_all_delivered"].values()) and \
-        out["tx_restart_during_flood"]["frames_delivered"] == 200
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
