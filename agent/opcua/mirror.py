@@ -376,7 +376,9 @@ class OpcuaMirror:
         assert server is not None and builder is not None
         started = time.monotonic()
         old = self._records
-        d = diff(old.values(), self.namespaces, snap.nodes, snap.namespaces)
+        # in a thread, as the decode: 100,000 nodes take seconds the link must not wait
+        d = await asyncio.to_thread(diff, list(old.values()), self.namespaces, snap.nodes,
+                                    snap.namespaces)
         if snap.namespaces != self.namespaces:
             if old:
                 log.info("mirror '%s': the source's namespace array changed (%d -> %d "
