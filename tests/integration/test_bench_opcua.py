@@ -14,9 +14,19 @@ def test_bench_opcua_small() -> None:
                 "peer_sync_s"):
         assert key in result, result
     assert result["sync_s"] > 0
+    assert 0 < result["first_value_s"] <= result["sync_s"] + 1  # two probes, polled apart
+    assert result["model_bytes"] > 1000   # a compressed model of 200 variables and more
+    assert result["tx_rss_mb"] > 0 and result["rx_rss_mb"] > 0
     assert 0.0 <= result["fresh_fraction"] <= 1.0
     assert result["updates_per_s"] > 0
     if result["peer_sync_s"] is None:
         assert result["peer_error"]
     else:
         assert 0.0 <= result["peer_fresh_fraction"] <= 1.0
+
+
+@pytest.mark.slow
+def test_bench_opcua_says_when_it_skips_the_peer() -> None:
+    result = run_opcua_bench(nodes=50, window=1.0, timeout=60.0, peer=False)
+    assert result["peer"] == "skipped (--no-peer)"
+    assert "peer_sync_s" not in result and result["sync_s"] > 0

@@ -212,8 +212,6 @@ def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
 
             (sync, seen), result["first_value_s"] = asyncio.run(sync_and_first())
             result["sync_s"] = sync
-            tx_counters = (pair.status("tx") or {}).get("counters", {})
-            result["model_bytes"] = tx_counters.get("opcua:plant.model_bytes")
             if sync is None:
                 raise RuntimeError(f"mirror had {seen}/{nodes} variables after {timeout} s")
 
@@ -226,6 +224,8 @@ def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
             a1, w1 = applied(), time.monotonic()
             # The status file is written once a second: the window is accurate to ~1 s.
             result["updates_per_s"] = round((a1 - a0) / (w1 - w0))
+            tx_counters = (pair.status("tx") or {}).get("counters", {})  # a status newer than the model
+            result["model_bytes"] = tx_counters.get("opcua:plant.model_bytes")
             result["fresh_fraction"] = asyncio.run(_freshness(plant.endpoint, mirror, nodes))
             result["tx_rss_mb"] = pair.peak_rss_mb("tx")
             result["rx_rss_mb"] = pair.peak_rss_mb("rx")
