@@ -98,8 +98,10 @@ class Rsyslog:
                        f'streamDriver.authMode="anon"{ruleset})')
         if self.udp_port is not None:
             out.append('module(load="imudp")')
-            out.append(f'input(type="imudp" address="{self.host}" port="{self.udp_port}"'
-                       f'{ruleset})')
+            # a burst of small datagrams overflows the default receive buffer (each costs
+            # about 1 KB of it): a collector that drops would hide what RX forwarded
+            out.append(f'input(type="imudp" address="{self.host}" port="{self.udp_port}" '
+                       f'rcvbufSize="8m"{ruleset})')
         out.append('template(name="raw" type="string" string="%rawmsg%\\n")')
         out.append('template(name="rawfwd" type="string" string="%rawmsg%")')
         if self.forward is None:
