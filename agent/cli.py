@@ -83,7 +83,8 @@ def _bench(args: argparse.Namespace) -> int:
         result.update(spool_e2e(args.messages))
     elif args.what == "opcua":
         from diode_tools.bench.opcua import run_opcua_bench
-        result = run_opcua_bench(nodes=args.nodes or 10_000, peer=not args.no_peer)
+        result = run_opcua_bench(nodes=args.nodes or 10_000, peer=not args.no_peer,
+                                 plant=args.plant)
     elif args.what == "syslog":
         from diode_tools.bench.syslog import run_syslog_bench
         result = run_syslog_bench(messages=args.messages, bitrate=args.bitrate or 100_000_000,
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--no-peer", action="store_true",
                     help="opcua: skip the peer (opcua-data-diode), which takes minutes above "
                     "20000 variables")
+    sp.add_argument("--plant", choices=("node-opcua", "asyncua"), default="node-opcua",
+                    help="opcua: the plant server (asyncua: our own simulator, up to 20000 "
+                    "variables, slower to publish than node-opcua)")
     sp.add_argument("--no-old", action="store_true",
                     help="plant: skip the phase with the settings before the plant budget")
     sp.add_argument("--records", type=int, default=200_000, help="spool: records to append")

@@ -108,6 +108,13 @@ class RxCollector(Collector):
         for k, v in (st.get("transport") or {}).items():
             transport.add_metric([k], float(v))
         yield transport
+        loop = CounterMetricFamily("diode_rx_loop", "RX's event loop: stalls of 0.5 s or "
+                                   "more (loop_stalls), the longest (loop_stall_max_ms)",
+                                   labels=["counter"])
+        for k, v in (st.get("counters") or {}).items():
+            if k.startswith("loop_"):
+                loop.add_metric([k], float(v))
+        yield loop
         tx_log = st.get("tx_log") or []
         yield GaugeMetricFamily("diode_tx_log_last_time_seconds",
                                 "Unix time of TX's latest warning or error (0: none yet)",

@@ -26,6 +26,7 @@ from agent.link.health import HealthParams, LinkHealth, LinkState
 from agent.link.receiver import REJECT_REASONS, LinkReceiver, ReceiverParams
 from agent.link.seal import key_fingerprint
 from agent.link_state import LinkStateFile
+from agent.loop_watch import STALL, LoopStalls, watch
 from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
 from agent.rxcore import RxCore
@@ -64,6 +65,7 @@ class RxAgent:
                                                     epoch_takeover=link.timeout or 3.0,
                                                     max_record=largest_record(cfg)),
                                     self.key, self.link_state.load())
+        self.stalls = LoopStalls()
         self.health = LinkHealth(HealthParams(timeout=link.timeout,
                                               degraded_loss=link.degraded_loss))
         self.board = BoardSignals("rx", cfg.board, {"timers": 5.0})
@@ -127,7 +129,8 @@ class RxAgent:
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.board.start(link_state=lambda: self.health.state.value)
         self.board.ready(f"RX listening on {self._where()}")
-        tasks = [asyncio.create_task(self._timers()), asyncio.create_task(self._status())]
+        tasks = [asyncio.create_task(self._timers()), asyncio.create_task(self._status()),
+                 asyncio.create_task(watch(self.stalls, log))]
         await rt.stop.wait()
         for task in tasks:
             task.cancel()
@@ -155,8 +158,13 @@ class RxAgent:
         prev = self.health.state
         prev_sources: object = None
         passes = 0
+        awake_since: float | None = None
+        last = time.monotonic()
         while True:
             now = time.monotonic()
+            if now - last >= STALL:
+                awake_since = now  # RX was held up: the link's silence counts from here
+            last = now
             self.board.beat("timers")
             for sink in self.sinks.values():
                 sink.tick()
@@ -165,12 +173,13 @@ class RxAgent:
                 self._show(now)
             self.core.timer(now)
             self.link_state.keep(self.receiver, now)
-            state = self.health.evaluate(now, self.receiver.last_valid_at)
+            state = self.health.evaluate(now, self.receiver.last_valid_at, awake_since)
             hb = self.health.last_heartbeat
             sources = hb.sources if hb is not None else None
             if state != prev:
                 level = logging.INFO if state == LinkState.UP else logging.WARNING
-                log.log(level, "link state %s -> %s", prev.value, state.value)
+                log.log(level, "link state %s -> %s%s", prev.value, state.value,
+                        self._why(state, now))
                 prev = state
                 prev_sources = sources
                 await self._report()
@@ -181,6 +190,14 @@ class RxAgent:
                 prev_sources = sources
                 await self._report()
             await asyncio.sleep(0.02)
+
+    def _why(self, state: LinkState, now: float) -> str:
+        """What a technician needs to judge a change: how long the link was silent."""
+        last = self.receiver.last_valid_at
+        if state != LinkState.DOWN or last is None:
+            return ""
+        return (f": no authenticated frame for {now - last:.1f} s (timeout "
+                f"{self.health.timeout:g} s)")
 
     def _show(self, now: float) -> None:
         c = self.receiver.counters
@@ -214,7 +231,7 @@ class RxAgent:
                          "auth_failures": c["auth_failed"],
                          "rejected": sum(c[r] for r in REJECT_REASONS),
                          "unrouted": self.core.counters["unrouted"],
-                         "tx_log": self.core.counters["tx_log"]},
+                         "tx_log": self.core.counters["tx_log"], **self.stalls.counters},
             # the receiver's counters, and the epoch keys it derived (bounded by its budget
             # under any flood of new epoch values: docs/link-replays.md)
             "link": {**c, "keys_derived": self.receiver.keys_derived},

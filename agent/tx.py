@@ -32,6 +32,7 @@ from agent.link.pacer import TokenBucket
 from agent.link.recovery import RecoveryParams, RecoveryWindow
 from agent.link.seal import key_fingerprint
 from agent.link.sender import LinkSender, SenderParams
+from agent.loop_watch import LoopStalls, watch
 from agent.protocols import ADAPTERS
 from agent.runtime import Runtime, write_status
 from agent.spool.channels import ChannelSpools
@@ -117,6 +118,7 @@ class TxAgent:
                                               linger=link.linger), self.key, self.epoch,
                                  self.recovery)
         self.counters = {"send_errors": 0}
+        self.stalls = LoopStalls()
         self.board = BoardSignals("tx", cfg.board,
                                   {"send": max(5.0, 3 * link.heartbeat_interval)})
         self._wake = asyncio.Event()
@@ -174,7 +176,8 @@ class TxAgent:
                  asyncio.create_task(self._heartbeats()),
                  asyncio.create_task(self._status()),
                  asyncio.create_task(self._leds()),
-                 asyncio.create_task(self._sync())]
+                 asyncio.create_task(self._sync()),
+                 asyncio.create_task(watch(self.stalls, log))]
         self.board.ready(f"TX epoch {self.epoch:016x}")
         await rt.stop.wait()
         for src in self.sources:
@@ -332,6 +335,7 @@ class TxAgent:
     def _counters(self) -> dict[str, int]:
         out = dict(self.sender.counters)
         out.update(self.counters)
+        out.update(self.stalls.counters)
         out["interface_restored"] = self.keeper.restored
         if self.recovery is not None:
             # `recovery_oldest`: RX gives up a frame it misses once it is older than this

@@ -4,6 +4,7 @@
 |----------|----------------------------------------------------------------------|
 | DOWN     | no authenticated frame for `timeout` seconds (or none yet)           |
 |          | (`timeout` None: three of TX's announced heartbeat intervals)        |
+|          | of RX's own attention: see below                                     |
 | DEGRADED | frames lost, or datagram loss above `degraded_loss`, within `window` |
 | UP       | otherwise                                                            |
 
@@ -23,6 +24,14 @@ So, per epoch, loss is measured only from a heartbeat that RX has seen
 *every* copy of (`repeat` of them, so also the first), and between that one
 and the heartbeats after it, which TX sent after RX was listening. Until one
 such heartbeat has come, the loss reads 0 (frame loss still counts).
+
+RX's own stalls are not the link's silence. While RX's event loop is held up
+(installing a mirror of 100,000 nodes, say), datagrams wait in its socket, and
+the first judgement after the stall would see an old arrival and call the link
+DOWN although TX sent all along. So the driver says since when RX has been
+looking (`awake_since`, the end of its last stall), and the silence is counted
+from then at the earliest: the link goes DOWN only after `timeout` seconds
+during which RX was reading its socket and got no authenticated frame.
 """
 
 from __future__ import annotations
@@ -122,10 +131,15 @@ class LinkHealth:
         hb = self.last_heartbeat
         return 3 * (hb.interval if hb is not None and hb.interval > 0 else 1.0)
 
-    def evaluate(self, now: float, last_valid_at: float | None) -> LinkState:
-        """The state at `now`; sets `state` and returns it."""
+    def evaluate(self, now: float, last_valid_at: float | None,
+                 awake_since: float | None = None) -> LinkState:
+        """The state at `now`; sets `state` and returns it. `awake_since`: when RX's last
+        stall ended (None: it has not stalled), so silence before it does not count."""
         self._trim(now)
-        if last_valid_at is None or now - last_valid_at >= self.timeout:
+        silent_since = last_valid_at
+        if last_valid_at is not None and awake_since is not None:
+            silent_since = max(last_valid_at, awake_since)
+        if silent_since is None or now - silent_since >= self.timeout:
             self.state = LinkState.DOWN
         elif self._losses or self.datagram_loss() > self.params.degraded_loss:
             self.state = LinkState.DEGRADED

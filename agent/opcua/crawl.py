@@ -23,6 +23,7 @@ to find the server's own nodes below them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from asyncua import ua
 from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
 
+from agent.loop_watch import Slices
 from agent.opcua.model import ModelSnapshot, NodeRecord
 from agent.opcua.ua import node_id
 
@@ -45,6 +47,7 @@ DEFAULT_MAX_BROWSE = 1000
 DEFAULT_MAX_READ = 5000
 DEFAULT_MAX_MONITORED = 1000
 HARD_CAP = 10000  # never more per request, whatever the server says
+PIPELINE = 2  # crawl reads in flight: the server answers one while TX decodes the other
 MONITORED_CAP = 1000  # creating monitored items is slow on small servers: keep requests short
 
 HAS_TYPE_DEFINITION = node_id(_O.HasTypeDefinition)
@@ -203,6 +206,10 @@ class Crawler:
         await self._walk(anchors + [r for r in roots if r.NamespaceIndex != 0 and r in found],
                          found, order, types=False)
         await self._read_attributes([found[n] for n in order])
+        # a plant of 100,000 nodes takes a second or more to assemble: not in the loop
+        return await asyncio.to_thread(self._result, found, order)
+
+    def _result(self, found: dict[ua.NodeId, _Found], order: list[ua.NodeId]) -> CrawlResult:
         nodes = tuple(NodeRecord(
             f.nid.to_string(), int(f.node_class),
             f.parent.to_string() if f.parent is not None else None,
@@ -277,6 +284,7 @@ class Crawler:
             if s.NamespaceIndex == 0:
                 seen_anchor.add(s)
             frontier.append(s)
+        slices = Slices()
         while frontier:
             anchors = [n for n in frontier if n not in found]
             recorded = [n for n in frontier if n in found]
@@ -285,6 +293,7 @@ class Crawler:
             if anchors:
                 results = await self._browse(anchors, ua.BrowseDirection.Forward, HIERARCHICAL)
                 for src, refs in zip(anchors, results, strict=True):
+                    await slices()
                     if not types:
                         self.children[src.to_string()] = children_digest(refs)
                     for ref in refs:
@@ -303,6 +312,7 @@ class Crawler:
                 results = await self._browse(recorded, ua.BrowseDirection.Forward, None)
                 await self._resolve_reftypes({r.ReferenceTypeId for refs in results for r in refs})
                 for src, refs in zip(recorded, results, strict=True):
+                    await slices()
                     f = found[src]
                     if not types and f.node_class == ua.NodeClass.Object:
                         self.children[src.to_string()] = children_digest(
@@ -432,37 +442,55 @@ class Crawler:
     # -- read ----------------------------------------------------------------
 
     async def _read_attributes(self, nodes: list[_Found]) -> None:
+        """Every attribute of every node: the first request alone (it learns the
+        server's real limit), the rest `PIPELINE` at a time, so the server answers one
+        while TX decodes another."""
         wanted: list[tuple[_Found, int]] = []
+        slices = Slices()
         for f in nodes:
+            await slices()
             attrs: tuple[int, ...] = _COMMON + CLASS_ATTRS.get(f.node_class, ())
             if f.node_class == ua.NodeClass.Variable and f.static:
                 attrs += (A.Value,)
             wanted.extend((f, a) for a in attrs)
-        step = self.limits.read
-        i = 0
-        while i < len(wanted):
-            batch = wanted[i:i + step]
-            params = ua.ReadParameters()
-            params.TimestampsToReturn = ua.TimestampsToReturn.Neither
-            params.NodesToRead = [_rv(f.nid, a) for f, a in batch]
-            self.counters["read_requests"] += 1
-            try:
-                dvs = await self.session.read(params)
-            except ua.UaStatusCodeError as exc:
-                if exc.code == ua.StatusCodes.BadTooManyOperations and step > 1:
-                    step = max(1, step // 2)
-                    self.limits.read = step
-                    continue
+        if not wanted:
+            return
+        first = self.limits.read
+        await self._read_whole(wanted[:first], slices)
+        step = self.limits.read  # halved by the first, if the server refused it
+        turns = asyncio.Semaphore(PIPELINE)
+
+        async def one(batch: list[tuple[_Found, int]]) -> None:
+            async with turns:
+                await self._read_whole(batch, slices)
+        await asyncio.gather(*(one(wanted[i:i + step]) for i in range(first, len(wanted), step)))
+
+    async def _read_whole(self, batch: list[tuple[_Found, int]], slices: Slices) -> None:
+        """One request for `batch`; halves that the server refused with
+        BadTooManyOperations (and lowers the limit for the requests after it)."""
+        params = ua.ReadParameters()
+        params.TimestampsToReturn = ua.TimestampsToReturn.Neither
+        params.NodesToRead = [_rv(f.nid, a) for f, a in batch]
+        self.counters["read_requests"] += 1
+        try:
+            dvs = await self.session.read(params)
+        except ua.UaStatusCodeError as exc:
+            if exc.code != ua.StatusCodes.BadTooManyOperations or len(batch) == 1:
                 raise
-            for (f, a), dv in zip(batch, dvs, strict=True):
-                if dv.StatusCode is not None and not dv.StatusCode.is_good():
-                    if a in (A.BrowseName, A.DisplayName):
-                        self.counters["read_errors"] += 1
-                    continue
-                if dv.Value is None:
-                    continue
-                f.attrs[int(a)] = variant_to_binary(dv.Value)
-            i += len(batch)
+            half = max(1, len(batch) // 2)
+            self.limits.read = min(self.limits.read, half)
+            for i in range(0, len(batch), half):
+                await self._read_whole(batch[i:i + half], slices)
+            return
+        for (f, a), dv in zip(batch, dvs, strict=True):
+            await slices()
+            if dv.StatusCode is not None and not dv.StatusCode.is_good():
+                if a in (A.BrowseName, A.DisplayName):
+                    self.counters["read_errors"] += 1
+                continue
+            if dv.Value is None:
+                continue
+            f.attrs[int(a)] = variant_to_binary(dv.Value)
 
 
 def _duration(value: bytes | None) -> float:

@@ -70,6 +70,7 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 
 from agent.adapter import Arrival, LinkView, SinkState
 from agent.link.records import Record
+from agent.loop_watch import Slices
 from agent.opcua.access import ReadOnlyRuleset, ReadOnlyUserManager
 from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_utc, set_value
 from agent.opcua.certs import cert_der, key_der
@@ -150,6 +151,7 @@ class OpcuaMirror:
         self.namespaces: tuple[str, ...] = ()
         self._records: dict[str, NodeRecord] = {}
         self._vars: dict[str, _Var] = {}
+        self._statics: tuple[tuple[int, int], int] = ((-1, -1), 0)  # (key, count): all_counters
         self._early: dict[str, OpcuaValue] = {}
         self._builder: Builder | None = None
         self._events: MirrorEvents | None = None
@@ -276,10 +278,12 @@ class OpcuaMirror:
 
     async def _apply_loop(self) -> None:
         inbox = self._inbox
+        slices = Slices()  # a backlog of 100,000 values (a model just installed) takes seconds
         while True:
             await self._inbox_event.wait()
             self._inbox_event.clear()
             while inbox:
+                await slices()
                 try:
                     await self.apply(inbox.popleft())
                 except Exception:  # bad input is counted by the parts; never stop applying
@@ -705,7 +709,12 @@ class OpcuaMirror:
         if self._history is not None:
             out.update(self._history.counters)
             out["history_nodes"] = len(self._historized)
-        statics = sum(v.static for v in self._vars.values())
+        # counted again only when the variables changed: a status every 0.2 s must not
+        # walk 100,000 of them (static ones come and go only with a model)
+        key = (self.counters["models_installed"], len(self._vars))
+        if key != self._statics[0]:
+            self._statics = (key, sum(v.static for v in self._vars.values()))
+        statics = self._statics[1]
         out["variables"] = len(self._vars) - statics  # those the source sends values for
         out["static_values"] = statics
         return out

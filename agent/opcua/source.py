@@ -95,6 +95,7 @@ from agent.opcua.expiry import ExpiryWatch
 from agent.opcua.fingerprint import Probe, fingerprint, probe_of
 from agent.opcua.model import ModelSnapshot
 from agent.opcua.namespaces import Renumbering
+from agent.opcua.off_loop import OffLoopSession
 from agent.opcua.subscriptions import KEEPALIVE, Monitoring
 from agent.opcua.ua import status
 
@@ -511,7 +512,7 @@ class OpcuaSource:
         client = self.client
         assert client is not None
         cfg = self.cfg
-        session = PacedSession(client.uaclient, self.budget)
+        session = PacedSession(OffLoopSession(client.uaclient.session), self.budget)
         limits = await read_limits(session)
         self.state = SourceState.CRAWLING
         variables = await self._model_for(client, session, limits)
@@ -551,8 +552,9 @@ class OpcuaSource:
             if self._model_event.is_set() or now >= next_browse:
                 self._model_event.clear()
                 result = await self._crawl(client, session, limits)
-                if result.snapshot.version != self.version:
-                    self._install(result)
+                encoded = await asyncio.to_thread(result.snapshot.encode)
+                if encoded[0] != self.version:
+                    self._install(result, encoded)
                     await watch.unmonitor(set(result.variables))
                     await watch.monitor(result.variables, result.min_sampling)
                     changes = self._change_watch()
@@ -596,7 +598,7 @@ class OpcuaSource:
                 return self._variables
             log.info("%s: address space fingerprint changed: crawling again", cfg.label)
         result = await self._crawl(client, session, limits)
-        self._install(result)
+        self._install(result, await asyncio.to_thread(result.snapshot.encode))
         await self._take_fingerprint(session, limits)
         return result.variables
 
@@ -640,7 +642,7 @@ class OpcuaSource:
         digest = await fingerprint(session, limits, list(self.model.namespaces),
                                    self.cfg.subtrees, probe)
         self._print = (probe, digest)
-        self._save_cache()
+        await asyncio.to_thread(self._save_cache)  # a model of 100,000 nodes, and an fsync
 
     async def _until_taken(self, mark: int) -> None:
         """Wait (at most `timeout`) until the link took the values queued up to `mark`: the
@@ -682,9 +684,10 @@ class OpcuaSource:
         c["read_requests"] += crawler.counters["read_requests"]
         return result
 
-    def _install(self, result: CrawlResult) -> None:
+    def _install(self, result: CrawlResult, encoded: tuple[str, bytes] | None = None) -> None:
+        """`encoded`: the snapshot's `encode()`, when the caller made it off the loop."""
         snap = result.snapshot
-        version, data = snap.encode()
+        version, data = encoded if encoded is not None else snap.encode()
         self.counters["nodes"] = len(snap.nodes)
         self.counters["variables"] = len(result.variables)
         self._variables = result.variables

@@ -44,6 +44,10 @@ from agent.opcua.namespaces import Renumbering
 log = logging.getLogger("diode.source.opcua")
 
 KEEPALIVE = 5.0  # seconds between subscription keep-alives
+# Notifications per publish response: asyncua decodes a response in one step of TX's
+# event loop, and the first one of a subscription of 10,000 items, whole, held it for
+# seconds (late heartbeats). The server sends the rest in the next responses.
+PER_PUBLISH = 1000
 TRIGGERS = {"StatusValue": ua.DataChangeTrigger.StatusValue,
             "StatusValueTimestamp": ua.DataChangeTrigger.StatusValueTimestamp}
 ERRORS_LOGGED = 5  # items that cannot be monitored, named in the log per request run
@@ -231,7 +235,7 @@ class Monitoring:
         keepalive = max(1, round(KEEPALIVE / cfg.publishing_interval))
         params.RequestedMaxKeepAliveCount = keepalive
         params.RequestedLifetimeCount = keepalive * 10
-        params.MaxNotificationsPerPublish = 0
+        params.MaxNotificationsPerPublish = PER_PUBLISH
         params.PublishingEnabled = True
         params.Priority = 0
         sub = BatchSubscription(self._session, params, *self._callbacks)

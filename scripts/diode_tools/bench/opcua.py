@@ -3,14 +3,22 @@ through the agents, against the PyPI package `opcua-data-diode` (its
 `opcua-sender` / `opcua-receiver`) measured on the same plant in the same run.
 
 ```
-ours: plant (asyncua, own process) ─► diode tx ══ UDP ══► diode rx ─► read-only mirror ◄─ probe client
+ours: plant (own process)          ─► diode tx ══ UDP ══► diode rx ─► read-only mirror ◄─ probe client
 peer: plant (same process)         ─► opcua-sender ═ UDP ═► opcua-receiver (shadow server) ◄─ probe client
 ```
 
 The two are run one after the other against the same plant, so they never
-compete for the CPU. The plant changes `rate` values per second in total
-(every variable once a second, at most 10,000 a second). `--no-peer` skips the
-peer, which above 20,000 variables takes many minutes, and says so in `peer`.
+compete for the CPU. The plant is node-opcua's (scripts/node-opcua/big_plant.mjs:
+Objects/Plant/AreaNNN folders of 100 Double variables `Vnnnnn`), an
+implementation we did not write, which publishes 10,000 changes a second with
+room to spare. `--plant asyncua` takes our own simulator instead (the same
+folders and names, and more node kinds), up to `ASYNCUA_MAX` variables: above,
+it takes minutes to come up or never does, and at 10,000 changes a second its
+own subscriptions fall behind (about half the values more than 2 s old on the
+plant's side of the link: the plant, not the diode, is then measured). `plant`
+says which it was. The plant changes `rate` values per second in total (every variable once a second, at
+most 10,000 a second). `--no-peer` skips the peer, which above 20,000
+variables takes many minutes, and says so in `peer`.
 
 - `sync_s` / `peer_sync_s`: from starting TX (the peer's sender), with RX (the
   peer's receiver) already serving its empty server, until a probe client
@@ -27,7 +35,7 @@ peer, which above 20,000 variables takes many minutes, and says so in `peer`.
   each frame `repeat` times, 3 by default).
 - `updates_per_s`: RX's `opcua.plant.values_applied` delta over `window`
   seconds after sync, next to `plant_rate`, the plant's own change rate: if
-  the two are close the diode kept up and the plant was the limit. The plant
+  the two are close the diode kept up and the plant was the limit. The asyncua plant
   also rewrites its 11 Plant/Special variables every 50 ms tick (220 changes/s,
   not in `plant_rate`) and RX counts applied values per batch entry, so on a
   small plant `updates_per_s` can exceed `plant_rate`.
@@ -51,6 +59,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,11 +69,37 @@ from asyncua import Client, Node, ua
 
 from diode_tools.sim.agents import AgentPair, _die_with_parent, free_udp_port
 from diode_tools.sim.mosquitto import Broker, free_port, terminate
+from diode_tools.sim.node_opcua import BIG_NAMESPACE, BigPlant
 from diode_tools.sim.plant_opcua import NAMESPACE, PlantProcess, variable_id
 
 VAR_NAME = re.compile(r"V\d{5}$")
 SAMPLE = 2000
 READ_CHUNK = 2000
+ASYNCUA_MAX = 20_000  # variables: above, the plant is node-opcua's
+
+
+@dataclass(frozen=True)
+class Plant:
+    """The plant under the bench: where it serves, and the id of its variable i."""
+
+    kind: str
+    endpoint: str
+    namespace: str
+    node_id: Callable[[int], str]
+    stop: Callable[[], None]
+
+
+def _plant(nodes: int, rate: float, work: Path, kind: str = "node-opcua") -> Plant:
+    if kind == "asyncua":
+        if nodes > ASYNCUA_MAX:
+            raise ValueError(f"--plant asyncua serves at most {ASYNCUA_MAX} variables; "
+                             f"take --plant node-opcua for {nodes}")
+        p = PlantProcess(free_port(), variables=nodes, rate=rate)
+        return Plant("asyncua", p.endpoint, NAMESPACE, variable_id, p.stop)
+    (work / "plant").mkdir()
+    big = BigPlant(nodes, rate, work / "plant")
+    return Plant("node-opcua", big.endpoint, BIG_NAMESPACE, lambda i: f"Plant.V{i:05d}",
+                 big.close)
 
 
 async def _plant_variables(client: Client) -> dict[str, Node]:
@@ -99,7 +135,8 @@ async def _read(client: Client, nodes: list[Node]) -> list[ua.DataValue]:
     return out
 
 
-async def _first_value(endpoint: str, timeout: float, t0: float) -> float | None:
+async def _first_value(endpoint: str, plant: Plant, timeout: float, t0: float
+                       ) -> float | None:
     """Seconds since `t0` until the mirror reads plant variable 0 as Good."""
     deadline = t0 + timeout
     while time.monotonic() < deadline:
@@ -107,8 +144,9 @@ async def _first_value(endpoint: str, timeout: float, t0: float) -> float | None
             async with Client(endpoint, timeout=10) as c:
                 while time.monotonic() < deadline:
                     uris = await c.get_namespace_array()
-                    if NAMESPACE in uris:
-                        node = c.get_node(f"ns={uris.index(NAMESPACE)};s={variable_id(0)}")
+                    if plant.namespace in uris:
+                        ns = uris.index(plant.namespace)
+                        node = c.get_node(f"ns={ns};s={plant.node_id(0)}")
                         try:
                             dv = await node.read_data_value(raise_on_bad_status=False)
                         except ua.UaError:  # not in the mirror yet
@@ -164,12 +202,12 @@ def _age(plant: ua.DataValue, mirror: ua.DataValue) -> float | None:
     return (ps - ms).total_seconds()
 
 
-async def _freshness(plant_ep: str, mirror_ep: str, nodes: int, seed: int = 1) -> float:
+async def _freshness(plant: Plant, mirror_ep: str, nodes: int, seed: int = 1) -> float:
     """Fraction of SAMPLE random plant variables whose mirror value is current (see module doc)."""
     names = [f"V{i:05d}" for i in random.Random(seed).sample(range(nodes), min(SAMPLE, nodes))]
-    async with Client(plant_ep, timeout=10) as p, Client(mirror_ep, timeout=10) as m:
-        ns = await p.get_namespace_index(NAMESPACE)
-        plant_nodes = [p.get_node(f"ns={ns};s={variable_id(int(n[1:]))}") for n in names]
+    async with Client(plant.endpoint, timeout=10) as p, Client(mirror_ep, timeout=10) as m:
+        ns = await p.get_namespace_index(plant.namespace)
+        plant_nodes = [p.get_node(f"ns={ns};s={plant.node_id(int(n[1:]))}") for n in names]
         found = await _plant_variables(m)
         mirror_nodes = [found[n] for n in names if n in found]
         plant_nodes = [pn for pn, n in zip(plant_nodes, names, strict=True) if n in found]
@@ -183,7 +221,7 @@ async def _freshness(plant_ep: str, mirror_ep: str, nodes: int, seed: int = 1) -
     return round(fresh / len(names), 3)
 
 
-def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
+def _ours(plant: Plant, nodes: int, window: float, timeout: float,
           work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {}
     mirror = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
@@ -208,7 +246,7 @@ def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
 
             async def sync_and_first() -> tuple[tuple[float | None, int], float | None]:
                 return await asyncio.gather(_wait_synced(mirror, nodes, timeout, t0, alive),
-                                            _first_value(mirror, timeout, t0))
+                                            _first_value(mirror, plant, timeout, t0))
 
             (sync, seen), result["first_value_s"] = asyncio.run(sync_and_first())
             result["sync_s"] = sync
@@ -226,7 +264,7 @@ def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
             result["updates_per_s"] = round((a1 - a0) / (w1 - w0))
             tx_counters = (pair.status("tx") or {}).get("counters", {})  # a status newer than the model
             result["model_bytes"] = tx_counters.get("opcua:plant.model_bytes")
-            result["fresh_fraction"] = asyncio.run(_freshness(plant.endpoint, mirror, nodes))
+            result["fresh_fraction"] = asyncio.run(_freshness(plant, mirror, nodes))
             result["tx_rss_mb"] = pair.peak_rss_mb("tx")
             result["rx_rss_mb"] = pair.peak_rss_mb("rx")
         finally:
@@ -234,7 +272,7 @@ def _ours(plant: PlantProcess, nodes: int, window: float, timeout: float,
     return result
 
 
-def _peer(plant: PlantProcess, nodes: int, timeout: float, work: Path) -> dict[str, Any]:
+def _peer(plant: Plant, nodes: int, timeout: float, work: Path) -> dict[str, Any]:
     """`opcua-data-diode`'s sender and receiver (JSON configs, one positional argument each)."""
     if importlib.util.find_spec("opcua_data_diode") is None:
         return {"peer_sync_s": None, "peer_error": "opcua-data-diode not installed "
@@ -278,7 +316,7 @@ def _peer(plant: PlantProcess, nodes: int, timeout: float, work: Path) -> dict[s
             result["peer_error"] = (f"shadow server had {seen}/{nodes} plant variables "
                                     f"after {timeout:.0f} s")
         else:
-            result["peer_fresh_fraction"] = asyncio.run(_freshness(plant.endpoint, shadow, nodes))
+            result["peer_fresh_fraction"] = asyncio.run(_freshness(plant, shadow, nodes))
     except Exception as exc:  # report, never fake, the peer's figure
         result["peer_sync_s"] = None
         result["peer_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -289,7 +327,8 @@ def _peer(plant: PlantProcess, nodes: int, timeout: float, work: Path) -> dict[s
 
 
 def run_opcua_bench(nodes: int = 10_000, window: float = 10.0, timeout: float | None = None,
-                    peer: bool = True, peer_timeout: float = 300.0) -> dict[str, Any]:
+                    peer: bool = True, peer_timeout: float = 300.0,
+                    plant: str = "node-opcua") -> dict[str, Any]:
     rate = float(min(nodes, 10_000))  # every variable about once a second, at most 10,000/s
     timeout = timeout if timeout is not None else max(300.0, nodes / 100)
     result: dict[str, Any] = {"nodes": nodes, "plant_rate": round(rate), "window_s": window}
@@ -297,13 +336,14 @@ def run_opcua_bench(nodes: int = 10_000, window: float = 10.0, timeout: float | 
         result["peer"] = "skipped (--no-peer)"
     with tempfile.TemporaryDirectory(prefix="diode-bench-opcua-") as tmp:
         work = Path(tmp)
-        plant = PlantProcess(free_port(), variables=nodes, rate=rate)
+        served = _plant(nodes, rate, work, plant)
+        result["plant"] = served.kind
         try:
-            result.update(_ours(plant, nodes, window, timeout, work))
+            result.update(_ours(served, nodes, window, timeout, work))
             if peer:
-                result.update(_peer(plant, nodes, peer_timeout, work))
+                result.update(_peer(served, nodes, peer_timeout, work))
         finally:
-            plant.stop()
+            served.stop()
     if result.get("sync_s") and result.get("peer_sync_s"):
         result["sync_speedup"] = round(result["peer_sync_s"] / result["sync_s"], 2)
     return result

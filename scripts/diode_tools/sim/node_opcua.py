@@ -135,6 +135,9 @@ class NodeOpcuaPlant:
         self.close()
 
 
+BIG_NAMESPACE = "urn:diode:node-bigplant"  # big_plant.mjs's variables: s=Plant.Vnnnnn
+
+
 class BigPlant(NodeOpcuaPlant):
     """scripts/node-opcua/big_plant.mjs on a free loopback port, its log in `work`:
     `nodes` variables, `rate` changes a second in ticks of `tick_ms`, each declaring a
