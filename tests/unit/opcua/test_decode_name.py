@@ -25,7 +25,10 @@ def test_names_decode_as_asyncua_decodes_them(variant: ua.Variant) -> None:
     assert decode_name(data) == decode_variant(data) == variant
 
 
-@given(st.binary(max_size=30))
+# Bytes of the two shapes the direct decoder reads (any other first byte goes to asyncua's
+# decoder itself). Not any bytes: an array head announcing 2**31 elements of some types
+# makes asyncua's decoder allocate them, gigabytes, before it finds the bytes missing.
+@given(st.tuples(st.sampled_from([b"\x14", b"\x15"]), st.binary(max_size=29)).map(b"".join))
 def test_any_bytes_decode_alike_or_fail_alike(data: bytes) -> None:
     try:
         expected = decode_variant(data)
