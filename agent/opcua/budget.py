@@ -24,6 +24,7 @@ from asyncua import ua
 
 from agent.link.pacer import TokenBucket
 from agent.opcua.crawl import Session
+from agent.opcua.raw_values import RawValue, read_raw
 
 
 class PlantBudget:
@@ -73,3 +74,7 @@ class PacedSession:
     async def read(self, parameters: ua.ReadParameters) -> list[ua.DataValue]:
         await self._budget.request()
         return await self._session.read(parameters)
+
+    async def read_raw(self, parameters: ua.ReadParameters) -> list[RawValue]:
+        await self._budget.request()
+        return await read_raw(self._session, parameters)

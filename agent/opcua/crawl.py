@@ -32,10 +32,11 @@ from typing import Any, Protocol
 
 from asyncua import ua
 from asyncua.common.utils import Buffer
-from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
+from asyncua.ua.ua_binary import variant_from_binary
 
 from agent.loop_watch import Slices
 from agent.opcua.model import ModelSnapshot, NodeRecord
+from agent.opcua.raw_values import read_raw
 from agent.opcua.ua import node_id
 
 log = logging.getLogger("diode.source.opcua")
@@ -473,7 +474,7 @@ class Crawler:
         params.NodesToRead = [_rv(f.nid, a) for f, a in batch]
         self.counters["read_requests"] += 1
         try:
-            dvs = await self.session.read(params)
+            values = await read_raw(self.session, params)
         except ua.UaStatusCodeError as exc:
             if exc.code != ua.StatusCodes.BadTooManyOperations or len(batch) == 1:
                 raise
@@ -482,15 +483,14 @@ class Crawler:
             for i in range(0, len(batch), half):
                 await self._read_whole(batch[i:i + half], slices)
             return
-        for (f, a), dv in zip(batch, dvs, strict=True):
+        for (f, a), (variant, code, _, _) in zip(batch, values, strict=True):
             await slices()
-            if dv.StatusCode is not None and not dv.StatusCode.is_good():
+            if code & 0xC0000000:  # not Good
                 if a in (A.BrowseName, A.DisplayName):
                     self.counters["read_errors"] += 1
                 continue
-            if dv.Value is None:
-                continue
-            f.attrs[int(a)] = variant_to_binary(dv.Value)
+            if variant is not None:
+                f.attrs[int(a)] = variant
 
 
 def _duration(value: bytes | None) -> float:

@@ -13,6 +13,7 @@ waits changes.
 Crawler ─► PacedSession ─► OffLoopSession ─► UaSession._send_request ─► server
                                  ▲                         │ response bytes
                                  └── asyncio.to_thread(struct_from_binary) ◄┘
+                                     (read_raw: raw_values.read_values, no objects at all)
 ```
 
 It uses one internal of asyncua's client, `UaSession._send_request` (the
@@ -27,7 +28,10 @@ from typing import Any, TypeVar
 
 from asyncua import ua
 from asyncua.client.ua_session import UaSession
+from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import struct_from_binary
+
+from agent.opcua.raw_values import Malformed, RawValue, raw_of, read_values
 
 T = TypeVar("T")
 
@@ -58,3 +62,20 @@ class OffLoopSession:
         request = ua.ReadRequest()
         request.Parameters = parameters
         return (await self._call(request, ua.ReadResponse)).Results
+
+    async def read_raw(self, parameters: ua.ReadParameters) -> list[RawValue]:
+        """The values as the link carries them, sliced from the response's bytes
+        (agent/opcua/raw_values.py); asyncua decodes a response they do not fit."""
+        request = ua.ReadRequest()
+        request.Parameters = parameters
+        data = bytes(await self._session._send_request(request))
+        return await asyncio.to_thread(_values_of, data)
+
+
+def _values_of(data: bytes) -> list[RawValue]:
+    try:
+        return read_values(data)
+    except Malformed:
+        response = struct_from_binary(ua.ReadResponse, Buffer(data))
+        response.ResponseHeader.ServiceResult.check()
+        return [raw_of(dv) for dv in response.Results]

@@ -743,13 +743,14 @@ class OpcuaSource:
                 rv.NodeId = ua.NodeId.from_string(nid)
                 rv.AttributeId = ua.AttributeIds.Value
                 params.NodesToRead.append(rv)
-            dvs = await session.read(params)
+            values = await session.read_raw(params)
             pending = self._pending
-            for nid, dv in zip(chunk, dvs, strict=True):
+            for nid, (variant, code, source, server) in zip(chunk, values, strict=True):
                 if len(pending) >= self.cfg.queue_limit:
                     self._dropped()
                     continue
-                pending.append(entry_of(nid, dv))
+                pending.append((nid, NULL_VARIANT if variant is None else variant, code,
+                                source, server))
                 self._queued += 1
             self.counters["initial_reads"] += len(chunk)
             self._wake()
