@@ -168,13 +168,17 @@ async def _wait_synced(endpoint: str, nodes: int, timeout: float, t0: float,
     how many were (last poll)."""
     seen = 0
     deadline = t0 + timeout
+    found: dict[str, Node] = {}
     while time.monotonic() < deadline:
         alive()
         try:
             async with Client(endpoint, timeout=10) as c:
                 while time.monotonic() < deadline:
                     alive()
-                    found = await _plant_variables(c)
+                    # once every variable was found, only the values are read again: at
+                    # 100,000 a browse of every folder takes seconds of the figure
+                    if len(found) < nodes or not nodes:
+                        found = await _plant_variables(c)
                     seen = len(found)
                     if seen >= nodes:
                         values = await _read(c, list(found.values()))
