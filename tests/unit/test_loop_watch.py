@@ -72,3 +72,17 @@ def test_slices_let_other_tasks_run_during_a_long_loop() -> None:
 
     assert asyncio.run(main(None)) == 0  # the baseline: the loop is held throughout
     assert asyncio.run(main(Slices(every=0.02))) >= 5  # about one turn every 20 ms
+
+
+def test_rx_s_stalls_are_exported_as_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import RxCollector
+    registry = CollectorRegistry()
+    registry.register(RxCollector(lambda: {"counters": {"loop_stalls": 3,
+                                                        "loop_stall_max_ms": 1250,
+                                                        "received": 9}}))
+    text = generate_latest(registry).decode()
+    assert 'diode_rx_loop_total{counter="loop_stalls"} 3.0' in text
+    assert 'diode_rx_loop_total{counter="loop_stall_max_ms"} 1250.0' in text
+    assert 'diode_rx_loop_total{counter="received"}' not in text  # only the loop's own
