@@ -55,7 +55,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +95,7 @@ from agent.opcua.fingerprint import Probe, fingerprint, probe_of
 from agent.opcua.model import ModelSnapshot
 from agent.opcua.namespaces import Renumbering
 from agent.opcua.off_loop import OffLoopSession
+from agent.opcua.raw_values import RawValue, raw_of
 from agent.opcua.subscriptions import KEEPALIVE, Monitoring
 from agent.opcua.ua import status
 
@@ -125,14 +125,15 @@ _HANDLE_BASE = 1 << 20  # our client handles; asyncua's own counter starts at 20
 # -- helpers -----------------------------------------------------------------------
 
 
-def ticks(dt: datetime | None) -> int | None:
-    return None if dt is None else ua.datetime_to_win_epoch(dt)
+def entry(nid: str, raw: RawValue) -> OpcuaValue:
+    """A value record's entry: a Read's or a notification's value (`raw_values`), with
+    an absent Variant sent as the Null Variant."""
+    variant, code, source, server = raw
+    return (nid, NULL_VARIANT if variant is None else variant, code, source, server)
 
 
 def entry_of(nid: str, dv: ua.DataValue) -> OpcuaValue:
-    return (nid, variant_to_binary(dv.Value) if dv.Value is not None else NULL_VARIANT,
-            dv.StatusCode.value if dv.StatusCode is not None else 0,
-            ticks(dv.SourceTimestamp), ticks(dv.ServerTimestamp))
+    return entry(nid, raw_of(dv))
 
 
 def _entry_size(e: OpcuaValue) -> int:
@@ -745,12 +746,11 @@ class OpcuaSource:
                 params.NodesToRead.append(rv)
             values = await session.read_raw(params)
             pending = self._pending
-            for nid, (variant, code, source, server) in zip(chunk, values, strict=True):
+            for nid, raw in zip(chunk, values, strict=True):
                 if len(pending) >= self.cfg.queue_limit:
                     self._dropped()
                     continue
-                pending.append((nid, NULL_VARIANT if variant is None else variant, code,
-                                source, server))
+                pending.append(entry(nid, raw))
                 self._queued += 1
             self.counters["initial_reads"] += len(chunk)
             self._wake()

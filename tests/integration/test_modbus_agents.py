@@ -353,10 +353,15 @@ def test_the_per_device_budget_paces_requests_and_a_silent_device_backs_off_alon
     assert all(g >= 2.4 for g in gaps[3:]), gaps
     assert st["silent"]["state"] == "down" and st["silent"]["outages"] == 1
 
-    # steady: its cycle goes on, 5 reads a second, none late by more than a period
+    # steady: its cycle goes on, 5 reads a second, none late by more than a period. A
+    # silent device that held TX's event loop would make a late read at each of its
+    # probes; one late read is allowed only where TX itself counted its loop held (a busy
+    # machine can hold a process, and TX reports that as a loop stall)
     reads = _in(plcs[2].times(), muted, end)
     assert len(reads) >= 5 * 9.5 - 3, len(reads)
-    assert max(b - a for a, b in zip(reads, reads[1:], strict=False)) < 0.4
+    late = [round(b - a, 2) for a, b in zip(reads, reads[1:], strict=False) if b - a >= 0.4]
+    stalls = diode.wait_status(tx, lambda s: True, 5, "status")["counters"]["loop_stalls"]
+    assert len(late) <= min(1, stalls), (late, stalls)
     assert st["steady"]["state"] == "up"
     diode.stop(tx)
 
