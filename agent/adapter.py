@@ -65,6 +65,7 @@ class SinkState(StrEnum):
     DISCONNECTED = "disconnected"
     REFUSED = "refused"
     WAITING_MODEL = "waiting_model"  # a mirror started, no address space yet
+    GROWING = "growing"              # a mirror building the nodes of TX's crawl in progress
     SERVING = "serving"
 
 

@@ -28,7 +28,7 @@ from agent.link.seal import key_fingerprint
 from agent.link_state import LinkStateFile
 from agent.loop_watch import STALL, LoopStalls, watch
 from agent.protocols import ADAPTERS
-from agent.runtime import Runtime, write_status
+from agent.runtime import Runtime, write_status_off_loop
 from agent.rxcore import RxCore
 from agent.spool.channels import ChannelSpools
 from agent.transport.base import RxTransport
@@ -274,4 +274,4 @@ class RxAgent:
                         tx_counters=hb.counters if hb else None, status=status)
         for sink in self.sinks.values():
             await sink.on_link(view)
-        write_status(self.cfg.status_file, status)
+        await write_status_off_loop(self.cfg.status_file, status)

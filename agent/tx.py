@@ -34,7 +34,7 @@ from agent.link.seal import key_fingerprint
 from agent.link.sender import LinkSender, SenderParams
 from agent.loop_watch import LoopStalls, watch
 from agent.protocols import ADAPTERS
-from agent.runtime import Runtime, write_status
+from agent.runtime import Runtime, write_status, write_status_off_loop
 from agent.spool.channels import ChannelSpools
 from agent.transport.base import TxTransport
 from agent.txcore import TxCore
@@ -194,7 +194,7 @@ class TxAgent:
         self._push_heartbeat(now)
         if all([self._send(transport, d) for d in self.core.drain(now)]):
             self.core.sent()  # else what was not sent stays in the spool for the next start
-        self._write_status()
+        write_status(self.cfg.status_file, self._status_doc())
         for src in self.sources:
             src.close()
         transport.close()
@@ -305,7 +305,7 @@ class TxAgent:
 
     async def _status(self) -> None:
         while True:
-            self._write_status()
+            await write_status_off_loop(self.cfg.status_file, self._status_doc())
             await asyncio.sleep(self.cfg.status_interval)
 
     async def _sync(self) -> None:
@@ -351,7 +351,7 @@ class TxAgent:
             out[f"log.{k}"] = v
         return out
 
-    def _write_status(self) -> None:
+    def _status_doc(self) -> dict[str, Any]:
         queues = {s.key: s.stats() for s in self.sources}
         status: dict[str, Any] = {
             "role": "tx", "time": time.time(), "config": str(self.cfg.path),
@@ -363,4 +363,4 @@ class TxAgent:
             "queues": queues,
             "board": self.board.describe(),
         }
-        write_status(self.cfg.status_file, status)
+        return status

@@ -2,9 +2,11 @@
 a read-only mirror server on RX. asyncua is imported only when a channel is
 configured (it costs an MQTT-only agent about 18 MB).
 
-config.py  [[opcua]] tables        codec.py   OpcuaModel, OpcuaValues, OpcuaNotifiers, OpcuaEvents
+config.py  [[opcua]] tables        codec.py   OpcuaModel, OpcuaModelPart, OpcuaValues,
+                                              OpcuaNotifiers, OpcuaEvents
 source.py  TX: client, crawl.py    mirror.py  RX: server, build.py, access.py
-model.py   the address-space snapshot on the link; ua.py, certs.py: helpers
+model.py   the address-space snapshot on the link; growth.py: its first crawl, part by
+           part; ua.py, certs.py: helpers
 services.py  the mirror's Read, Write, Call, HistoryRead, monitored items as the spec
              says: index_range.py, history_read.py, history_processed.py
 history_store.py  the mirror's on-disk history     ticks.py  100 ns DateTimes in asyncua
@@ -23,9 +25,15 @@ from typing import Any
 from agent.adapter import Adapter, RxContext, Sink, Source, TxContext
 from agent.link.records import Record
 from agent.opcua import config
-from agent.opcua.codec import OpcuaEvents, OpcuaModel, OpcuaNotifiers, OpcuaValues
+from agent.opcua.codec import (
+    OpcuaEvents,
+    OpcuaModel,
+    OpcuaModelPart,
+    OpcuaNotifiers,
+    OpcuaValues,
+)
 
-_RECORDS = (OpcuaModel, OpcuaValues, OpcuaNotifiers, OpcuaEvents)
+_RECORDS = (OpcuaModel, OpcuaModelPart, OpcuaValues, OpcuaNotifiers, OpcuaEvents)
 
 
 def _source(cfg: Any, ctx: TxContext) -> Source:

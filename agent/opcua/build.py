@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -360,7 +360,8 @@ class Builder:
                 read_only_attr(attr, value, historized), StatusCode=GOOD))
         return dv
 
-    def add_refs(self, source: str, refs: Iterable[tuple[str, str]], mirrored: set[str]) -> None:
+    def add_refs(self, source: str, refs: Iterable[tuple[str, str]], mirrored: Container[str]
+                 ) -> None:
         """Forward references from `source`; the inverse too when the target is mirrored
         (standard nodes are left as they are)."""
         aspace = self.aspace

@@ -6,6 +6,7 @@
 | 4   | OpcuaValues | source, keyframe, [[node_id, variant, status, source_ts, server_ts], ...] |
 | 5   | OpcuaNotifiers | source, [node_id, ...]                                                 |
 | 6   | OpcuaEvents | source, [[notifier, event_type, [[browse_path, variant], ...]], ...]        |
+| 7   | OpcuaModelPart | source, crawl, index, version, data                                    |
 
 OpcuaModel carries one chunk of an OPC UA address-space snapshot (layout in
 agent/opcua/model.py): `version` is 16 hex digits of the snapshot's hash,
@@ -14,6 +15,10 @@ agent/opcua/model.py): `version` is 16 hex digits of the snapshot's hash,
 `node_id` is an OPC UA node id string, `variant` the value's Variant in OPC UA
 binary encoding, `status` the StatusCode as an integer, and the timestamps are
 OPC UA DateTime ticks (100 ns since 1601-01-01 UTC) or null.
+
+OpcuaModelPart carries nodes of a crawl in progress (agent/opcua/growth.py): `crawl`
+names the crawl, `index` counts its parts from 0, `data` holds nodes (zlib CBOR);
+the crawl's last part has no nodes and the model's `version`, "" in the others.
 
 OpcuaNotifiers names every node TX carries the events of (agent/opcua/events.py):
 the mirror lets IT clients subscribe to events there and nowhere else. It is
@@ -53,6 +58,29 @@ class OpcuaModel:
                 and isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
             raise RecordError("opcua model chunk malformed")
         return cls(source, version, index, count, data)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OpcuaModelPart:
+    TAG = 7
+    source: str
+    crawl: str
+    index: int
+    version: str
+    data: bytes
+
+    def to_list(self) -> list[Any]:
+        return [self.TAG, self.source, self.crawl, self.index, self.version, self.data]
+
+    @classmethod
+    def from_list(cls, f: list[Any]) -> OpcuaModelPart:
+        _, source, crawl, index, version, data = f
+        if not (isinstance(source, str) and isinstance(crawl, str) and isinstance(index, int)
+                and not isinstance(index, bool) and index >= 0 and isinstance(version, str)
+                and isinstance(data, bytes)):
+            raise RecordError("opcua model part malformed")
+        return cls(source, crawl, index, version, data)
 
 
 # node_id, variant (OPC UA binary), status code, source ticks, server ticks

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -192,7 +192,11 @@ class Crawler:
                          "browse_errors": 0, "read_errors": 0}
         self.children: dict[str, bytes] = {}
 
-    async def crawl(self, roots: Sequence[ua.NodeId], namespaces: Sequence[str]) -> CrawlResult:
+    async def crawl(self, roots: Sequence[ua.NodeId], namespaces: Sequence[str],
+                    grow: Grow | None = None) -> CrawlResult:
+        """The address space below `roots`. `grow`, if given, gets the namespace array
+        and the nodes (as their records, in the snapshot's order) as soon as all their
+        attributes are read (agent/opcua/growth.py)."""
         self.namespaces = list(namespaces)
         found: dict[ua.NodeId, _Found] = {}
         order: list[ua.NodeId] = []
@@ -206,18 +210,15 @@ class Crawler:
                 await self._add_root(root, found, order)
         await self._walk(anchors + [r for r in roots if r.NamespaceIndex != 0 and r in found],
                          found, order, types=False)
-        await self._read_attributes([found[n] for n in order])
+        built: list[NodeRecord] = []
+        await self._read_attributes([found[n] for n in order], _Grower(grow, built, self.namespaces))
         # a plant of 100,000 nodes takes a second or more to assemble: not in the loop
-        return await asyncio.to_thread(self._result, found, order)
+        return await asyncio.to_thread(self._result, found, order, built)
 
-    def _result(self, found: dict[ua.NodeId, _Found], order: list[ua.NodeId]) -> CrawlResult:
-        nodes = tuple(NodeRecord(
-            f.nid.to_string(), int(f.node_class),
-            f.parent.to_string() if f.parent is not None else None,
-            f.parent_ref.to_string() if f.parent_ref is not None else None,
-            f.type_def.to_string() if f.type_def is not None else None,
-            f.attrs, tuple((r.to_string(), t.to_string()) for r, t in f.refs)) for f in
-            (found[n] for n in order))
+    def _result(self, found: dict[ua.NodeId, _Found], order: list[ua.NodeId],
+                built: list[NodeRecord]) -> CrawlResult:
+        """`built`: the records `grow` was given (all of them, or none)."""
+        nodes = tuple(built) if built else tuple(_record_of(found[n]) for n in order)
         variables = [f.nid.to_string() for f in (found[n] for n in order)
                      if f.node_class == ua.NodeClass.Variable and not f.in_types
                      and not f.static and _readable(f.attrs.get(A.AccessLevel))]
@@ -442,11 +443,12 @@ class Crawler:
 
     # -- read ----------------------------------------------------------------
 
-    async def _read_attributes(self, nodes: list[_Found]) -> None:
+    async def _read_attributes(self, nodes: list[_Found], grower: _Grower) -> None:
         """Every attribute of every node: the first request alone (it learns the
         server's real limit), the rest `PIPELINE` at a time, so the server answers one
         while TX decodes another."""
         wanted: list[tuple[_Found, int]] = []
+        ends: list[int] = []  # per node: where its attributes end in `wanted`
         slices = Slices()
         for f in nodes:
             await slices()
@@ -454,17 +456,21 @@ class Crawler:
             if f.node_class == ua.NodeClass.Variable and f.static:
                 attrs += (A.Value,)
             wanted.extend((f, a) for a in attrs)
+            ends.append(len(wanted))
         if not wanted:
             return
+        grower.start(nodes, ends)
         first = self.limits.read
         await self._read_whole(wanted[:first], slices)
+        grower.read(0, min(first, len(wanted)))
         step = self.limits.read  # halved by the first, if the server refused it
         turns = asyncio.Semaphore(PIPELINE)
 
-        async def one(batch: list[tuple[_Found, int]]) -> None:
+        async def one(start: int) -> None:
             async with turns:
-                await self._read_whole(batch, slices)
-        await asyncio.gather(*(one(wanted[i:i + step]) for i in range(first, len(wanted), step)))
+                await self._read_whole(wanted[start:start + step], slices)
+            grower.read(start, min(start + step, len(wanted)))
+        await asyncio.gather(*(one(i) for i in range(first, len(wanted), step)))
 
     async def _read_whole(self, batch: list[tuple[_Found, int]], slices: Slices) -> None:
         """One request for `batch`; halves that the server refused with
@@ -510,3 +516,51 @@ def _readable(access_level: bytes | None) -> bool:
     if access_level is None or len(access_level) < 2:
         return True
     return bool(access_level[1] & ua.AccessLevel.CurrentRead.mask)
+
+
+Grow = Callable[[Sequence[str], list[NodeRecord]], None]
+PART_NODES = 1000  # nodes `grow` gets at a time (the last time, what is left)
+
+
+def _record_of(f: _Found) -> NodeRecord:
+    return NodeRecord(
+        f.nid.to_string(), int(f.node_class),
+        f.parent.to_string() if f.parent is not None else None,
+        f.parent_ref.to_string() if f.parent_ref is not None else None,
+        f.type_def.to_string() if f.type_def is not None else None,
+        f.attrs, tuple((r.to_string(), t.to_string()) for r, t in f.refs))
+
+
+class _Grower:
+    """Hands `grow` the nodes whose attributes are all read, in order, PART_NODES at a
+    time: the read requests answer out of order, but a node goes only once every
+    attribute before its own last one is in too."""
+
+    def __init__(self, grow: Grow | None, built: list[NodeRecord],
+                 namespaces: Sequence[str]) -> None:
+        self.grow, self.built, self.namespaces = grow, built, namespaces
+        self._nodes: list[_Found] = []
+        self._ends: list[int] = []
+        self._read: dict[int, int] = {}  # start -> end of the requests answered, not joined
+        self._upto = 0                     # every attribute before this one is read
+        self._ready = 0                    # nodes whose attributes all are
+        self._sent = 0
+
+    def start(self, nodes: list[_Found], ends: list[int]) -> None:
+        self._nodes, self._ends = nodes, ends
+
+    def read(self, start: int, end: int) -> None:
+        if self.grow is None:
+            return
+        self._read[start] = end
+        while self._upto in self._read:
+            self._upto = self._read.pop(self._upto)
+        ends = self._ends
+        while self._ready < len(ends) and ends[self._ready] <= self._upto:
+            self._ready += 1
+        if self._ready - self._sent >= PART_NODES or (
+                self._ready == len(ends) and self._ready > self._sent):
+            records = [_record_of(f) for f in self._nodes[self._sent:self._ready]]
+            self._sent = self._ready
+            self.built.extend(records)
+            self.grow(self.namespaces, records)

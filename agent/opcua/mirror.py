@@ -3,6 +3,8 @@
 ```
 OpcuaModel chunks ─► ModelAssembler ─► snapshot ─► diff with what is mirrored ─► delete / add / update nodes
                                                    (diff.py; namespace array copied: node ids are identical)
+OpcuaModelPart ──► Growth (growth.py: one crawl, in order) ─► add its nodes now; at its end part,
+                   the nodes grown make the version: served as that model
 OpcuaNotifiers, OpcuaEvents ─► re-emitted from the same notifiers (agent/opcua/mirror_events.py)
 OpcuaValues ─────► decode Variant ─► DataValue(value, status, source ts, server ts) ─► node + IT subscribers
                    (values for nodes the model has not brought yet wait, the last one per node)
@@ -72,19 +74,28 @@ from agent.adapter import Arrival, LinkView, SinkState
 from agent.link.records import Record
 from agent.loop_watch import Slices
 from agent.opcua.access import ReadOnlyRuleset, ReadOnlyUserManager
+from agent.opcua.browse import install as install_browse
 from agent.opcua.build import YIELD_EVERY, A, Builder, decode_variant, nid, now_utc, set_value
 from agent.opcua.certs import cert_der, key_der
-from agent.opcua.codec import OpcuaEvents, OpcuaModel, OpcuaNotifiers, OpcuaValue, OpcuaValues
+from agent.opcua.codec import (
+    OpcuaEvents,
+    OpcuaModel,
+    OpcuaModelPart,
+    OpcuaNotifiers,
+    OpcuaValue,
+    OpcuaValues,
+)
 from agent.opcua.config import OpcuaMirrorConfig
 from agent.opcua.diff import diff
 from agent.opcua.expiry import ExpiryWatch
+from agent.opcua.growth import Growth, decode_nodes
 from agent.opcua.history_read import HistoryReader
 from agent.opcua.history_store import HistoryStore
 from agent.opcua.late import LateRecord, current_values, still_current
 from agent.opcua.limits import start_bounded
 from agent.opcua.mirror_events import MirrorEvents
 from agent.opcua.mirror_events import prepare as prepare_events
-from agent.opcua.model import ModelAssembler, ModelSnapshot, NodeRecord, historized
+from agent.opcua.model import ModelAssembler, ModelError, ModelSnapshot, NodeRecord, historized
 from agent.opcua.quality import Action, Quality, QualityState
 from agent.opcua.services import install as install_services
 from agent.opcua.ua import data_value, node_id, status
@@ -150,6 +161,8 @@ class OpcuaMirror:
         self.version: str | None = None
         self.namespaces: tuple[str, ...] = ()
         self._records: dict[str, NodeRecord] = {}
+        self._growth = Growth()
+        self._waiting: dict[str, tuple[tuple[str, str], ...]] = {}  # grown nodes' refs
         self._vars: dict[str, _Var] = {}
         self._statics: tuple[tuple[int, int], int] = ((-1, -1), 0)  # (key, count): all_counters
         self._early: dict[str, OpcuaValue] = {}
@@ -179,7 +192,8 @@ class OpcuaMirror:
         self.counters: dict[str, int] = dict.fromkeys((
             "models_installed", "models_failed", "values_applied", "values_early", "values_unknown",
             "values_bad_variant", "records_other_source", "records_dropped", "late_superseded",
-            "quality_changes"), 0)
+            "quality_changes", "model_parts", "model_parts_ignored", "model_parts_bad",
+            "models_grown"), 0)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -219,6 +233,7 @@ class OpcuaMirror:
             self._history = HistoryStore(cfg.history_dir, cfg.history_retention,
                                          cfg.history_max_bytes)
             await self._history.open()
+        install_browse(server.iserver)
         install_services(server.iserver, HistoryReader(
             self._history, self._is_historized,
             cfg.history_max_values))
@@ -303,6 +318,8 @@ class OpcuaMirror:
             await self._apply_values(record.values)
         elif isinstance(record, OpcuaEvents | OpcuaNotifiers):
             await self._apply_events(record)
+        elif isinstance(record, OpcuaModelPart):
+            await self._grow(record)
         elif isinstance(record, OpcuaModel):
             if record.source != self.name:
                 self.counters["records_other_source"] += 1
@@ -375,6 +392,62 @@ class OpcuaMirror:
 
     # -- model ---------------------------------------------------------------------------
 
+    async def _grow(self, part: OpcuaModelPart) -> None:
+        """One part of a crawl in progress (growth.py): its nodes built now; at the end
+        part, what grew is served as the model it names."""
+        c, growth = self.counters, self._growth
+        if part.source != self.name:
+            c["records_other_source"] += 1
+            return
+        if self.version is not None or not growth.accept(part):
+            c["model_parts_ignored"] += 1
+            return
+        if part.version:
+            snap = growth.snapshot()
+            version = await asyncio.to_thread(lambda: snap.version)
+            if version != part.version:  # a TX bug: the carousel's snapshot will put it right
+                c["model_parts_bad"] += 1
+                growth.reset()
+                log.warning("mirror '%s': the %d nodes grown from TX's crawl are not model "
+                            "%s; waiting for the model itself", self.name, len(snap.nodes),
+                            part.version)
+                return
+            async with self._lock:
+                await self._install(version, snap)
+                self.assembler.current = version  # its carousel copies are nothing new
+                if self._events is not None:
+                    self._events.apply()
+            c["models_grown"] += 1
+            return
+        try:
+            namespaces, nodes = await asyncio.to_thread(decode_nodes, part.data)
+        except ModelError:
+            c["model_parts_bad"] += 1
+            growth.reset()
+            return
+        if not growth.add(namespaces, nodes):
+            c["model_parts_bad"] += 1
+            return
+        builder = self._builder
+        assert builder is not None
+        async with self._lock:
+            if namespaces != self.namespaces:
+                await self._serve_namespaces(namespaces)
+                self.namespaces = namespaces
+            done = await builder.add(nodes)
+            for rec in done:
+                self._records[rec.node_id] = rec
+            aspace = builder.aspace
+            for rec in done:
+                # a reference to a node of a later part waits for the model's install
+                ready = [(r, t) for r, t in rec.refs if nid(t) in aspace and nid(r) in aspace]
+                if len(ready) < len(rec.refs):
+                    self._waiting[rec.node_id] = tuple(x for x in rec.refs if x not in ready)
+                builder.add_refs(rec.node_id, ready, self._records)
+            await self._bind_variables(done)
+            self.state = SinkState.GROWING
+        c["model_parts"] += 1
+
     async def _install(self, version: str, snap: ModelSnapshot) -> None:
         server, builder = self.server, self._builder
         assert server is not None and builder is not None
@@ -407,6 +480,11 @@ class OpcuaMirror:
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             builder.add_refs(rec.node_id, rec.refs, mirrored)
+        waiting, self._waiting = self._waiting, {}
+        for source, refs in waiting.items():  # of nodes grown from parts (_grow)
+            if source in mirrored:
+                builder.add_refs(source, refs, mirrored)
+        self._growth.reset()
         for i, (o, n) in enumerate(changed):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
@@ -428,6 +506,7 @@ class OpcuaMirror:
         # Keep the snapshot's order for a later rebuild (parents before children).
         self._records = {r.node_id: old[r.node_id] for r in snap.nodes if r.node_id in old}
         await self._bind_variables([*done, *live])
+        self._early.clear()  # what is not in the model now has no node to wait for
         await self._bind_statics([n for _, n in changed if A.Value in n.attrs])
         self.version = version
         self.state = SinkState.SERVING
@@ -440,7 +519,7 @@ class OpcuaMirror:
 
     async def _bind_variables(self, recs: list[NodeRecord]) -> None:
         """Track the new variables without a static value; give them their early
-        value, or BadWaitingForInitialData."""
+        value (taken from those waiting), or BadWaitingForInitialData."""
         assert self.server is not None
         aspace = self.server.iserver.aspace
         stamp = now_utc()
@@ -474,7 +553,6 @@ class OpcuaMirror:
                     await self._degrade(v, self._quality.level, stamp)
             else:
                 await set_value(v.node, data_value(ua.Variant(), WAITING, None, stamp))
-        self._early.clear()
 
     # -- history -----------------------------------------------------------------------
 

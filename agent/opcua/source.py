@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -73,6 +74,7 @@ from agent.opcua.codec import (
     OpcuaEvent,
     OpcuaEvents,
     OpcuaModel,
+    OpcuaModelPart,
     OpcuaNotifiers,
     OpcuaValue,
     OpcuaValues,
@@ -92,6 +94,7 @@ from agent.opcua.config import OpcuaSourceConfig
 from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
 from agent.opcua.expiry import ExpiryWatch
 from agent.opcua.fingerprint import Probe, fingerprint, probe_of
+from agent.opcua.growth import PartWriter
 from agent.opcua.model import ModelSnapshot
 from agent.opcua.namespaces import Renumbering
 from agent.opcua.off_loop import OffLoopSession
@@ -183,7 +186,7 @@ class OpcuaSource:
             "sampling_max_ms", "sampling_limited", "model_checks", "model_changes_seen",
             "model_checks_unconfirmed", "model_cache_loads", "events", "events_dropped",
             "event_records", "event_notifiers", "event_errors", "notifier_records",
-            "model_bytes"), 0)
+            "model_bytes", "model_part_records"), 0)
         self.model: ModelSnapshot | None = None
         self._variables: list[str] = []
         self._print: tuple[Probe, str] | None = None  # the model's fingerprint: probe, digest
@@ -516,11 +519,13 @@ class OpcuaSource:
         session = PacedSession(OffLoopSession(client.uaclient.session), self.budget)
         limits = await read_limits(session)
         self.state = SourceState.CRAWLING
-        variables = await self._model_for(client, session, limits)
+        variables, crawled = await self._model_for(client, session, limits)
         # One bulk read gives RX every value now; creating thousands of monitored
         # items can take a busy server many seconds (their first notifications repeat
         # these values, which is harmless).
         await self._read_values(session, limits, variables)
+        if crawled:  # what the next reconnect compares with; after the values, which IT waits for
+            await self._take_fingerprint(session, limits)
         read_up_to = self._queued
         watch = self._monitoring = Monitoring(
             client.uaclient.session, cfg, limits, self.budget, self._handle_ids, self.counters,
@@ -580,9 +585,9 @@ class OpcuaSource:
                              reason, next_browse - time.monotonic())
 
     async def _model_for(self, client: Client, session: PacedSession, limits: Limits
-                         ) -> list[str]:
-        """The variables to subscribe: of the cached model when the server's fingerprint
-        is unchanged (no crawl), else of a new crawl."""
+                         ) -> tuple[list[str], bool]:
+        """The variables to subscribe, and whether they are of a new crawl: else of the
+        cached model, the server's fingerprint unchanged."""
         cfg = self.cfg
         if self._print is not None and self.model is not None:
             started = time.monotonic()
@@ -596,12 +601,14 @@ class OpcuaSource:
                          "children, %d ms): model %s kept, no crawl", cfg.label,
                          len(probe.sample), len(probe.containers), self.counters["check_ms"],
                          self.version)
-                return self._variables
+                return self._variables, False
             log.info("%s: address space fingerprint changed: crawling again", cfg.label)
-        result = await self._crawl(client, session, limits)
-        self._install(result, await asyncio.to_thread(result.snapshot.encode))
-        await self._take_fingerprint(session, limits)
-        return result.variables
+        # The first model of this process: its nodes go out as they are read (growth.py)
+        writer = None if self.model is not None else PartWriter(
+            cfg.name, secrets.token_hex(4), cfg.model_chunk_size, self._push_part)
+        result = await self._crawl(client, session, limits, writer)
+        self._install(result, await asyncio.to_thread(result.snapshot.encode), writer)
+        return result.variables, True
 
     def _load_cache(self, path: Path) -> None:
         """The model of the last run goes out at once; connecting only checks it."""
@@ -667,14 +674,14 @@ class OpcuaSource:
         namespaces: list[str] = await client.get_namespace_array()
         return namespaces
 
-    async def _crawl(self, client: Client, session: PacedSession, limits: Limits
-                     ) -> CrawlResult:
+    async def _crawl(self, client: Client, session: PacedSession, limits: Limits,
+                     grow: PartWriter | None = None) -> CrawlResult:
         started = time.monotonic()
         crawler = Crawler(session, limits)
         namespaces = await self._namespaces(client)
         try:
             result = await crawler.crawl([ua.NodeId.from_string(s) for s in self.cfg.subtrees],
-                                         namespaces)
+                                         namespaces, grow)
         except ValueError as exc:
             raise SourceRefused(f"{self.cfg.label}: {exc}. Fix: correct subtrees") from None
         c = self.counters
@@ -685,8 +692,16 @@ class OpcuaSource:
         c["read_requests"] += crawler.counters["read_requests"]
         return result
 
-    def _install(self, result: CrawlResult, encoded: tuple[str, bytes] | None = None) -> None:
-        """`encoded`: the snapshot's `encode()`, when the caller made it off the loop."""
+    def _push_part(self, part: OpcuaModelPart) -> None:
+        self._live.append(part)
+        self.counters["model_part_records"] += 1
+        self._wake()
+
+    def _install(self, result: CrawlResult, encoded: tuple[str, bytes] | None = None,
+                 grown: PartWriter | None = None) -> None:
+        """`encoded`: the snapshot's `encode()`, when the caller made it off the loop.
+        `grown`: the crawl's nodes went out as parts; its end part names the version,
+        and the carousel sends the snapshot itself (growth.py)."""
         snap = result.snapshot
         version, data = encoded if encoded is not None else snap.encode()
         self.counters["nodes"] = len(snap.nodes)
@@ -705,8 +720,11 @@ class OpcuaSource:
         self.counters["model_versions"] += 1
         self.counters["model_bytes"] = len(data)  # the current model, compressed: one carousel round
         # A new version goes out now, ahead of values for its new nodes.
-        self._live.extend(self._model_chunks)
-        self.counters["model_records"] += len(self._model_chunks)
+        if grown is not None:
+            grown.end(version)
+        else:
+            self._live.extend(self._model_chunks)
+            self.counters["model_records"] += len(self._model_chunks)
         keep = set(result.variables)
         for nid in [n for n in self._last if n not in keep]:
             del self._last[nid]

@@ -7,6 +7,7 @@ changed class (re-created, its kept neighbours linked to it again)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from asyncua import Client, ua
@@ -14,6 +15,7 @@ from asyncua.ua.ua_binary import variant_to_binary
 
 from agent.link import records
 from agent.opcua import codec as opcua_codec
+from agent.opcua.growth import PartWriter
 from agent.opcua.mirror import DIAG_NAMESPACE, OpcuaMirror, OpcuaMirrorConfig
 from agent.opcua.model import ModelSnapshot, NodeRecord
 from diode_tools.sim.mosquitto import free_port
@@ -187,3 +189,91 @@ def test_model_versions_apply_in_place_and_namespace_changes_as_a_diff() -> None
             await mirror.stop()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def _grow(crawl: str, nodes: list[NodeRecord], sizes: list[int]) -> list[opcua_codec.OpcuaModelPart]:
+    """The parts of a crawl of `nodes`, `sizes` nodes each (what TX's PartWriter sends)."""
+    out: list[opcua_codec.OpcuaModelPart] = []
+    writer = PartWriter("m", crawl, 1 << 20, out.append)
+    start = 0
+    for n in sizes:
+        writer(NS, nodes[start:start + n])
+        start += n
+    writer.end(ModelSnapshot(NS, tuple(nodes)).version)
+    return out
+
+
+def test_the_mirror_serves_a_crawl_while_it_grows() -> None:
+    """Parts are built as they come (a client browses them at once); the end part
+    makes them the model, with the references that waited for a later part; the
+    carousel's copy of that model changes nothing. A mirror that missed a part
+    waits for the model itself and applies it as a diff to what it grew."""
+    url = f"opc.tcp://127.0.0.1:{free_port()}/diode/"
+    later_ref = ("i=35", "ns=2;s=G")  # F organizes G, which comes in the second part
+    nodes = [NodeRecord("ns=2;s=F", 1, "i=85", "i=35", "i=61", {
+        **folder("ns=2;s=F", "F").attrs}, (later_ref,)),
+             var("ns=2;s=F.X", "X", "ns=2;s=F"), folder("ns=2;s=G", "G"),
+             var("ns=2;s=G.Z", "Z", "ns=2;s=G")]
+    snap = ModelSnapshot(NS, tuple(nodes))
+
+    async def main() -> None:
+        mirror = OpcuaMirror(OpcuaMirrorConfig("m", url))
+        await mirror.start()
+        client = Client(url)
+        try:
+            await client.connect()
+            first, second, end = _grow("c1", nodes, [2, 2])
+            await mirror.apply(records.decode(records.encode(first)))
+            assert mirror.state == "growing" and mirror.version is None
+            x = client.get_node("ns=2;s=F.X")
+            assert (await x.read_browse_name()).Name == "X"
+            assert (await x.read_data_value(raise_on_bad_status=False)).StatusCode.value == \
+                ua.StatusCodes.BadWaitingForInitialData
+            f = client.get_node("ns=2;s=F")
+            assert [c.nodeid.to_string() for c in await f.get_children()] == ["ns=2;s=F.X"]
+            await mirror.apply(second)
+            await mirror.apply(end)
+            assert (mirror.version, mirror.state) == (snap.version, "serving")
+            assert {c.nodeid.to_string() for c in await f.get_children()} == \
+                {"ns=2;s=F.X", "ns=2;s=G"}  # the reference that waited for G
+            c = mirror.all_counters()
+            assert (c["model_parts"], c["models_grown"], c["models_installed"]) == (2, 1, 1)
+            for chunk in snap.chunks("m", 100):  # the carousel's round: nothing new
+                await mirror.apply(chunk)
+            c = mirror.all_counters()
+            assert c["models_installed"] == 1 and c["model_chunks_ignored"] >= 1
+            await mirror.apply(opcua_codec.OpcuaValues("m", False, (
+                ("ns=2;s=G.Z", v(2.5, ua.VariantType.Double), 0, None, None),)))
+            assert await client.get_node("ns=2;s=G.Z").read_value() == 2.5
+        finally:
+            await client.disconnect()
+            await mirror.stop()
+
+        # Part 1 of 3 lost: growing stops at the gap; the model itself fills it in.
+        mirror = OpcuaMirror(OpcuaMirrorConfig("m", url))
+        await mirror.start()
+        try:
+            p0, _, p2, end = _grow("c2", nodes, [1, 1, 2])
+            for part in (p0, p2, end):
+                await mirror.apply(part)
+            assert mirror.version is None and sorted(mirror._records) == ["ns=2;s=F"]
+            c = mirror.all_counters()
+            assert (c["model_parts"], c["model_parts_ignored"], c["models_grown"]) == (1, 2, 0)
+            await feed(mirror, snap)
+            assert mirror.version == snap.version and sorted(mirror._records) == sorted(
+                n.node_id for n in nodes)
+            refs = mirror.server.iserver.aspace[ua.NodeId.from_string("ns=2;s=F")].references
+            assert any(r.NodeId == ua.NodeId.from_string("ns=2;s=G") for r in refs)
+            # An end part that does not match what grew is counted, never served.
+            other = OpcuaMirror(OpcuaMirrorConfig("o", f"opc.tcp://127.0.0.1:{free_port()}/d/"))
+            await other.start()
+            try:
+                q0, bad_end = _grow("c3", nodes[:2], [2])
+                await other.apply(replace(q0, source="o"))
+                await other.apply(replace(bad_end, source="o", version=snap.version))
+                assert other.version is None and other.all_counters()["model_parts_bad"] == 1
+            finally:
+                await other.stop()
+        finally:
+            await mirror.stop()
+    asyncio.run(main())

@@ -102,21 +102,59 @@ def _plant(nodes: int, rate: float, work: Path, kind: str = "node-opcua") -> Pla
                  big.close)
 
 
+BROWSE_CHUNK = 500  # folders per Browse request of the probe
+HIERARCHICAL = ua.NodeId(ua.Int32(ua.ObjectIds.HierarchicalReferences))
+
+
+async def _children(client: Client, parents: list[ua.NodeId]
+                    ) -> list[list[ua.ReferenceDescription]]:
+    """The forward hierarchical references of each of `parents`: one Browse request per
+    BROWSE_CHUNK of them, BrowseNext while the server holds back the rest."""
+    out: list[list[ua.ReferenceDescription]] = []
+    for i in range(0, len(parents), BROWSE_CHUNK):
+        params = ua.BrowseParameters()
+        for n in parents[i:i + BROWSE_CHUNK]:
+            desc = ua.BrowseDescription()
+            desc.NodeId = n
+            desc.BrowseDirection = ua.BrowseDirection.Forward
+            desc.ReferenceTypeId = HIERARCHICAL
+            desc.IncludeSubtypes = True
+            desc.ResultMask = ua.BrowseResultMask.All
+            params.NodesToBrowse.append(desc)
+        results = await client.uaclient.browse(params)
+        refs = [list(r.References) for r in results]
+        pending = {k: r.ContinuationPoint for k, r in enumerate(results) if r.ContinuationPoint}
+        while pending:
+            nxt = ua.BrowseNextParameters()
+            nxt.ContinuationPoints = list(pending.values())
+            more = await client.uaclient.browse_next(nxt)
+            for (k, _), r in zip(list(pending.items()), more, strict=True):
+                refs[k].extend(r.References)
+                if r.ContinuationPoint:
+                    pending[k] = r.ContinuationPoint
+                else:
+                    del pending[k]
+        out.extend(refs)
+    return out
+
+
+def _named(refs: list[ua.ReferenceDescription], test: Callable[[str], bool]
+           ) -> list[ua.ReferenceDescription]:
+    return [r for r in refs if test(r.BrowseName.Name)]
+
+
 async def _plant_variables(client: Client) -> dict[str, Node]:
-    """Browse name -> node of the plant variables under Objects/Plant/Area* (any namespace)."""
-    plant = None
-    for child in await client.nodes.objects.get_children():
-        if (await child.read_browse_name()).Name == "Plant":
-            plant = child
-            break
-    if plant is None:
+    """Browse name -> node of the plant variables under Objects/Plant/Area* (any
+    namespace), in a few requests: the probe's own cost must not hide the mirror's."""
+    objects = await _children(client, [client.nodes.objects.nodeid])
+    plants = _named(objects[0], lambda name: name == "Plant")
+    if not plants:
         return {}
+    areas = _named((await _children(client, [plants[0].NodeId]))[0],
+                   lambda name: name.startswith("Area"))
     found: dict[str, Node] = {}
-    for folder in await plant.get_children():
-        if not (await folder.read_browse_name()).Name.startswith("Area"):
-            continue
-        for ref in await folder.get_references(refs=ua.ObjectIds.HierarchicalReferences,
-                                               direction=ua.BrowseDirection.Forward):
+    for refs in await _children(client, [a.NodeId for a in areas]):
+        for ref in refs:
             if ref.NodeClass == ua.NodeClass.Variable and VAR_NAME.match(ref.BrowseName.Name):
                 found[ref.BrowseName.Name] = client.get_node(ref.NodeId)
     return found
