@@ -126,6 +126,9 @@ _DEFAULTS[NC.Variable] = (A.WriteMask, A.UserWriteMask, A.AccessLevel, A.UserAcc
 # What a node owns rather than shares with its like (lean.py): its id, names and value.
 OWN = frozenset((A.NodeId, A.BrowseName, A.DisplayName, A.Value))
 _NULL_ID = ua.NodeId()
+_NULL_VARIANT = ua.Variant()  # never changed: a value is replaced whole (set_value)
+_NAME_TYPE: dict[int, ua.VariantType] = {A.BrowseName: ua.VariantType.QualifiedName,
+              A.DisplayName: ua.VariantType.LocalizedText}
 _INT32, _INT16 = struct.Struct("<i"), struct.Struct("<h")
 
 
@@ -240,10 +243,13 @@ class Builder:
         added = []
         targets: dict[ua.NodeId, _Target | None] = {}  # parents and types, met again and again
         shared: dict[tuple[ua.NodeId, ua.NodeId], ua.ReferenceDescription] = {}
+        ids: dict[str, ua.NodeId] = {}  # parents, reference types, types: parsed once
+        stamp = now_utc()
         for i, rec in enumerate(recs):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            if self._add(rec, rec.node_id in historized, targets, shared):
+                stamp = now_utc()
+            if self._add(rec, rec.node_id in historized, targets, shared, ids, stamp):
                 added.append(rec)
                 self.counters["nodes_added"] += 1
             else:
@@ -251,7 +257,8 @@ class Builder:
         return added
 
     def _add(self, rec: NodeRecord, historized: bool, targets: dict[ua.NodeId, _Target | None],
-             refs: dict[tuple[ua.NodeId, ua.NodeId], ua.ReferenceDescription]) -> bool:
+             refs: dict[tuple[ua.NodeId, ua.NodeId], ua.ReferenceDescription],
+             ids: dict[str, ua.NodeId], stamp: datetime) -> bool:
         """One node, read-only, with its references to and from its parent and its type:
         what asyncua's AddNodes makes, built straight into the address space. A reference
         to the parent or the type is one object for all the nodes it is the same for
@@ -262,16 +269,21 @@ class Builder:
         n = nid(rec.node_id)
         if allowed is None or n in aspace:
             return False
-        parent = nid(rec.parent) if rec.parent else None
+        def shared_id(text: str) -> ua.NodeId:
+            found = ids.get(text)
+            if found is None:
+                found = ids[text] = nid(text)
+            return found
+        parent = shared_id(rec.parent) if rec.parent else None
         if parent is not None and parent in aspace:
-            rtype = nid(rec.parent_ref) if rec.parent_ref else ORGANIZES
+            rtype = shared_id(rec.parent_ref) if rec.parent_ref else ORGANIZES
         elif ncls in (NC.Object, NC.Variable, NC.View):
             parent, rtype = OBJECTS, ORGANIZES  # its parent is not mirrored: hang it from Objects
         else:
             return False
         tdef = None
         if ncls in DEFAULT_TYPE:
-            tdef = nid(rec.type_def) if rec.type_def else None
+            tdef = shared_id(rec.type_def) if rec.type_def else None
             if tdef is None or tdef not in aspace:
                 tdef = DEFAULT_TYPE[ncls]
         own: dict[int, Any] = {}
@@ -284,9 +296,12 @@ class Builder:
                     variant = decode_variant(data) if attr == A.Value else decode_name(data)
                 except Exception:  # a variant we cannot decode: leave the attribute out
                     continue
-                own[attr] = LeanAttribute(
-                    data_value(variant, GOOD, now_utc()) if attr == A.Value
-                    else _typed(attr, variant.Value))
+                if attr == A.Value:
+                    own[attr] = LeanAttribute(data_value(variant, GOOD, stamp))
+                elif variant.VariantType == _NAME_TYPE[attr]:  # decode_name's, as it is
+                    own[attr] = LeanAttribute(variant)
+                else:
+                    own[attr] = LeanAttribute(_typed(attr, variant.Value))
             else:
                 dv = self._static(attr, data, historized)
                 if dv is not None:
@@ -297,7 +312,7 @@ class Builder:
         if ncls == NC.Variable:
             shared[A.Historizing] = self._default(A.Historizing, historized)
             if A.Value not in own:
-                own[A.Value] = LeanAttribute(data_value(ua.Variant(), GOOD, now_utc()))
+                own[A.Value] = LeanAttribute(data_value(_NULL_VARIANT, GOOD, stamp))
         if ncls == NC.Method:
             shared[A.Executable] = shared[A.UserExecutable] = self._default(A.Executable, False)
         shared[A.NodeClass] = self._static(A.NodeClass, ncls, False)  # type: ignore[assignment]

@@ -36,7 +36,7 @@ from asyncua.ua.ua_binary import variant_from_binary
 
 from agent.loop_watch import Slices
 from agent.opcua.model import ModelSnapshot, NodeRecord
-from agent.opcua.raw_values import read_raw
+from agent.opcua.raw_values import RawValue, read_raw
 from agent.opcua.ua import node_id
 
 log = logging.getLogger("diode.source.opcua")
@@ -138,6 +138,7 @@ class _Found:
     in_types: bool = False
     static: bool = False
     attrs: dict[int, bytes] = field(default_factory=dict)
+    value: RawValue | None = None  # a live variable's, read with the crawl (growth)
 
 
 @dataclass
@@ -191,12 +192,14 @@ class Crawler:
         self.counters = {"browse_requests": 0, "browse_next_requests": 0, "read_requests": 0,
                          "browse_errors": 0, "read_errors": 0}
         self.children: dict[str, bytes] = {}
+        self._live = False  # reading the live variables' values too
 
     async def crawl(self, roots: Sequence[ua.NodeId], namespaces: Sequence[str],
                     grow: Grow | None = None) -> CrawlResult:
-        """The address space below `roots`. `grow`, if given, gets the namespace array
-        and the nodes (as their records, in the snapshot's order) as soon as all their
-        attributes are read (agent/opcua/growth.py)."""
+        """The address space below `roots`. `grow`, if given, gets the namespace array,
+        the nodes (as their records, in the snapshot's order) as soon as all their
+        attributes are read, and the values of the live variables among them, read with
+        them (agent/opcua/growth.py)."""
         self.namespaces = list(namespaces)
         found: dict[ua.NodeId, _Found] = {}
         order: list[ua.NodeId] = []
@@ -219,9 +222,7 @@ class Crawler:
                 built: list[NodeRecord]) -> CrawlResult:
         """`built`: the records `grow` was given (all of them, or none)."""
         nodes = tuple(built) if built else tuple(_record_of(found[n]) for n in order)
-        variables = [f.nid.to_string() for f in (found[n] for n in order)
-                     if f.node_class == ua.NodeClass.Variable and not f.in_types
-                     and not f.static and _readable(f.attrs.get(A.AccessLevel))]
+        variables = [f.nid.to_string() for f in (found[n] for n in order) if _live(f)]
         min_sampling = {}
         for f in (found[n] for n in order):
             ms = _duration(f.attrs.get(A.MinimumSamplingInterval))
@@ -450,10 +451,11 @@ class Crawler:
         wanted: list[tuple[_Found, int]] = []
         ends: list[int] = []  # per node: where its attributes end in `wanted`
         slices = Slices()
+        live = self._live = grower.grow is not None  # the values go with the nodes
         for f in nodes:
             await slices()
             attrs: tuple[int, ...] = _COMMON + CLASS_ATTRS.get(f.node_class, ())
-            if f.node_class == ua.NodeClass.Variable and f.static:
+            if f.node_class == ua.NodeClass.Variable and (f.static or live):
                 attrs += (A.Value,)
             wanted.extend((f, a) for a in attrs)
             ends.append(len(wanted))
@@ -476,7 +478,8 @@ class Crawler:
         """One request for `batch`; halves that the server refused with
         BadTooManyOperations (and lowers the limit for the requests after it)."""
         params = ua.ReadParameters()
-        params.TimestampsToReturn = ua.TimestampsToReturn.Neither
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both if self._live \
+            else ua.TimestampsToReturn.Neither
         params.NodesToRead = [_rv(f.nid, a) for f, a in batch]
         self.counters["read_requests"] += 1
         try:
@@ -489,8 +492,12 @@ class Crawler:
             for i in range(0, len(batch), half):
                 await self._read_whole(batch[i:i + half], slices)
             return
-        for (f, a), (variant, code, _, _) in zip(batch, values, strict=True):
+        for (f, a), raw in zip(batch, values, strict=True):
             await slices()
+            variant, code = raw[0], raw[1]
+            if a == A.Value and not f.static:
+                f.value = raw  # Bad too: the mirror shows the plant's status
+                continue
             if code & 0xC0000000:  # not Good
                 if a in (A.BrowseName, A.DisplayName):
                     self.counters["read_errors"] += 1
@@ -511,6 +518,13 @@ def _duration(value: bytes | None) -> float:
     return float(v) if isinstance(v, int | float) and v > 0 else 0.0
 
 
+def _live(f: _Found) -> bool:
+    """An instance variable whose value is the plant's (not the model's): one to
+    subscribe."""
+    return (f.node_class == ua.NodeClass.Variable and not f.in_types and not f.static
+            and _readable(f.attrs.get(A.AccessLevel)))
+
+
 def _readable(access_level: bytes | None) -> bool:
     """CurrentRead set in an AccessLevel attribute (a Byte variant); True if unknown."""
     if access_level is None or len(access_level) < 2:
@@ -518,7 +532,7 @@ def _readable(access_level: bytes | None) -> bool:
     return bool(access_level[1] & ua.AccessLevel.CurrentRead.mask)
 
 
-Grow = Callable[[Sequence[str], list[NodeRecord]], None]
+Grow = Callable[[Sequence[str], list[NodeRecord], list[tuple[str, RawValue]]], None]
 PART_NODES = 1000  # nodes `grow` gets at a time (the last time, what is left)
 
 
@@ -560,7 +574,9 @@ class _Grower:
             self._ready += 1
         if self._ready - self._sent >= PART_NODES or (
                 self._ready == len(ends) and self._ready > self._sent):
-            records = [_record_of(f) for f in self._nodes[self._sent:self._ready]]
+            ready = self._nodes[self._sent:self._ready]
             self._sent = self._ready
+            records = [_record_of(f) for f in ready]
             self.built.extend(records)
-            self.grow(self.namespaces, records)
+            self.grow(self.namespaces, records, [(r.node_id, f.value) for r, f in zip(
+                records, ready, strict=True) if f.value is not None and _live(f)])

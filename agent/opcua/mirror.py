@@ -355,6 +355,7 @@ class OpcuaMirror:
         applied = 0
         arrival = now_utc()
         history, kept = self._history, self._historized
+        good = self._quality.arriving() == Quality.GOOD  # per record: it changes rarely
         for entry in values:
             v = vars_.get(entry[0])
             if v is None:
@@ -368,7 +369,7 @@ class OpcuaMirror:
             if history is not None and entry[0] in kept:
                 _record(history, entry, dv)
             v.fresh = dv
-            if self._quality.arriving() != Quality.GOOD:
+            if not good:
                 # While the link or source counts as lost: the value is new, but nothing
                 # says it is current yet. TX says "connected" only once the values it read
                 # on reconnecting are on the link, so at RECOVER these turn Good at once.

@@ -55,7 +55,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +91,11 @@ from agent.opcua.commissioning import (
     skew_warning,
 )
 from agent.opcua.config import OpcuaSourceConfig
-from agent.opcua.crawl import Crawler, CrawlResult, Limits, read_limits
+from agent.opcua.crawl import Crawler, CrawlResult, Grow, Limits, read_limits
 from agent.opcua.expiry import ExpiryWatch
 from agent.opcua.fingerprint import Probe, fingerprint, probe_of
 from agent.opcua.growth import PartWriter
-from agent.opcua.model import ModelSnapshot
+from agent.opcua.model import ModelSnapshot, NodeRecord
 from agent.opcua.namespaces import Renumbering
 from agent.opcua.off_loop import OffLoopSession
 from agent.opcua.raw_values import RawValue, raw_of
@@ -519,11 +519,12 @@ class OpcuaSource:
         session = PacedSession(OffLoopSession(client.uaclient.session), self.budget)
         limits = await read_limits(session)
         self.state = SourceState.CRAWLING
-        variables, crawled = await self._model_for(client, session, limits)
-        # One bulk read gives RX every value now; creating thousands of monitored
-        # items can take a busy server many seconds (their first notifications repeat
-        # these values, which is harmless).
-        await self._read_values(session, limits, variables)
+        variables, crawled, read = await self._model_for(client, session, limits)
+        # One bulk read gives RX every value now (the crawl that grew the model read them
+        # with the nodes); creating thousands of monitored items can take a busy server
+        # many seconds (their first notifications repeat these values, which is harmless).
+        if not read:
+            await self._read_values(session, limits, variables)
         if crawled:  # what the next reconnect compares with; after the values, which IT waits for
             await self._take_fingerprint(session, limits)
         read_up_to = self._queued
@@ -585,9 +586,10 @@ class OpcuaSource:
                              reason, next_browse - time.monotonic())
 
     async def _model_for(self, client: Client, session: PacedSession, limits: Limits
-                         ) -> tuple[list[str], bool]:
-        """The variables to subscribe, and whether they are of a new crawl: else of the
-        cached model, the server's fingerprint unchanged."""
+                         ) -> tuple[list[str], bool, bool]:
+        """The variables to subscribe; whether they are of a new crawl (else of the cached
+        model, the server's fingerprint unchanged); whether their values are queued (the
+        crawl that grew the model read them)."""
         cfg = self.cfg
         if self._print is not None and self.model is not None:
             started = time.monotonic()
@@ -601,14 +603,20 @@ class OpcuaSource:
                          "children, %d ms): model %s kept, no crawl", cfg.label,
                          len(probe.sample), len(probe.containers), self.counters["check_ms"],
                          self.version)
-                return self._variables, False
+                return self._variables, False, False
             log.info("%s: address space fingerprint changed: crawling again", cfg.label)
         # The first model of this process: its nodes go out as they are read (growth.py)
         writer = None if self.model is not None else PartWriter(
             cfg.name, secrets.token_hex(4), cfg.model_chunk_size, self._push_part)
-        result = await self._crawl(client, session, limits, writer)
+
+        def grow(namespaces: Sequence[str], nodes: list[NodeRecord],
+                 values: list[tuple[str, RawValue]]) -> None:
+            assert writer is not None
+            writer(namespaces, nodes)
+            self._queue_values(values)
+        result = await self._crawl(client, session, limits, None if writer is None else grow)
         self._install(result, await asyncio.to_thread(result.snapshot.encode), writer)
-        return result.variables, True
+        return result.variables, True, writer is not None
 
     def _load_cache(self, path: Path) -> None:
         """The model of the last run goes out at once; connecting only checks it."""
@@ -675,7 +683,7 @@ class OpcuaSource:
         return namespaces
 
     async def _crawl(self, client: Client, session: PacedSession, limits: Limits,
-                     grow: PartWriter | None = None) -> CrawlResult:
+                     grow: Grow | None = None) -> CrawlResult:
         started = time.monotonic()
         crawler = Crawler(session, limits)
         namespaces = await self._namespaces(client)
@@ -763,15 +771,19 @@ class OpcuaSource:
                 rv.AttributeId = ua.AttributeIds.Value
                 params.NodesToRead.append(rv)
             values = await session.read_raw(params)
-            pending = self._pending
-            for nid, raw in zip(chunk, values, strict=True):
-                if len(pending) >= self.cfg.queue_limit:
-                    self._dropped()
-                    continue
-                pending.append(entry(nid, raw))
-                self._queued += 1
-            self.counters["initial_reads"] += len(chunk)
-            self._wake()
+            self._queue_values(list(zip(chunk, values, strict=True)))
+
+    def _queue_values(self, values: list[tuple[str, RawValue]]) -> None:
+        """Values read (not notified): RX gets them now."""
+        pending = self._pending
+        for nid, raw in values:
+            if len(pending) >= self.cfg.queue_limit:
+                self._dropped()
+                continue
+            pending.append(entry(nid, raw))
+            self._queued += 1
+        self.counters["initial_reads"] += len(values)
+        self._wake()
 
     # -- subscription ------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 
 import pytest
 from asyncua import ua
@@ -19,6 +20,7 @@ from agent.opcua.codec import OpcuaModelPart
 from agent.opcua.crawl import Crawler, Limits
 from agent.opcua.growth import Growth, PartWriter, decode_nodes, parts
 from agent.opcua.model import ModelError, NodeRecord
+from agent.opcua.raw_values import RawValue
 from tests.unit.opcua.test_model import FakeSession, _n, snapshot
 
 NS = ("http://opcfoundation.org/UA/", "urn:x", "urn:plant")
@@ -108,12 +110,21 @@ def test_the_crawler_hands_over_nodes_once_read_in_the_snapshot_order(
     two in flight: each node is handed over once every attribute of it is in."""
     monkeypatch.setattr(crawl, "PART_NODES", 4)
     handed: list[list[NodeRecord]] = []
+    values: list[tuple[str, RawValue]] = []
+
+    def grow(ns: Sequence[str], nodes: list[NodeRecord], vals: list[tuple[str, RawValue]]
+             ) -> None:
+        assert {nid for nid, _ in vals} <= {n.node_id for n in nodes}  # with their nodes
+        handed.append(list(nodes))
+        values.extend(vals)
     crawler = Crawler(SlowReads(seed), Limits(browse=100, read=40, monitored=10))
-    result = asyncio.run(crawler.crawl([_n("i=85")], list(NS),
-                                       lambda ns, nodes: handed.append(list(nodes))))
+    result = asyncio.run(crawler.crawl([_n("i=85")], list(NS), grow))
     whole = asyncio.run(Crawler(FakeSession(), Limits(browse=100, read=1000, monitored=10))
                         .crawl([_n("i=85")], list(NS)))
     assert [n for h in handed for n in h] == list(whole.snapshot.nodes)
     assert result.snapshot == whole.snapshot
+    # the live variables' values came along (the fake server answers them Bad)
+    assert [nid for nid, _ in values] == result.variables == whole.variables
+    assert {raw[1] for _, raw in values} == {ua.StatusCodes.BadAttributeIdInvalid}
     # at least PART_NODES at a time but the last; and many times for these 29 nodes
     assert len(handed) >= 3 and all(len(h) >= 4 for h in handed[:-1]) and handed[-1]
