@@ -43,10 +43,11 @@ variables takes many minutes, and says so in `peer`.
   small plant `updates_per_s` can exceed `plant_rate`.
 - `fresh_fraction` / `peer_fresh_fraction`: 2,000 random plant variables are
   read at the same moment (concurrently) on the plant and on the mirror; a
-  variable is fresh if the values are equal (to 1e-4: the peer stores Doubles
-  as Float) or the mirror's SourceTimestamp is no more than 2 s older than the
-  plant's. The peer writes its own time as SourceTimestamp, which can only
-  favour it.
+  variable is fresh, the mirror at most 2 s behind the plant, if the values are
+  equal (to 1e-4: the peer stores Doubles as Float), or the mirror's
+  SourceTimestamp is at least the plant's, or the plant's value was less than
+  2 s old when both reads had returned (it may still be on its way). The peer
+  writes its own time as SourceTimestamp, which can only favour it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -273,11 +274,17 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _age(plant: ua.DataValue, mirror: ua.DataValue) -> float | None:
+def _fresh(plant: ua.DataValue, mirror: ua.DataValue, read_at: datetime) -> bool:
+    """Whether the mirror is at most 2 s behind the plant for this variable: it shows the
+    plant's value, or one at least as new, or the plant's value is less than 2 s old at
+    `read_at` (when both reads had returned), so it may still be on its way."""
+    if _same(plant.Value.Value if plant.Value else None,
+             mirror.Value.Value if mirror.Value else None):
+        return True
     ps, ms = plant.SourceTimestamp, mirror.SourceTimestamp
     if not isinstance(ps, datetime) or not isinstance(ms, datetime):
-        return None
-    return (ps - ms).total_seconds()
+        return False
+    return ms >= ps or (read_at - ps).total_seconds() <= 2.0
 
 
 async def _freshness(plant: Plant, mirror_ep: str, nodes: int, seed: int = 1) -> float:
@@ -290,12 +297,8 @@ async def _freshness(plant: Plant, mirror_ep: str, nodes: int, seed: int = 1) ->
         mirror_nodes = [found[n] for n in names if n in found]
         plant_nodes = [pn for pn, n in zip(plant_nodes, names, strict=True) if n in found]
         pv, mv = await asyncio.gather(_read(p, plant_nodes), _read(m, mirror_nodes))
-    fresh = 0
-    for a, b in zip(pv, mv, strict=True):
-        age = _age(a, b)
-        if _same(a.Value.Value if a.Value else None, b.Value.Value if b.Value else None) or (
-                age is not None and age <= 2.0):
-            fresh += 1
+        read_at = datetime.now(UTC)
+    fresh = sum(_fresh(a, b, read_at) for a, b in zip(pv, mv, strict=True))
     return round(fresh / len(names), 3)
 
 
