@@ -24,11 +24,12 @@ to find the server's own nodes below them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from asyncua import ua
 from asyncua.common.utils import Buffer
@@ -63,6 +64,7 @@ _KNOWN_NONHIER = {node_id(i) for i in (
     _O.References, _O.NonHierarchicalReferences, _O.HasModellingRule, _O.HasEncoding,
     _O.HasDescription, _O.HasTypeDefinition, _O.GeneratesEvent)}
 
+T = TypeVar("T")
 _COMMON = (A.BrowseName, A.DisplayName, A.Description)
 _NAMES = frozenset((A.BrowseName, A.DisplayName))  # a node's own: not worth sharing
 CLASS_ATTRS: dict[int, tuple[ua.AttributeIds, ...]] = {
@@ -195,6 +197,10 @@ class Crawler:
         self.children: dict[str, bytes] = {}
         self._live = False  # reading the live variables' values too
         self._share: dict[bytes, bytes] = {}  # attribute values, one object each
+        # reference types and type definitions, one object each (and so their strings in
+        # the records): 100,000 variables name the same few
+        self._ids: dict[ua.NodeId, ua.NodeId] = {}
+        self._strings: dict[ua.NodeId, str] = {}
 
     async def crawl(self, roots: Sequence[ua.NodeId], namespaces: Sequence[str],
                     grow: Grow | None = None) -> CrawlResult:
@@ -223,7 +229,8 @@ class Crawler:
     def _result(self, found: dict[ua.NodeId, _Found], order: list[ua.NodeId],
                 built: list[NodeRecord]) -> CrawlResult:
         """`built`: the records `grow` was given (all of them, or none)."""
-        nodes = tuple(built) if built else tuple(_record_of(found[n]) for n in order)
+        nodes = tuple(built) if built else tuple(_record_of(found[n], self._strings)
+                                                  for n in order)
         variables = [f.nid.to_string() for f in (found[n] for n in order) if _live(f)]
         min_sampling = {}
         for f in (found[n] for n in order):
@@ -328,7 +335,7 @@ class Crawler:
                             continue
                         rtype = ref.ReferenceTypeId
                         if rtype == HAS_TYPE_DEFINITION:
-                            f.type_def = target
+                            f.type_def = self._ids.setdefault(target, target)
                             continue
                         child = target.NamespaceIndex != 0 and (
                             self._hier.get(rtype, False) or rtype == HAS_ENCODING)
@@ -346,59 +353,79 @@ class Crawler:
 
     def _record(self, target: ua.NodeId, ref: ua.ReferenceDescription, parent: ua.NodeId,
                 found: dict[ua.NodeId, _Found], order: list[ua.NodeId], types: bool) -> None:
-        found[target] = _Found(target, int(ref.NodeClass), parent, ref.ReferenceTypeId,
+        rtype = self._ids.setdefault(ref.ReferenceTypeId, ref.ReferenceTypeId)
+        found[target] = _Found(target, int(ref.NodeClass), parent, rtype,
                                in_types=types, static=types)
         order.append(target)
 
     async def _browse(self, nodes: list[ua.NodeId], direction: ua.BrowseDirection,
                       reftype: ua.NodeId | None, mask: int = ua.BrowseResultMask.All
                       ) -> list[list[ua.ReferenceDescription]]:
-        """All references of each node, chunked, continuation points followed."""
+        """All references of each node, chunked, continuation points followed: the first
+        request alone (it learns the server's real limit), the rest `PIPELINE` at a time.
+        A node the server had no continuation point for is browsed again afterwards,
+        one request at a time (up to 3 times)."""
         out: list[list[ua.ReferenceDescription]] = [[] for _ in nodes]
-        step = self.limits.browse
-        i = 0
-        retries: dict[int, int] = {}
-        pending = list(range(len(nodes)))
-        while i < len(pending):
-            batch = pending[i:i + step]
-            params = ua.BrowseParameters()
-            params.RequestedMaxReferencesPerNode = 0
-            for k in batch:
-                desc = ua.BrowseDescription()
-                desc.NodeId = nodes[k]
-                desc.BrowseDirection = direction
-                desc.ReferenceTypeId = reftype if reftype is not None else node_id()
-                desc.IncludeSubtypes = True
-                desc.NodeClassMask = 0
-                desc.ResultMask = mask
-                params.NodesToBrowse.append(desc)
-            self.counters["browse_requests"] += 1
-            try:
-                results = await self.session.browse(params)
-            except ua.UaStatusCodeError as exc:
-                if exc.code == ua.StatusCodes.BadTooManyOperations and step > 1:
-                    step = max(1, step // 2)
-                    self.limits.browse = step
-                    continue
-                raise
-            continuations: list[tuple[int, bytes]] = []
-            for k, res in zip(batch, results, strict=True):
-                code = res.StatusCode
-                if code is not None and not code.is_good():
-                    if code.value == ua.StatusCodes.BadNoContinuationPoints \
-                            and retries.get(k, 0) < 3:
-                        retries[k] = retries.get(k, 0) + 1
-                        pending.append(k)  # browse again in a later (quieter) batch
-                    else:
-                        self.counters["browse_errors"] += 1
-                        log.debug("browse %s: %s", nodes[k].to_string(), code.name)
-                    continue
-                out[k].extend(res.References)
-                if res.ContinuationPoint:
-                    continuations.append((k, res.ContinuationPoint))
-            await self._browse_next(continuations, out)
-            i += len(batch)
+        todo = list(range(len(nodes)))
+        for attempt in range(4):
+            again: list[int] = []
+            request = functools.partial(self._browse_batch, nodes=nodes, direction=direction,
+                                        reftype=reftype, mask=mask, out=out, again=again,
+                                        last=attempt == 3)
+            first = self.limits.browse
+            if todo:
+                await request(todo[:first])
+            step = self.limits.browse  # halved by the first, if the server refused it
+            await _pipelined(request, [todo[i:i + step] for i in range(first, len(todo), step)],
+                             PIPELINE if attempt == 0 else 1)
+            if not again:
+                break
+            todo = again
         return out
+
+    async def _browse_batch(self, batch: list[int], nodes: list[ua.NodeId],
+                            direction: ua.BrowseDirection, reftype: ua.NodeId | None, mask: int,
+                            out: list[list[ua.ReferenceDescription]], again: list[int],
+                            last: bool) -> None:
+        """One request for `batch`; halves that the server refused with
+        BadTooManyOperations (and lowers the limit for the requests after it)."""
+        params = ua.BrowseParameters()
+        params.RequestedMaxReferencesPerNode = 0
+        for k in batch:
+            desc = ua.BrowseDescription()
+            desc.NodeId = nodes[k]
+            desc.BrowseDirection = direction
+            desc.ReferenceTypeId = reftype if reftype is not None else node_id()
+            desc.IncludeSubtypes = True
+            desc.NodeClassMask = 0
+            desc.ResultMask = mask
+            params.NodesToBrowse.append(desc)
+        self.counters["browse_requests"] += 1
+        try:
+            results = await self.session.browse(params)
+        except ua.UaStatusCodeError as exc:
+            if exc.code != ua.StatusCodes.BadTooManyOperations or len(batch) == 1:
+                raise
+            half = max(1, len(batch) // 2)
+            self.limits.browse = min(self.limits.browse, half)
+            for i in range(0, len(batch), half):
+                await self._browse_batch(batch[i:i + half], nodes, direction, reftype, mask, out,
+                                         again, last)
+            return
+        continuations: list[tuple[int, bytes]] = []
+        for k, res in zip(batch, results, strict=True):
+            code = res.StatusCode
+            if code is not None and not code.is_good():
+                if code.value == ua.StatusCodes.BadNoContinuationPoints and not last:
+                    again.append(k)  # browse again in a later (quieter) round
+                else:
+                    self.counters["browse_errors"] += 1
+                    log.debug("browse %s: %s", nodes[k].to_string(), code.name)
+                continue
+            out[k].extend(res.References)
+            if res.ContinuationPoint:
+                continuations.append((k, res.ContinuationPoint))
+        await self._browse_next(continuations, out)
 
     async def _browse_next(self, continuations: list[tuple[int, bytes]],
                            out: list[list[ua.ReferenceDescription]]) -> None:
@@ -468,13 +495,11 @@ class Crawler:
         await self._read_whole(wanted[:first], slices)
         grower.read(0, min(first, len(wanted)))
         step = self.limits.read  # halved by the first, if the server refused it
-        turns = asyncio.Semaphore(PIPELINE)
 
         async def one(start: int) -> None:
-            async with turns:
-                await self._read_whole(wanted[start:start + step], slices)
+            await self._read_whole(wanted[start:start + step], slices)
             grower.read(start, min(start + step, len(wanted)))
-        await asyncio.gather(*(one(i) for i in range(first, len(wanted), step)))
+        await _pipelined(one, list(range(first, len(wanted), step)), PIPELINE)
 
     async def _read_whole(self, batch: list[tuple[_Found, int]], slices: Slices) -> None:
         """One request for `batch`; halves that the server refused with
@@ -538,17 +563,34 @@ def _readable(access_level: bytes | None) -> bool:
     return bool(access_level[1] & ua.AccessLevel.CurrentRead.mask)
 
 
+async def _pipelined(request: Callable[[T], Awaitable[None]], items: list[T], turns: int
+                     ) -> None:
+    """`request(item)` for each item, at most `turns` of them in flight."""
+    gate = asyncio.Semaphore(turns)
+
+    async def one(item: T) -> None:
+        async with gate:
+            await request(item)
+    await asyncio.gather(*(one(i) for i in items))
+
+
 Grow = Callable[[Sequence[str], list[NodeRecord], list[tuple[str, RawValue]]], None]
 PART_NODES = 1000  # nodes `grow` gets at a time (the last time, what is left)
 
 
-def _record_of(f: _Found) -> NodeRecord:
+def _record_of(f: _Found, strings: dict[ua.NodeId, str]) -> NodeRecord:
+    """`f` as its record; `strings` keeps one string for a parent, reference type or
+    type definition that many nodes name."""
+    def shared(n: ua.NodeId | None) -> str | None:
+        if n is None:
+            return None
+        text = strings.get(n)
+        if text is None:
+            text = strings[n] = n.to_string()
+        return text
     return NodeRecord(
-        f.nid.to_string(), int(f.node_class),
-        f.parent.to_string() if f.parent is not None else None,
-        f.parent_ref.to_string() if f.parent_ref is not None else None,
-        f.type_def.to_string() if f.type_def is not None else None,
-        f.attrs, tuple((r.to_string(), t.to_string()) for r, t in f.refs))
+        f.nid.to_string(), int(f.node_class), shared(f.parent), shared(f.parent_ref),
+        shared(f.type_def), f.attrs, tuple((r.to_string(), t.to_string()) for r, t in f.refs))
 
 
 class _Grower:
@@ -559,6 +601,7 @@ class _Grower:
     def __init__(self, grow: Grow | None, built: list[NodeRecord],
                  namespaces: Sequence[str]) -> None:
         self.grow, self.built, self.namespaces = grow, built, namespaces
+        self.strings: dict[ua.NodeId, str] = {}
         self._nodes: list[_Found] = []
         self._ends: list[int] = []
         self._read: dict[int, int] = {}  # start -> end of the requests answered, not joined
@@ -582,7 +625,7 @@ class _Grower:
                 self._ready == len(ends) and self._ready > self._sent):
             ready = self._nodes[self._sent:self._ready]
             self._sent = self._ready
-            records = [_record_of(f) for f in ready]
+            records = [_record_of(f, self.strings) for f in ready]
             self.built.extend(records)
             values = [(r.node_id, f.value) for r, f in zip(records, ready, strict=True)
                       if f.value is not None and _live(f)]

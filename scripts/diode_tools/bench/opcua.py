@@ -106,14 +106,17 @@ def _plant(nodes: int, rate: float, work: Path, kind: str = "node-opcua") -> Pla
                  big.close)
 
 
-BROWSE_CHUNK = 500  # folders per Browse request of the probe
+BROWSE_CHUNK = 100  # folders per Browse request of the probe: 10,000 references
 HIERARCHICAL = ua.NodeId(ua.Int32(ua.ObjectIds.HierarchicalReferences))
 
 
 async def _children(client: Client, parents: list[ua.NodeId]
                     ) -> list[list[ua.ReferenceDescription]]:
     """The forward hierarchical references of each of `parents`: one Browse request per
-    BROWSE_CHUNK of them, BrowseNext while the server holds back the rest."""
+    BROWSE_CHUNK of them, BrowseNext while the server holds back the rest. Decoded in a
+    thread, so the client's keep-alive goes on meanwhile (at 100,000 variables a decode
+    on the loop made the client take its server for gone)."""
+    session = OffLoopSession(client.uaclient.session)
     out: list[list[ua.ReferenceDescription]] = []
     for i in range(0, len(parents), BROWSE_CHUNK):
         params = ua.BrowseParameters()
@@ -125,13 +128,13 @@ async def _children(client: Client, parents: list[ua.NodeId]
             desc.IncludeSubtypes = True
             desc.ResultMask = ua.BrowseResultMask.All
             params.NodesToBrowse.append(desc)
-        results = await client.uaclient.browse(params)
+        results = await session.browse(params)
         refs = [list(r.References) for r in results]
         pending = {k: r.ContinuationPoint for k, r in enumerate(results) if r.ContinuationPoint}
         while pending:
             nxt = ua.BrowseNextParameters()
             nxt.ContinuationPoints = list(pending.values())
-            more = await client.uaclient.browse_next(nxt)
+            more = await session.browse_next(nxt)
             for (k, _), r in zip(list(pending.items()), more, strict=True):
                 refs[k].extend(r.References)
                 if r.ContinuationPoint:
