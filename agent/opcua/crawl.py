@@ -222,7 +222,8 @@ class Crawler:
         await self._walk(anchors + [r for r in roots if r.NamespaceIndex != 0 and r in found],
                          found, order, types=False)
         built: list[NodeRecord] = []
-        await self._read_attributes([found[n] for n in order], _Grower(grow, built, self.namespaces))
+        grower = _Grower(grow, built, self.namespaces, self._strings)
+        await self._read_attributes([found[n] for n in order], grower)
         # a plant of 100,000 nodes takes a second or more to assemble: not in the loop
         return await asyncio.to_thread(self._result, found, order, built)
 
@@ -598,10 +599,9 @@ class _Grower:
     time: the read requests answer out of order, but a node goes only once every
     attribute before its own last one is in too."""
 
-    def __init__(self, grow: Grow | None, built: list[NodeRecord],
-                 namespaces: Sequence[str]) -> None:
-        self.grow, self.built, self.namespaces = grow, built, namespaces
-        self.strings: dict[ua.NodeId, str] = {}
+    def __init__(self, grow: Grow | None, built: list[NodeRecord], namespaces: Sequence[str],
+                 strings: dict[ua.NodeId, str]) -> None:
+        self.grow, self.built, self.namespaces, self.strings = grow, built, namespaces, strings
         self._nodes: list[_Found] = []
         self._ends: list[int] = []
         self._read: dict[int, int] = {}  # start -> end of the requests answered, not joined

@@ -33,7 +33,7 @@ from typing import Any
 import cbor2
 
 from agent.opcua.codec import OpcuaModelPart
-from agent.opcua.model import MAX_MODEL_BYTES, ModelError, ModelSnapshot, NodeRecord
+from agent.opcua.model import ModelError, ModelSnapshot, NodeRecord, inflate
 
 
 def encode_nodes(namespaces: Sequence[str], nodes: Sequence[NodeRecord]) -> bytes:
@@ -42,14 +42,10 @@ def encode_nodes(namespaces: Sequence[str], nodes: Sequence[NodeRecord]) -> byte
 
 def decode_nodes(data: bytes) -> tuple[tuple[str, ...], list[NodeRecord]]:
     """(namespaces, nodes) of a part; ModelError if it is not one."""
+    raw = inflate(data, "model part")
     try:
-        d = zlib.decompressobj()
-        item = cbor2.loads(d.decompress(data, MAX_MODEL_BYTES))
-        if d.unconsumed_tail:
-            raise ModelError(f"model part larger than {MAX_MODEL_BYTES} bytes")
-    except ModelError:
-        raise
-    except Exception as exc:  # zlib and cbor2 raise several types
+        item = cbor2.loads(raw)
+    except Exception as exc:  # cbor2 raises several types
         raise ModelError(f"model part does not decode: {exc}") from None
     if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], list)
             and all(isinstance(u, str) for u in item[0]) and isinstance(item[1], list)):

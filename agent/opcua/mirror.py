@@ -329,16 +329,7 @@ class OpcuaMirror:
             done = None if collected is None else await asyncio.to_thread(
                 self.assembler.decode, *collected)
             if done is not None:
-                async with self._lock:
-                    try:
-                        await self._install(*done)
-                        if self._events is not None:
-                            self._events.apply()  # the model built its objects with 0
-                    except Exception:
-                        # Take the next carousel copy of this version again.
-                        self.assembler.forget()
-                        self.counters["models_failed"] += 1
-                        raise
+                await self._serve(*done)
 
     async def _apply_events(self, record: OpcuaEvents | OpcuaNotifiers) -> None:
         if record.source != self.name:
@@ -393,6 +384,19 @@ class OpcuaMirror:
 
     # -- model ---------------------------------------------------------------------------
 
+    async def _serve(self, version: str, snap: ModelSnapshot) -> None:
+        """Install a whole model (collected, or grown from parts) and serve it."""
+        async with self._lock:
+            try:
+                await self._install(version, snap)
+                if self._events is not None:
+                    self._events.apply()  # the model built its objects with 0
+            except Exception:
+                # Take the next carousel copy of this version again.
+                self.assembler.forget()
+                self.counters["models_failed"] += 1
+                raise
+
     async def _grow(self, part: OpcuaModelPart) -> None:
         """One part of a crawl in progress (growth.py): its nodes built now; at the end
         part, what grew is served as the model it names."""
@@ -413,11 +417,8 @@ class OpcuaMirror:
                             "%s; waiting for the model itself", self.name, len(snap.nodes),
                             part.version)
                 return
-            async with self._lock:
-                await self._install(version, snap)
-                self.assembler.current = version  # its carousel copies are nothing new
-                if self._events is not None:
-                    self._events.apply()
+            await self._serve(version, snap)
+            self.assembler.current = version  # its carousel copies are nothing new
             c["models_grown"] += 1
             return
         try:

@@ -128,15 +128,10 @@ class ModelSnapshot:
     @classmethod
     def decode(cls, data: bytes) -> tuple[str, ModelSnapshot]:
         """(version, snapshot) from compressed bytes; ModelError if they are not one."""
+        raw = inflate(data, "model")
         try:
-            d = zlib.decompressobj()
-            raw = d.decompress(data, MAX_MODEL_BYTES)
-            if d.unconsumed_tail:
-                raise ModelError(f"model larger than {MAX_MODEL_BYTES} bytes")
             item = _loads_in_pieces(raw)
-        except ModelError:
-            raise
-        except Exception as exc:  # zlib and cbor2 raise several types
+        except Exception as exc:  # cbor2 raises several types
             raise ModelError(f"model does not decode: {exc}") from None
         if not isinstance(item, dict) or item.get("format") != FORMAT:
             raise ModelError("unknown model format")
@@ -147,6 +142,18 @@ class ModelSnapshot:
         share: dict[Any, Any] = {}
         return version_of(raw), cls(tuple(namespaces),
                                     tuple(NodeRecord.from_list(n, share) for n in nodes))
+
+
+def inflate(data: bytes, what: str) -> bytes:
+    """zlib-decompressed `data`, at most MAX_MODEL_BYTES; ModelError if it is not that."""
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(data, MAX_MODEL_BYTES)
+    except zlib.error as exc:
+        raise ModelError(f"{what} does not decode: {exc}") from None
+    if d.unconsumed_tail:
+        raise ModelError(f"{what} larger than {MAX_MODEL_BYTES} bytes")
+    return raw
 
 
 def _loads_in_pieces(raw: bytes) -> Any:
