@@ -51,6 +51,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyproject.t
   .venv/bin/python -m pip install -q -e '.[dev]' -e ./scripts >&2
   touch "$stamp"
 fi
+# the OPC UA mirror's store of the standard address space (agent/opcua/standard_space.py):
+# checked, and built when missing or damaged
+.venv/bin/python -m agent.opcua.standard_space >&2
 
 # aedes from the npm registry, at the version scripts/aedes/package-lock.json pins
 aedes=scripts/aedes

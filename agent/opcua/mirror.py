@@ -98,6 +98,7 @@ from agent.opcua.mirror_events import prepare as prepare_events
 from agent.opcua.model import ModelAssembler, ModelError, ModelSnapshot, NodeRecord, historized
 from agent.opcua.quality import Action, Quality, QualityState
 from agent.opcua.services import install as install_services
+from agent.opcua.standard_space import StoredStandardServer, find_store
 from agent.opcua.ua import data_value, node_id, status
 
 log = logging.getLogger("diode.sink.opcua")
@@ -200,7 +201,9 @@ class OpcuaMirror:
     async def start(self) -> None:
         cfg = self.cfg
         users = dict(cfg.users)
-        server = Server(user_manager=ReadOnlyUserManager(cfg.allow_anonymous, users))  # type: ignore[arg-type]
+        iserver = StoredStandardServer(await find_store(), user_manager=ReadOnlyUserManager(
+            cfg.allow_anonymous, users))
+        server = Server(iserver=iserver)
         prepare_events(server)
         await server.init()
         server.allow_remote_admin(False)

@@ -93,7 +93,11 @@ async def mirror(url: str, notifier: str, bits: int = 1, timeout: float = 60
 
 
 async def notifier_bits(client: Client, nid: str) -> int | None:
-    dv = await client.get_node(nid).read_attribute(A.EventNotifier)
+    """None also while the mirror has not got the node yet."""
+    try:
+        dv = await client.get_node(nid).read_attribute(A.EventNotifier)
+    except ua.uaerrors.BadNodeIdUnknown:
+        return None
     return dv.Value.Value if dv.Value is not None else None
 
 

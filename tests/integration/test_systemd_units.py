@@ -138,6 +138,8 @@ def test_unit_says_what_the_design_needs(role: str) -> None:
     assert one("ProtectSystem") == "strict"
     assert one("PrivateTmp") == "yes" and one("ProtectHome") == "yes"
     assert one("StateDirectory") == "diode" and one("RuntimeDirectory") == "diode"
+    # RX's mirror may build its store of OPC UA's standard address space (standard_space.py)
+    assert d.get(("Service", "CacheDirectory")) == (["diode"] if role == "rx" else None)
     assert one("ReadOnlyPaths").lstrip("-") == "/boot/firmware/diode"
     assert one("ProtectKernelTunables") == "yes"
     assert one("ReadWritePaths") == "-/proc/sys/net/ipv6/conf"  # netlink.py's disable_ipv6
