@@ -64,6 +64,12 @@ _KNOWN_NONHIER = {node_id(i) for i in (
     _O.References, _O.NonHierarchicalReferences, _O.HasModellingRule, _O.HasEncoding,
     _O.HasDescription, _O.HasTypeDefinition, _O.GeneratesEvent)}
 
+# What the crawl takes from a reference (the target's names come with its attributes):
+# without BrowseName, DisplayName and TypeDefinition the server encodes, and TX decodes,
+# less (the browse of a 10,000-variable plant: 1.05 s, was 1.11)
+CRAWL_MASK = (ua.BrowseResultMask.ReferenceTypeId | ua.BrowseResultMask.IsForward
+              | ua.BrowseResultMask.NodeClass)
+
 T = TypeVar("T")
 _COMMON = (A.BrowseName, A.DisplayName, A.Description)
 _NAMES = frozenset((A.BrowseName, A.DisplayName))  # a node's own: not worth sharing
@@ -360,7 +366,7 @@ class Crawler:
         order.append(target)
 
     async def _browse(self, nodes: list[ua.NodeId], direction: ua.BrowseDirection,
-                      reftype: ua.NodeId | None, mask: int = ua.BrowseResultMask.All
+                      reftype: ua.NodeId | None, mask: int = CRAWL_MASK
                       ) -> list[list[ua.ReferenceDescription]]:
         """All references of each node, chunked, continuation points followed: the first
         request alone (it learns the server's real limit), the rest `PIPELINE` at a time.

@@ -56,7 +56,10 @@ def _docs(diode: Diode, plant: PlantProcess, mirror_port: int) -> tuple[dict, di
 async def _variables(c: Client) -> list[ua.NodeId]:
     """Every variable the mirror serves in the plant's namespace (static ones included);
     the method's arguments (properties with a static value) last."""
-    ns = (await c.get_namespace_array()).index(NAMESPACE)
+    namespaces = await c.get_namespace_array()
+    if NAMESPACE not in namespaces:
+        return []  # the mirror has not got the plant's model yet
+    ns = namespaces.index(NAMESPACE)
     out: list[ua.NodeId] = []
     statics: list[ua.NodeId] = []
     todo: list[Node] = [c.nodes.objects]
