@@ -152,14 +152,15 @@ async def _build_in_child(store: Path) -> str | None:
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else f"exit status {proc.returncode}"
-    return problem(store)
+    return None  # build() renames only a whole store into place
 
 
 async def find_store() -> Path | None:
     """A whole store to serve, built first when there is none; None: serve asyncua's
-    in-memory standard address space (logged, with why)."""
+    in-memory standard address space (logged, with why). The checks hash 20 MB: in a
+    thread, as the link receiver may already be running."""
     installed = installed_dir()
-    why = problem(installed)
+    why = await asyncio.to_thread(problem, installed)
     if why is None:
         return installed
     if why != "not built":
@@ -172,7 +173,7 @@ async def find_store() -> Path | None:
                     "(HOME, XDG_CACHE_HOME or CACHE_DIRECTORY) to build one in: serving it "
                     "from memory, about 50 MB more", installed)
         return None
-    why = problem(cached)
+    why = await asyncio.to_thread(problem, cached)
     if why is None:
         return cached
     log.info("OPC UA standard address space: building its store at %s (%s); once per "
