@@ -171,11 +171,11 @@ def children_digest(refs: Iterable[ua.ReferenceDescription]) -> bytes:
     return h.digest()
 
 
+_NO_ENCODING = ua.QualifiedName()  # one for every ReadValueId (a crawl makes a million)
+
+
 def _rv(nid: ua.NodeId, attr: int) -> ua.ReadValueId:
-    rv = ua.ReadValueId()
-    rv.NodeId = nid
-    rv.AttributeId = attr
-    return rv
+    return ua.ReadValueId(nid, attr, None, _NO_ENCODING)
 
 
 def _plain(nid: Any, namespaces: Sequence[str]) -> ua.NodeId | None:

@@ -12,8 +12,10 @@ waits changes.
 ```
 Crawler ─► PacedSession ─► OffLoopSession ─► UaSession._send_request ─► server
                                  ▲                         │ response bytes
-                                 └── asyncio.to_thread(struct_from_binary) ◄┘
-                                     (read_raw: raw_values.read_values, no objects at all)
+                                 └── asyncio.to_thread(decode) ◄┘
+       browse, browse_next: raw_browse.browse_results (asyncua's objects, few of them built)
+       read_raw: raw_values.read_values (no objects at all)
+       read, or any response those do not fit: asyncua's struct_from_binary
 ```
 
 It uses one internal of asyncua's client, `UaSession._send_request` (the
@@ -31,7 +33,9 @@ from asyncua.client.ua_session import UaSession
 from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import struct_from_binary
 
-from agent.opcua.raw_values import Malformed, RawValue, raw_of, read_values
+from agent.opcua.raw_browse import browse_results
+from agent.opcua.raw_values import RawValue, raw_of, read_values
+from agent.opcua.wire import Malformed
 
 T = TypeVar("T")
 
@@ -51,12 +55,14 @@ class OffLoopSession:
     async def browse(self, parameters: ua.BrowseParameters) -> list[ua.BrowseResult]:
         request = ua.BrowseRequest()
         request.Parameters = parameters
-        return (await self._call(request, ua.BrowseResponse)).Results
+        data = bytes(await self._session._send_request(request))
+        return await asyncio.to_thread(_browsed, data, ua.BrowseResponse)
 
     async def browse_next(self, parameters: ua.BrowseNextParameters) -> list[ua.BrowseResult]:
         request = ua.BrowseNextRequest()
         request.Parameters = parameters
-        return (await self._call(request, ua.BrowseNextResponse)).Parameters.Results
+        data = bytes(await self._session._send_request(request))
+        return await asyncio.to_thread(_browsed, data, ua.BrowseNextResponse)
 
     async def read(self, parameters: ua.ReadParameters) -> list[ua.DataValue]:
         request = ua.ReadRequest()
@@ -70,6 +76,17 @@ class OffLoopSession:
         request.Parameters = parameters
         data = bytes(await self._session._send_request(request))
         return await asyncio.to_thread(_values_of, data)
+
+
+def _browsed(data: bytes, response_type: type[Any]) -> list[ua.BrowseResult]:
+    try:
+        return browse_results(data)
+    except Malformed:
+        response = struct_from_binary(response_type, Buffer(data))
+        response.ResponseHeader.ServiceResult.check()
+        results: list[ua.BrowseResult] = (response.Results if response_type is ua.BrowseResponse
+                                          else response.Parameters.Results)
+        return results
 
 
 def _values_of(data: bytes) -> list[RawValue]:

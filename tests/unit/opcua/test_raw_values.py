@@ -12,7 +12,8 @@ from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.opcua.raw_values import Malformed, raw_of, read_values
+from agent.opcua.raw_values import raw_of, read_values
+from agent.opcua.wire import Malformed
 
 VT = ua.VariantType
 text = st.one_of(st.none(), st.text(max_size=12))
