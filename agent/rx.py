@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from agent import heap
 from agent.adapter import HEALTHY_SINK, LinkView, RxContext, Sink
 from agent.board.interface import LinkSetupError, setup_interface
 from agent.board.signals import BoardSignals
@@ -108,6 +109,7 @@ class RxAgent:
                      self.cfg.link.link_id, self._where(),
                      ", ".join(s.key for s in self.sinks.values()) or "none",
                      key_fingerprint(self.key))
+            heap.settle()  # the imports and the sinks: they live as long as RX
             for sink in self.sinks.values():
                 await sink.start()
         except (OSError, LinkSetupError) as exc:

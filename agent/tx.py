@@ -20,6 +20,7 @@ import secrets
 import time
 from typing import Any
 
+from agent import heap
 from agent.adapter import Source, SourceState, TxContext
 from agent.board.interface import LinkSetupError, TxInterfaceKeeper, setup_interface
 from agent.board.signals import BoardSignals
@@ -160,6 +161,7 @@ class TxAgent:
             transport.close()
             return EXIT_FATAL
         warn_orphaned_spools(self.cfg, set(self.spools.opened))
+        heap.settle()  # the imports and the sources: they live as long as TX
         # TX's own log goes beside the channels, last in each pass (agent/txlog.py)
         self.core = TxCore(self.sender, [*self.sources, self.log_source],
                            CarouselScheduler(rate, link.mtu * 4), time.monotonic())

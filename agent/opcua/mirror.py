@@ -70,6 +70,7 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
+from agent import heap
 from agent.adapter import Arrival, LinkView, SinkState
 from agent.link.records import Record
 from agent.loop_watch import Slices
@@ -256,6 +257,7 @@ class OpcuaMirror:
         if self._history is not None:
             self._history_task = asyncio.create_task(self._history_loop(),
                                                      name=f"opcua-history-{cfg.name}")
+        heap.settle()  # the server and its standard address space
         log.info("OPC UA mirror '%s' listening on %s (%s)", cfg.name, cfg.endpoint,
                  ", ".join(cfg.security_policies))
 
@@ -450,6 +452,7 @@ class OpcuaMirror:
                     self._waiting[rec.node_id] = tuple(x for x in rec.refs if x not in ready)
                 builder.add_refs(rec.node_id, ready, self._records)
             await self._bind_variables(done)
+            heap.settle()
             self.state = SinkState.GROWING
         c["model_parts"] += 1
 
@@ -518,6 +521,7 @@ class OpcuaMirror:
         self.counters["models_installed"] += 1
         await self._diag_write("ModelVersion", version)
         await self._diag_write("Nodes", len(self._records))
+        heap.settle()
         log.info("mirror '%s': model %s installed in %.2f s: %d nodes (+%d -%d ~%d)", self.name,
                  version, time.monotonic() - started, len(self._records), len(done),
                  len(d.removed), len(changed))

@@ -63,6 +63,7 @@ from asyncua import Client, ua
 from asyncua.crypto import security_policies
 from asyncua.ua.ua_binary import variant_to_binary
 
+from agent import heap
 from agent.adapter import Carousel, SourceState
 from agent.link import records
 from agent.opcua import events, model_cache
@@ -696,6 +697,7 @@ class OpcuaSource:
         c["crawls"] += 1
         self._crawled_at = time.monotonic()
         c["crawl_ms"] = int((time.monotonic() - started) * 1000)
+        heap.settle()  # the model, kept until the next crawl
         c["browse_requests"] += crawler.counters["browse_requests"]
         c["read_requests"] += crawler.counters["read_requests"]
         return result

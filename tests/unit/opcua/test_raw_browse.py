@@ -119,7 +119,7 @@ def test_a_node_class_outside_the_spec_is_malformed() -> None:
     ref = ua.ReferenceDescription(ua.NodeId(47), True, ua.NodeId(1, 2),
                                   NodeClass=ua.NodeClass.Variable)
     data = bytearray(_browse_response([ua.BrowseResult(References=[ref])]))
-    at = data.index(bytes([ua.NodeClass.Variable, 0, 0, 0, 0, 0]))  # then a null TypeDefinition
+    at = data.rindex(bytes([ua.NodeClass.Variable, 0, 0, 0, 0, 0]))  # then a null TypeDefinition
     data[at] = 3
     with pytest.raises(Malformed):
         browse_results(bytes(data))
@@ -139,7 +139,7 @@ def _odd_display_name(response: Any) -> bytes:
     """`response` encoded with an encoding mask bit the spec does not define in its one
     DisplayName: the walk refuses it, asyncua ignores the bit."""
     data = bytearray(struct_to_binary(response))
-    at = data.index(b"\x02\x01\x00\x00\x00t")  # text only, "t"
+    at = data.rindex(b"\x02\x01\x00\x00\x00t")  # text only, "t"
     data[at] = 0x06
     return bytes(data)
 

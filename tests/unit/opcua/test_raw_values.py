@@ -109,7 +109,7 @@ def test_any_bytes_are_read_or_refused(data: bytes) -> None:
 
 def test_a_huge_announced_array_is_refused_without_allocating_it() -> None:
     data = bytearray(_response([ua.DataValue(ua.Variant([1.0], VT.Double, is_array=True))]))
-    at = data.index(bytes([0x80 | VT.Double.value]))
+    at = data.rindex(bytes([0x80 | VT.Double.value]))  # not a byte of the header's clock
     data[at + 1:at + 5] = (2**31 - 1).to_bytes(4, "little")
     with pytest.raises(Malformed):
         read_values(bytes(data))

@@ -72,7 +72,7 @@ def test_a_stored_standard_space_serves_what_asyncuas_own_does(store: Path) -> N
         a, b = ours.iserver.aspace, theirs.iserver.aspace
         assert len(a._nodes) < 100  # read from the file only when asked for
         every = list(b.keys())
-        assert len(every) > 5000
+        assert len(every) > 5000 and {n.NamespaceIndex for n in every} == {0}
         for n in every:
             assert n in a
             na, nb = a[n], b[n]
@@ -94,6 +94,48 @@ def test_a_stored_standard_space_serves_what_asyncuas_own_does(store: Path) -> N
         want = ViewService(theirs.iserver.aspace).browse(params)
         assert [r.References for r in got] == [r.References for r in want]
         assert min(len(r.References) for r in got) >= 2 and sum(len(r.References) for r in got) > 20
+    asyncio.run(main())
+
+
+class _Counting(dict[str, Any]):
+    """A store that counts what is looked up in it."""
+
+    def __init__(self, source: Any) -> None:
+        super().__init__()
+        self.source, self.asked = source, 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked += 1
+        return self.source.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.asked += 1
+        return key in self.source
+
+
+def test_only_namespace_0_is_looked_for_in_the_store(store: Path) -> None:
+    """The mirror's own nodes are in memory alone: building one asks nothing of the file
+    (asyncua's lazy mapping looked each one up there, two or three times)."""
+    async def main() -> None:
+        server = Server(iserver=ss.StoredStandardServer(store))
+        await server.init()
+        nodes = server.iserver.aspace._nodes
+        assert isinstance(nodes, ss.StandardNodes)
+        counting = nodes.source = _Counting(nodes.source)  # type: ignore[assignment]
+        mine = node_id("Plant.V1", 2)
+        assert mine not in nodes and nodes.get(mine) is None
+        with pytest.raises(KeyError):
+            nodes[mine]
+        assert counting.asked == 0
+        nodes[mine] = nodes[node_id(ua.ObjectIds.ObjectsFolder)]
+        assert mine in nodes and counting.asked == 1  # the Objects folder, read once
+        missing = node_id(999_999)
+        assert missing not in nodes and nodes.get(missing) is None and counting.asked == 3
+        with pytest.raises(KeyError):
+            nodes[missing]
+        assert len(nodes) == len(list(nodes)) and mine in list(nodes)
+        del nodes[mine]
+        assert mine not in nodes
     asyncio.run(main())
 
 
