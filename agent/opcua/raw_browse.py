@@ -72,17 +72,17 @@ def _node_id(raw: bytes) -> ua.NodeId | None:
 
 
 def _decoder(uatype: Any) -> Callable[[bytes], Any]:
-    """asyncua's decoder of `uatype`'s bytes (the fast NodeId first, for node ids)."""
+    """asyncua's decoder of `uatype`'s bytes (for node ids, the fast one first)."""
     def decode(raw: bytes) -> Any:
-        if uatype is ua.NodeId or uatype is ua.ExpandedNodeId:
-            nid = _node_id(raw)
-            if nid is not None:
-                return nid
         try:
             return from_binary(uatype, Buffer(raw))
         except (ValueError, ua.UaError) as exc:  # e.g. a NodeClass the spec has not
             raise Malformed(f"{uatype.__name__}: {exc}") from None
-    return decode
+
+    def node_id(raw: bytes) -> Any:
+        nid = _node_id(raw)
+        return decode(raw) if nid is None else nid
+    return node_id if uatype in (ua.NodeId, ua.ExpandedNodeId) else decode
 
 
 class _Seen:
