@@ -14,11 +14,14 @@ variables single ones held it for up to a second.
 model installed or grown, a crawl done): `gc.freeze()` moves every object alive
 then into a permanent generation that collections skip. Reference counting
 still frees a frozen object when the last reference to it goes, so a model
-replaced later is freed as before; the collector only no longer looks for
-cycles among frozen objects. A cycle that was already garbage at the moment of
-freezing stays until the process ends: young garbage (most of it) is collected
-first, and the calls are few (per start, per model), so what stays is small.
-With it, the same RX sync ran 1 full collection, 0.02 s.
+replaced later is freed as before where it holds no cycle; the collector only
+no longer looks for cycles among frozen objects. So a reference cycle
+among them stays until the process ends: one that was garbage already when
+frozen (young garbage, most of it, is collected first), or one that becomes
+garbage later (an IT client's session that was open at a freeze, then ends).
+The calls are few (per start, per model, per crawl), so what can stay is what
+was alive at those moments, not a growth per client or per value. With it, the
+same RX sync ran 1 full collection, 0.02 s.
 """
 
 from __future__ import annotations
